@@ -1,0 +1,1 @@
+"""slidesearch indexer: slides → tissue → tiles → embeddings → slide vectors → index directory."""

@@ -1,0 +1,26 @@
+"""Errors whose message is shown to the user as one line (no traceback)."""
+
+
+class UserError(Exception):
+    """Bad input or a bad request; the message alone is shown to the user.
+
+    The CLI prints ``error: <message>`` on stderr and exits with ``exit_code``.
+    """
+
+    exit_code = 2
+
+
+class SlideError(UserError):
+    """A slide cannot be opened, has no usable MPP, or cannot be read."""
+
+
+class ModelError(UserError):
+    """An encoder name, checkpoint or optional dependency is wrong or missing."""
+
+
+class IndexError_(UserError):
+    """An index directory is missing, corrupt or incompatible with the request."""
+
+
+class QueryError(UserError):
+    """A query, filter expression or region is malformed."""

@@ -1,0 +1,1 @@
+"""`slidesearch tiles`: placeholder until the tiling module lands (owned by the slides/tiling work)."""
