@@ -1,0 +1,114 @@
+"""Open an index directory: manifest, DuckDB views over its Parquet tables, FAISS indexes, SQL filters."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import QueryError
+from indexer.store import TABLES, IndexDir
+
+
+class Catalog:
+    """A read-only view of one index directory; open once, query many times.
+
+    Attributes:
+        index: the directory.
+        manifest: its manifest.json content.
+    """
+
+    def __init__(self, path: str | Path):
+        self.index = IndexDir(path)
+        self.manifest = self.index.read_manifest()
+
+    @cached_property
+    def db(self):
+        """A DuckDB connection with one view per Parquet table (slides, patches, prototypes, subvectors)."""
+        import duckdb
+
+        con = duckdb.connect()
+        for name in TABLES:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet(?)", [str(self.index.table(name))])
+        return con
+
+    @cached_property
+    def slides(self):
+        """slides.parquet as a pyarrow table."""
+        return self.db.sql("SELECT * FROM slides ORDER BY slide_row").to_arrow_table()
+
+    @cached_property
+    def _filter_db(self):
+        """A sandboxed DuckDB holding only the slides table: no files, no settings changes, so any
+        user-written filter expression is harmless."""
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("slides_arrow", self.slides)
+        con.execute("CREATE TABLE slides AS SELECT * FROM slides_arrow")
+        con.unregister("slides_arrow")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
+
+    def faiss(self, name: str):
+        """Load (once) the FAISS index ``name`` (slides, slides_mean, subvectors or patches)."""
+        cache = self.__dict__.setdefault("_faiss", {})
+        if name not in cache:
+            from indexer.vector_index import load_index
+
+            cache[name] = load_index(self.index.faiss(name))
+        return cache[name]
+
+    def allowed_slide_rows(self, where: str | None) -> np.ndarray | None:
+        """slide_row values of ok slides matching the boolean SQL expression ``where`` (None: no filter).
+
+        Raises:
+            QueryError: for anything but a single boolean expression over slide columns.
+        """
+        if where is None or not where.strip():
+            return None
+        validate_where(where)
+        import duckdb
+
+        try:
+            rows = self._filter_db.sql(f"SELECT slide_row FROM slides WHERE status = 'ok' AND ({where})").fetchall()
+        except duckdb.BinderException as exc:
+            columns = ", ".join(self.slides.column_names)
+            raise QueryError(f"bad --where {where!r}: {_first_line(exc)} (columns: {columns})") from None
+        except duckdb.Error as exc:
+            raise QueryError(f"bad --where {where!r}: {_first_line(exc)}") from None
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+
+def validate_where(where: str) -> None:
+    """Accept only one boolean expression: no statements, semicolons or comments."""
+    import duckdb
+
+    if ";" in where or "--" in where or "/*" in where:
+        raise QueryError(f"bad --where {where!r}: only a boolean expression is allowed (no ';' or comments)")
+    try:
+        statements = duckdb.extract_statements(f"SELECT 1 FROM slides WHERE ({where})")
+    except duckdb.Error as exc:
+        raise QueryError(f"bad --where {where!r}: {_first_line(exc)}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError(f"bad --where {where!r}: only a boolean expression is allowed")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def index_info(path: str | Path) -> dict[str, Any]:
+    """Counts, encoder, bank, tiling, FAISS indexes and failed slides of an index, as a dict."""
+    catalog = Catalog(path)
+    m = catalog.manifest
+    failed = catalog.db.sql("SELECT slide_id, error FROM slides WHERE status <> 'ok' ORDER BY slide_id").fetchall()
+    return {
+        "schema_version": m["schema_version"], "created": m["created"], "updated": m["updated"],
+        "encoder": m["encoder"], "bank": m["bank"], "tiling": m["tiling"], "aggregation": m["aggregation"],
+        "counts": m["counts"], "indexes": m["indexes"], "timings": m.get("timings", {}),
+        "failed": [{"slide_id": s, "error": e} for s, e in failed],
+    }

@@ -1,0 +1,146 @@
+"""`slidesearch index`, `info` and `remove`: build, describe and edit an index directory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from indexer.errors import UserError
+from retrieval.cli_app import app, guarded, print_json
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'512MB', '4G', '1.5GiB' or a plain number of bytes → bytes.
+
+    >>> parse_bytes("4G"), parse_bytes("512mb"), parse_bytes(None)
+    (4294967296, 536870912, None)
+    """
+    if text is None:
+        return None
+    match = _SIZE.match(text)
+    if not match:
+        raise UserError(f"cannot read {text!r} as a memory size (examples: 512MB, 4G)")
+    scale = 1024 ** " kmgt".index(match.group(2).lower() or " ")
+    return int(float(match.group(1)) * scale)
+
+
+@app.command("index")
+@guarded
+def index_command(
+    slides: List[Path] = typer.Argument(..., help="Slide files or directories (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory (created, or resumed/appended)."),
+    model: str = typer.Option("tiny", "--model", "-m", help="Encoder name (see `slidesearch models`)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Local weights for the encoder."),
+    mag: float = typer.Option(20.0, "--mag", help="Target magnification of patches."),
+    patch: int = typer.Option(224, "--patch", help="Patch side in pixels at the target magnification."),
+    min_tissue: float = typer.Option(0.5, help="Minimum tissue fraction of a kept patch."),
+    bank: str = typer.Option("general", help="Knowledge bank name or YAML file of prototypes."),
+    metadata: Optional[Path] = typer.Option(None, help="CSV of slide metadata (slide_id or filename column)."),
+    max_patches: Optional[int] = typer.Option(None, help="Sample at most this many patches per slide."),
+    mpp: Optional[float] = typer.Option(None, help="Microns per pixel for slides whose files lack it."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(64, help="Patches per encoder batch."),
+    workers: int = typer.Option(2, help="Patch-reading worker processes."),
+    tau: Optional[float] = typer.Option(None, help="Softmax temperature of the prototype attention."),
+    alpha: Optional[float] = typer.Option(None, help="Prototype refinement weight (1 = text prototypes only)."),
+    max_index_memory: Optional[str] = typer.Option(None, help="Memory budget per FAISS index, e.g. 4GB."),
+    features: Optional[Path] = typer.Option(None, help="Import TRIDENT/CLAM .h5 features from this folder instead of encoding."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Index slides: tile, embed, aggregate, and write Parquet + FAISS (resumable; exit 3 if some slides failed)."""
+    import dataclasses
+
+    from indexer.aggregate import AggregationConfig
+    from indexer.pipeline import IndexConfig, run_index
+    from indexer.tiling import TilingConfig
+
+    if features is not None and not features.is_dir():
+        raise UserError(f"--features {features}: no such directory")
+    aggregation = AggregationConfig()
+    aggregation = dataclasses.replace(
+        aggregation,
+        **({"tau": tau} if tau is not None else {}),
+        **({"alpha": alpha} if alpha is not None else {}),
+    )
+    config = IndexConfig(
+        model=model, checkpoint=checkpoint, device=device, batch_size=batch_size, num_workers=workers,
+        tiling=TilingConfig(magnification=mag, patch_px=patch, min_tissue=min_tissue), max_patches=max_patches,
+        mpp=mpp, bank=bank, aggregation=aggregation, max_index_memory=parse_bytes(max_index_memory),
+        features_dir=str(features) if features else None,
+    )
+    report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json))
+    summary = {
+        "out": str(report.out), "indexed": report.indexed, "skipped": report.skipped, "failed": report.failed,
+        "patches_encoded": report.patches_encoded, "counts": report.counts,
+        "timings_s": {k: round(v, 3) for k, v in report.timings.items()},
+    }
+    if as_json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    raise typer.Exit(report.exit_code)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(
+        f"[bold]{summary['out']}[/]: {len(summary['indexed'])} indexed, {len(summary['skipped'])} already indexed, "
+        f"{len(summary['failed'])} failed; {summary['patches_encoded']:,} patches encoded; "
+        f"{summary['counts'].get('slides_ok', 0)} slides / {summary['counts'].get('patches', 0):,} patches in the index"
+    )
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items())
+    console.print(f"time by stage: {timing}")
+    for slide_id, reason in summary["failed"].items():
+        console.print(f"[red]failed[/] {slide_id}: {reason}", highlight=False)
+
+
+@app.command("info")
+@guarded
+def info_command(
+    index: Path = typer.Argument(..., help="Index directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Describe an index: counts, encoder, bank, FAISS index types and sizes, failed slides."""
+    from retrieval.catalog import index_info
+
+    info = index_info(index)
+    if as_json:
+        print_json(info)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    enc, bank, counts = info["encoder"], info["bank"], info["counts"]
+    console.print(f"[bold]{index}[/] (schema {info['schema_version']}, updated {info['updated']})")
+    console.print(f"encoder {enc['name']} (dim {enc['dim']}, weights {enc['weights_sha256'][:12]}); "
+                  f"bank {bank['name']} (K={bank['K']}); tiling {info['tiling']}")
+    console.print(f"{counts['slides_ok']} slides indexed, {counts['slides_failed']} failed, {counts['patches']:,} patches")
+    table = Table("index", "type", "vectors", "dim", "recall@10", "size")
+    for name, entry in info["indexes"].items():
+        table.add_row(name, entry["factory"], f"{entry['count']:,}", str(entry["dim"]),
+                      f"{entry['recall_at_10']:.3f}", f"{entry['nbytes'] / 1e6:.1f} MB")
+    console.print(table)
+    for failed in info["failed"]:
+        console.print(f"[red]failed[/] {failed['slide_id']}: {failed['error']}", highlight=False)
+
+
+@app.command("remove")
+@guarded
+def remove_command(
+    index: Path = typer.Argument(..., help="Index directory."),
+    slide_ids: List[str] = typer.Argument(..., help="slide_id values to delete."),
+) -> None:
+    """Delete slides from an index and rewrite its tables and FAISS indexes."""
+    from indexer.pipeline import remove_slides
+
+    report = remove_slides(index, slide_ids)
+    typer.echo(f"removed {len(slide_ids)} slide(s); {report.counts['slides_ok']} slides remain in {index}")
