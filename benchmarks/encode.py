@@ -1,0 +1,136 @@
+"""Encoder-only vs end-to-end (read + preprocess + encode) patch throughput on a synthetic slide.
+
+Usage: python benchmarks/encode.py [--models tiny openclip:ViT-B-16] [--device auto|cpu|cuda]
+       [--workers 0 1 2] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexer.embedding import iter_slide_embeddings  # noqa: E402
+from indexer.encoders import load_encoder  # noqa: E402
+from indexer.slides import open_slide  # noqa: E402
+from indexer.synthetic import Region, SyntheticSlideSpec, write_slide  # noqa: E402
+from indexer.tiling import TileGrid, TilingConfig, tile_slide  # noqa: E402
+
+# (patches per run, batch size) per model: a few seconds to half a minute of work per run on 2 CPU cores.
+SETTINGS = {"tiny": (1024, 64), "openclip:ViT-B-16": (32, 16)}
+DEFAULT_SETTINGS = (128, 32)
+
+
+def make_slide(workdir: Path) -> tuple[Path, TileGrid]:
+    """A 7168 × 7168 px, 0.5 µm/px synthetic slide (1,024 tissue patches of 224 px at 20x)."""
+    path = workdir / "bench_slide.tiff"
+    if not path.exists():
+        kinds = ("tumour", "stroma", "lymphocytes", "necrosis")
+        regions = tuple(Region(x * 1792, 0, (x + 1) * 1792, 7168, kinds[x]) for x in range(4))
+        write_slide(path, SyntheticSlideSpec(7168, 7168, regions=regions, mpp=0.5, seed=0))
+    with open_slide(path) as slide:
+        grid = tile_slide(slide, TilingConfig(magnification=20, patch_px=224, min_tissue=0.0))
+    return path, grid
+
+
+def preprocessed(encoder, grid: TileGrid, slide: Path):
+    """The grid's patches, read and preprocessed once (the encoder-only input)."""
+    import torch
+
+    from indexer.tiling import read_patch
+
+    with open_slide(slide) as s:
+        return torch.stack([encoder.preprocess(read_patch(s, grid, i)) for i in range(len(grid))])
+
+
+def encoder_only(encoder, pixels) -> float:
+    """Images/s of ``encode_images`` on already preprocessed tensors."""
+    t0 = time.perf_counter()
+    encoder.encode_images(pixels)
+    _sync(encoder)
+    return len(pixels) / (time.perf_counter() - t0)
+
+
+def end_to_end(encoder, grid: TileGrid, slide: Path, workers: int) -> float:
+    """Patches/s of ``iter_slide_embeddings``: read + preprocess + encode, worker start-up included."""
+    t0 = time.perf_counter()
+    count = sum(len(rows) for rows, _ in iter_slide_embeddings(slide, grid, encoder, batch_size=encoder.batch_size,
+                                                                 num_workers=workers))
+    _sync(encoder)
+    assert count == len(grid)
+    return count / (time.perf_counter() - t0)
+
+
+def bench_model(encoder, grid: TileGrid, slide: Path, workers: list[int], repeats: int) -> dict:
+    """Interleaved rounds (encoder-only, then each worker count), so load drift hits all modes alike.
+
+    Ratios are taken within a round, then the median over rounds is reported.
+    """
+    pixels = preprocessed(encoder, grid, slide)
+    encoder.encode_images(pixels[: encoder.batch_size])  # warm-up
+    enc, e2e = [], {w: [] for w in workers}
+    for _ in range(repeats):
+        enc.append(encoder_only(encoder, pixels))
+        for w in workers:
+            e2e[w].append(end_to_end(encoder, grid, slide, w))
+    med = statistics.median
+    return {
+        "encoder_only_img_s": round(med(enc), 2),
+        "end_to_end": {w: {"patches_s": round(med(v), 2), "ratio": round(med([a / b for a, b in zip(v, enc)]), 3)}
+                       for w, v in e2e.items()},
+    }
+
+
+def _sync(encoder) -> None:
+    if encoder.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "openclip:ViT-B-16"])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="DataLoader worker counts to try")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: per model")
+    parser.add_argument("--patches", type=int, default=None, help="patches per run (default: per model)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "slidesearch-bench")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    import torch
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    slide, full_grid = make_slide(args.workdir)
+    print(f"torch {torch.__version__}, intra-op threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, cpus {os.cpu_count()}, "
+          f"slide {slide.name}: {len(full_grid)} patches")
+    results = [{"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}]
+    for name in args.models:
+        checkpoint = "random" if name.startswith("openclip:") else None
+        n, batch = SETTINGS.get(name, DEFAULT_SETTINGS)
+        n, batch = min(args.patches or n, len(full_grid)), args.batch_size or batch
+        encoder = load_encoder(name, checkpoint=checkpoint, device=args.device, batch_size=batch)
+        grid = TileGrid(full_grid.coords[:n], full_grid.size, full_grid.level, full_grid.read_px, full_grid.patch_px)
+        row = {"model": name, "device": encoder.device, "patches": n, "batch_size": batch,
+               **bench_model(encoder, grid, slide, args.workers, args.repeats)}
+        print(f"\n{name} on {encoder.device}: {n} patches, batch {batch}, median of {args.repeats} interleaved rounds")
+        print(f"  encoder-only (preprocessed tensors): {row['encoder_only_img_s']:,.2f} images/s")
+        for w, r in row["end_to_end"].items():
+            print(f"  end-to-end, {w} workers: {r['patches_s']:,.2f} patches/s = {r['ratio']:.2f} x encoder-only")
+        results.append(row)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
