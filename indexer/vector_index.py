@@ -1,0 +1,398 @@
+"""FAISS layer: index choice, build, recall check, atomic save/load, filtered search, removal."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from indexer.errors import IndexError_, QueryError
+
+if TYPE_CHECKING:  # faiss is imported lazily so `slidesearch --help` stays instant
+    import faiss
+
+KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
+FLAT_MAX_COUNT = 50_000
+HNSW_MAX_COUNT = 200_000
+DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30
+MIN_POINTS_PER_CENTROID = 39  # FAISS k-means warns below this
+TRAIN_SAMPLE = 100_000
+HNSW_EF_CONSTRUCTION = 40
+_GPU_MAX_K = 2048
+_GPU_RESOURCES = None
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """A FAISS index configuration (inner-product metric; vectors are unit rows).
+
+    Attributes:
+        kind: ``"flat"``, ``"ivf_flat"``, ``"hnsw"`` or ``"ivf_pq"``.
+        nlist: IVF inverted lists; m: PQ sub-quantizers; nbits: bits per PQ code.
+        hnsw_m: HNSW neighbours per node; ef_search: HNSW search breadth; nprobe: IVF lists probed.
+    """
+
+    kind: str
+    nlist: int = 0
+    m: int = 0
+    nbits: int = 8
+    hnsw_m: int = 32
+    ef_search: int = 64
+    nprobe: int = 0
+
+    def describe(self) -> str:
+        """FAISS factory string of the base index, e.g. ``"IVF1265,PQ64x8"``.
+
+        >>> IndexChoice("ivf_pq", nlist=1024, m=64, nprobe=32).describe()
+        'IVF1024,PQ64x8'
+        >>> IndexChoice("hnsw").describe()
+        'HNSW32'
+        """
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m}"
+        if self.kind == "ivf_flat":
+            return f"IVF{self.nlist},Flat"
+        if self.kind == "ivf_pq":
+            return f"IVF{self.nlist},PQ{self.m}x{self.nbits}"
+        raise IndexError_(f"unknown index kind {self.kind!r}; known: {', '.join(KINDS)}")
+
+
+def ivf_params(count: int) -> tuple[int, int]:
+    """(nlist, nprobe) for ``count`` vectors: nlist ≈ 4√n (≥ 39 points per list), nprobe ≈ √nlist (≥ 8).
+
+    >>> ivf_params(100_000)
+    (1265, 36)
+    """
+    nlist = max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_CENTROID))
+    return nlist, min(nlist, max(8, math.ceil(math.sqrt(nlist))))
+
+
+def train_sample_size(count: int, nlist: int) -> int:
+    """Rows IVF training uses: ``min(count, max(100,000, 40·nlist))`` (≥ 39 per centroid, no FAISS warning)."""
+    return min(count, max(TRAIN_SAMPLE, 40 * nlist))
+
+
+def estimated_bytes(kind: str, count: int, dim: int, m: int = 0, hnsw_m: int = 32) -> int:
+    """Approximate resident size of an index of ``kind`` (vectors, graph links or codes, 8-byte ids).
+
+    >>> estimated_bytes("flat", 1000, 512)
+    2056000
+    """
+    nlist = ivf_params(count)[0]
+    per_vector = {"flat": 4 * dim + 8, "ivf_flat": 4 * dim + 8, "hnsw": 4 * dim + 8 + 10 * hnsw_m,
+                  "ivf_pq": m + 8}[kind]
+    return count * per_vector + (4 * nlist * dim if kind.startswith("ivf") else 0)
+
+
+def choose_index(count: int, dim: int, memory_budget_bytes: int | None = None) -> IndexChoice:
+    """Pick the FAISS index for ``count`` unit vectors of ``dim`` under a memory budget (pure function).
+
+    The rule, first match wins (budget ``None`` means 4 GiB):
+
+    1. ``flat`` (exact) when ``count ≤ 50,000`` and the raw float32 vectors fit the budget;
+    2. ``hnsw`` (M=32, efSearch 64) when ``count ≤ 200,000`` and vectors plus graph fit;
+    3. ``ivf_flat`` (nlist ≈ 4√n, nprobe ≈ √nlist) while the raw vectors fit;
+    4. ``ivf_pq`` otherwise: m is the largest divisor of ``dim`` with ``m ≤ dim/8`` (≤ 128) whose
+       codes fit the budget; nbits is 8, fewer only when there are too few vectors to train 256 centroids.
+
+    So a larger budget never picks a more compressed kind and a larger count never a less compressed one.
+
+    Raises:
+        IndexError_: when even 1-byte codes do not fit the budget.
+
+    >>> choose_index(1_000, 512).describe()
+    'Flat'
+    >>> choose_index(100_000, 512).describe()
+    'HNSW32'
+    >>> choose_index(1_000_000, 512).describe()
+    'IVF4000,Flat'
+    >>> choose_index(1_000_000, 512, memory_budget_bytes=2**30).describe()
+    'IVF4000,PQ64x8'
+    """
+    if count < 0 or dim <= 0:
+        raise IndexError_(f"cannot index {count} vectors of dimension {dim}")
+    budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget_bytes is None else memory_budget_bytes
+    if count <= FLAT_MAX_COUNT and estimated_bytes("flat", count, dim) <= budget:
+        return IndexChoice("flat")
+    if count <= HNSW_MAX_COUNT and estimated_bytes("hnsw", count, dim) <= budget:
+        return IndexChoice("hnsw")
+    if estimated_bytes("ivf_flat", count, dim) <= budget:
+        return choice_for_kind("ivf_flat", count, dim)
+    for m in sorted((m for m in range(1, min(dim // 8, 128) + 1) if dim % m == 0), reverse=True) or [1]:
+        if estimated_bytes("ivf_pq", count, dim, m=m) <= budget:
+            return choice_for_kind("ivf_pq", count, dim, m=m)
+    raise IndexError_(f"{count} vectors of dimension {dim} do not fit in {budget} bytes, even as PQ codes")
+
+
+def choice_for_kind(kind: str, count: int, dim: int, m: int | None = None) -> IndexChoice:
+    """Default parameters of ``kind`` for ``count`` vectors (the values :func:`choose_index` uses).
+
+    PQ gets ``m`` sub-quantizers (default: largest divisor of ``dim`` ≤ min(dim/8, 128)) and 8 bits,
+    fewer when ``count`` is too small to train 256 centroids from 39 points each.
+
+    >>> choice_for_kind("ivf_pq", 10_000, 512).describe()
+    'IVF256,PQ64x8'
+    >>> choice_for_kind("ivf_pq", 5_000, 512).describe()
+    'IVF128,PQ64x7'
+    """
+    if kind not in KINDS:
+        raise IndexError_(f"unknown index kind {kind!r}; known: {', '.join(KINDS)}")
+    if kind in ("flat", "hnsw"):
+        return IndexChoice(kind)
+    nlist, nprobe = ivf_params(count)
+    if kind == "ivf_flat":
+        return IndexChoice(kind, nlist=nlist, nprobe=nprobe)
+    m = m or max(d for d in range(1, max(1, min(dim // 8, 128)) + 1) if dim % d == 0)
+    nbits = max(1, min(8, int(math.log2(max(2, count // MIN_POINTS_PER_CENTROID)))))
+    return IndexChoice(kind, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice,
+                use_gpu: bool | None = None) -> faiss.Index:
+    """Build a CPU index holding ``vectors`` under explicit int64 ``ids``.
+
+    IVF kinds are trained on at most ``max(100,000, 40·nlist)`` sampled rows (seeded). Training and adding
+    run on the GPU when ``faiss.get_num_gpus() > 0`` and ``use_gpu`` is not False; the result is CPU.
+
+    Args:
+        vectors: float32 unit rows (n×d). ids: n distinct int64 ids (never file order by accident).
+        choice: from :func:`choose_index`. use_gpu: None = when available, False = never.
+
+    Raises:
+        IndexError_: on a shape, dtype, norm or id mismatch.
+    """
+    import faiss
+
+    x, ids = _check_vectors(vectors), np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) != len(x) or len(np.unique(ids)) != len(ids) or (ids < 0).any():
+        raise IndexError_(f"need {len(x)} distinct non-negative ids, got {len(ids)} ({len(np.unique(ids))} distinct)")
+    base = faiss.index_factory(x.shape[1], choice.describe(), faiss.METRIC_INNER_PRODUCT)
+    if choice.kind == "ivf_pq":
+        base.do_polysemous_training = False  # polysemous codes are unused and slow to train
+    if choice.kind == "hnsw":
+        base.hnsw.efConstruction, base.hnsw.efSearch = HNSW_EF_CONSTRUCTION, choice.ef_search
+    if choice.kind in ("flat", "hnsw"):
+        index = faiss.IndexIDMap2(base)
+        index.add_with_ids(x, ids)  # the Python wrapper keeps `base` alive as a referenced object
+        return index
+    if not 1 <= choice.nlist <= len(x):
+        raise IndexError_(f"{choice.describe()} needs 1 ≤ nlist ≤ {len(x)} (the number of vectors)")
+    work = to_gpu(base) if use_gpu is not False and faiss.get_num_gpus() > 0 else None
+    target = work if work is not None else base
+    sample = train_sample_size(len(x), choice.nlist)
+    rows = np.sort(np.random.default_rng(0).choice(len(x), sample, replace=False))
+    try:
+        target.train(x[rows])
+    except RuntimeError as exc:
+        raise IndexError_(f"cannot train {choice.describe()} on {sample} vectors: {_first_line(exc)}") from None
+    target.add_with_ids(x, ids)
+    index = faiss.index_gpu_to_cpu(target) if work is not None else target
+    faiss.downcast_index(index).nprobe = choice.nprobe or ivf_params(len(x))[1]
+    return index
+
+
+def measure_recall(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, k: int = 10,
+                   n_queries: int = 200, seed: int = 0) -> float:
+    """Recall@k of ``index`` against exact inner-product search, with sampled database rows as queries.
+
+    Returns:
+        Mean fraction of the exact top-k ids (over ``vectors``/``ids``) that the index returns; 1.0 if empty.
+    """
+    import faiss
+
+    x, ids = _check_vectors(vectors), np.asarray(ids, dtype=np.int64)
+    k = min(k, len(x))
+    if k == 0:
+        return 1.0
+    rows = np.random.default_rng(seed).choice(len(x), min(n_queries, len(x)), replace=False)
+    _, exact = faiss.knn(x[rows], x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = search(index, x[rows], k)
+    hits = [len(np.intersect1d(ids[e], f[f >= 0])) for e, f in zip(exact, found)]
+    return float(np.mean(hits) / k)
+
+
+def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
+    """Write ``index`` (moved to CPU if needed) atomically: temp file in the same folder, then rename."""
+    import faiss
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        faiss.write_index(_to_cpu(index), str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_index(path: str | os.PathLike) -> faiss.Index:
+    """Read an index written by :func:`save_index`.
+
+    Raises:
+        IndexError_: when the file is missing or not a FAISS index.
+    """
+    import faiss
+
+    if not Path(path).is_file():
+        raise IndexError_(f"no FAISS index at {path}")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexError_(f"cannot read FAISS index {path}: {_first_line(exc)}") from None
+
+
+def index_nbytes(index: faiss.Index) -> int:
+    """Serialized size of ``index`` in bytes (what it occupies on disk and, roughly, in memory)."""
+    import faiss
+
+    return int(faiss.serialize_index(_to_cpu(index)).size)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int,
+           allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner-product search, optionally restricted to ``allowed_ids``.
+
+    The restriction happens inside FAISS (an ``IDSelectorBatch`` in the index's own search parameters) for
+    Flat, IVF and HNSW indexes, with IVF nprobe and HNSW efSearch scaled by ``ntotal / |allowed|`` so about
+    as many allowed candidates are scanned as in an unfiltered search. Other indexes (GPU ones) over-fetch
+    and filter, growing the fetch until ``k`` allowed results are found or the index is exhausted.
+
+    Returns:
+        ``(scores, ids)``, both (n_queries × k); missing results have id -1 and score -inf.
+
+    Raises:
+        QueryError: on a dimension mismatch or ``k < 1``.
+    """
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise QueryError(f"query dimension {q.shape[-1]} does not match the index dimension {index.d}")
+    if k < 1:
+        raise QueryError(f"k must be at least 1, got {k}")
+    allowed = None if allowed_ids is None else np.unique(np.asarray(allowed_ids, dtype=np.int64))
+    limit = min(index.ntotal, _GPU_MAX_K) if _is_gpu(index) else index.ntotal
+    if limit == 0 or (allowed is not None and allowed.size == 0):
+        return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
+    if allowed is None:
+        return _pad(*index.search(q, min(k, limit)), k)
+    params = _filter_params(index, allowed)
+    if params is not None:
+        try:
+            return _pad(*index.search(q, min(k, limit, allowed.size), params=params), k)
+        except RuntimeError:  # this index type does not accept search parameters
+            pass
+    return _search_overfetch(index, q, k, allowed, limit)
+
+
+def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
+    """Remove vectors by id; returns how many were removed.
+
+    Raises:
+        IndexError_: when the index kind cannot remove (HNSW, GPU): rebuild it instead.
+    """
+    import faiss
+
+    sel = faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64).reshape(-1))
+    try:
+        return int(index.remove_ids(sel))
+    except RuntimeError:
+        raise IndexError_(f"{type(_base(index)).__name__} cannot remove vectors; rebuild the index") from None
+
+
+def _search_overfetch(index, q, k, allowed, limit):
+    fetch = min(limit, 4 * k)
+    while True:
+        scores, found = index.search(q, fetch)
+        keep = np.isin(found, allowed) & (found >= 0)
+        if fetch >= limit or (keep.sum(axis=1) >= k).all():
+            break
+        fetch = min(limit, fetch * 4)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed hits first, rank order kept
+    kept = np.take_along_axis(keep, order, 1)
+    s = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf)
+    return _pad(s.astype(np.float32), np.where(kept, np.take_along_axis(found, order, 1), -1), k)
+
+
+def _pad(scores, found, k):
+    found = np.asarray(found, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    if (found < 0).any():
+        scores = np.where(found >= 0, scores, -np.inf).astype(np.float32)
+    missing = k - found.shape[1]
+    if missing > 0:
+        scores = np.hstack([scores, np.full((len(found), missing), -np.inf, np.float32)])
+        found = np.hstack([found, np.full((len(found), missing), -1, np.int64)])
+    return scores, found
+
+
+def _filter_params(index, allowed):
+    import faiss
+
+    if _is_gpu(index):
+        return None
+    base, sel = _base(index), faiss.IDSelectorBatch(allowed)
+    widen = max(1.0, index.ntotal / allowed.size)
+    if isinstance(base, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=min(base.nlist, math.ceil(base.nprobe * widen)))
+    elif isinstance(base, faiss.IndexHNSW):
+        ef = min(max(index.ntotal, 1), math.ceil(base.hnsw.efSearch * widen))
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+    elif isinstance(base, faiss.IndexFlat):
+        params = faiss.SearchParameters(sel=sel)
+    else:
+        return None
+    return params  # FAISS's wrapper keeps `sel` alive with the parameters
+
+
+def _base(index):
+    import faiss
+
+    index = faiss.downcast_index(index)
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def _is_gpu(index) -> bool:
+    import faiss
+
+    return faiss.get_num_gpus() > 0 and isinstance(_base(index), faiss.GpuIndex)  # cheap test first
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index | None:
+    """A copy of ``index`` on GPU 0, or None when there is no GPU or no GPU version of this index type."""
+    import faiss
+
+    global _GPU_RESOURCES
+    if faiss.get_num_gpus() == 0:
+        return None
+    if _GPU_RESOURCES is None:  # one shared pool, kept alive for as long as GPU indexes may use it
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    try:
+        return faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index)
+    except RuntimeError:  # an index type without a GPU implementation
+        return None
+
+
+def _to_cpu(index):
+    import faiss
+
+    return faiss.index_gpu_to_cpu(index) if _is_gpu(index) else index
+
+
+def _check_vectors(vectors) -> np.ndarray:
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise IndexError_(f"vectors must be a 2-D array of rows, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1)
+    if len(x) and not np.allclose(norms, 1.0, atol=1e-2):
+        raise IndexError_(f"vectors must be L2-normalised (row norms range {norms.min():.3g}–{norms.max():.3g})")
+    return x
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
