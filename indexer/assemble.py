@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.aggregate import AggregationConfig, aggregate_slide
+from indexer.errors import UserError
 from indexer.store import IndexDir, atomic_path
 
 RECALL_K = 10
+REFINE_SAMPLE = 200_000  # patches (spread over slides) used to refine prototypes
 
 
 @dataclass
@@ -114,7 +117,7 @@ def assemble(
     ids = np.asarray(slide_rows, np.int64)
     _write_table(index, "slides", _slides_table(records, metadata))
     _write_table(index, "patches", pa.concat_tables(patch_tables) if patch_tables else _empty_patches())
-    _write_table(index, "prototypes", prototype_table)
+    _write_table(index, "prototypes", _with_embedding(prototype_table, prototypes))
     _write_table(index, "subvectors", pa.table({
         "sub_row": np.concatenate(sub_rows) if sub_rows else np.zeros(0, np.int64),
         "slide_row": np.repeat(ids, k),
@@ -189,6 +192,14 @@ def _slides_table(records: list[dict[str, Any]], metadata: dict[str, dict[str, A
     return base
 
 
+def _with_embedding(prototype_table: pa.Table, prototypes: np.ndarray) -> pa.Table:
+    """Add (or replace) the ``embedding`` column: the prototypes P the slides were aggregated with."""
+    column = pa.FixedSizeListArray.from_arrays(pa.array(prototypes.astype(np.float32).ravel()), prototypes.shape[1])
+    if "embedding" in prototype_table.column_names:
+        prototype_table = prototype_table.drop_columns(["embedding"])
+    return prototype_table.append_column("embedding", column)
+
+
 def _empty_patches() -> pa.Table:
     return pa.table({
         "patch_row": pa.array([], pa.int64()), "slide_row": pa.array([], pa.int64()),
@@ -200,3 +211,60 @@ def _empty_patches() -> pa.Table:
 def _write_table(index: IndexDir, name: str, table: pa.Table) -> None:
     with atomic_path(index.table(name)) as tmp:
         pq.write_table(table, tmp)
+
+
+def rebuild(index: IndexDir, text_prototypes: np.ndarray, prototype_table: pa.Table, settings: dict[str, Any],
+            metadata: dict[str, dict[str, Any]], aggregation: AggregationConfig, max_index_memory: int | None) -> Assembled:
+    """Re-aggregate every staged slide and rewrite tables, FAISS indexes and the manifest."""
+    records = assign_slide_rows(list(index.staged_records()), previous_slide_rows(index))
+    prototypes = _refined_prototypes(index, records, text_prototypes, aggregation)
+    assembled = assemble(index, records, prototypes, prototype_table, aggregation, metadata, max_index_memory)
+    index.write_manifest({
+        **({"created": index.read_manifest()["created"]} if index.exists() else {}),
+        **settings,
+        "counts": assembled.counts,
+        "indexes": assembled.indexes,
+        "timings": assembled.timings,
+    })
+    return assembled
+
+
+def _refined_prototypes(index: IndexDir, records, text_prototypes: np.ndarray, aggregation: AggregationConfig) -> np.ndarray:
+    """Prototype embeddings P: the text prototypes, refined on the collection when alpha < 1 (DESIGN §3)."""
+    if aggregation.alpha >= 1.0:
+        return text_prototypes
+    from indexer.prototypes import refine_prototypes
+
+    ok = [r["slide_id"] for r in records if r.get("status") == "ok"]
+    if not ok:
+        return text_prototypes
+    # An even share of at most REFINE_SAMPLE patches per slide keeps memory flat on large collections.
+    per_slide = max(1, REFINE_SAMPLE // len(ok))
+    feats = [_evenly_spaced(index.load_staged(slide_id).features, per_slide) for slide_id in ok]
+    return refine_prototypes(text_prototypes, np.concatenate(feats).astype(np.float32), aggregation.alpha, aggregation.tau)
+
+
+def _evenly_spaced(rows: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` rows spread evenly over ``rows``."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
+
+
+def remove_slides(out: str | Path, slide_ids: Iterable[str]) -> Assembled:
+    """Delete slides from an index and rewrite it (no encoder needed: the prototypes are stored)."""
+    from indexer.metadata import stored_metadata
+
+    index = IndexDir(out)
+    manifest = index.read_manifest()
+    slide_ids = list(slide_ids)
+    missing = [s for s in slide_ids if not (index.staged_path(s).exists() or index.error_path(s).exists())]
+    if missing:
+        raise UserError(f"not in {index.root}: {', '.join(missing)}")
+    for slide_id in slide_ids:
+        index.unstage(slide_id)
+    table = pq.read_table(index.table("prototypes")).drop_columns(["embedding"])
+    text_prototypes = np.asarray(table.column("text_embedding").to_pylist(), np.float32)
+    settings = {k: manifest[k] for k in ("encoder", "tiling", "bank", "aggregation", "max_index_memory", "features_imported")}
+    return rebuild(index, text_prototypes, table, settings, stored_metadata(index.root, None),
+                   AggregationConfig(**manifest["aggregation"]), manifest["max_index_memory"])

@@ -75,3 +75,17 @@ def slide_mpp_override(row: dict[str, Any] | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value > 0 else None
+
+
+def stored_metadata(index_root: Path, table: pa.Table | None) -> dict[str, dict[str, Any]]:
+    """Store newly given metadata (from :func:`read_metadata_csv`) in the index; otherwise reuse the stored one."""
+    import pyarrow.parquet as pq
+
+    from indexer.store import atomic_path
+
+    path = Path(index_root) / "metadata.parquet"
+    if table is not None:
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        return metadata_by_slide(table)
+    return metadata_by_slide(pq.read_table(path)) if path.is_file() else {}

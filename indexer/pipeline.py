@@ -5,20 +5,22 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from indexer.aggregate import AggregationConfig
-from indexer.errors import IndexError_, UserError
-from indexer.metadata import metadata_by_slide, read_metadata_csv, slide_mpp_override
+from indexer.assemble import rebuild
+from indexer.encoders import file_sha256
+from indexer.errors import UserError
+from indexer.index_settings import check_compatible, index_settings, prototype_table
+from indexer.metadata import read_metadata_csv, slide_mpp_override, stored_metadata
 from indexer.progress import StageProgress
 from indexer.store import IndexDir, StagedSlide
 from indexer.tiling import TilingConfig
 
-REFINE_SAMPLE = 200_000
 SLIDE_SUFFIXES = frozenset({
     ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
     ".png", ".jpg", ".jpeg",
@@ -87,15 +89,6 @@ def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_index(
     inputs: Iterable[str | Path],
     out: str | Path,
@@ -112,24 +105,27 @@ def run_index(
         metadata_csv: optional CSV of user columns joined to slides by slide_id or file name.
         show_progress: draw rich progress bars on stderr.
     """
+    from indexer.bank import load_bank
     from indexer.encoders import load_encoder
-    from indexer.prototypes import embed_prototypes, load_bank
+    from indexer.prototypes import embed_prototypes
 
+    # Every check comes before the first write: a refused run leaves the index as it was.
     paths = collect_slides(inputs)
+    new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
     index = IndexDir(out)
-    index.root.mkdir(parents=True, exist_ok=True)
-    index.clean_temporaries()
-    metadata = _update_metadata(index, metadata_csv)
-    report = IndexReport(out=index.root)
     timings: dict[str, float] = defaultdict(float)
-
     t0 = time.perf_counter()
     encoder = load_encoder(config.model, checkpoint=config.checkpoint, device=config.device, batch_size=config.batch_size)
     bank = load_bank(config.bank)
-    settings = _settings(config, encoder, bank)
+    settings = index_settings(config, encoder, bank)
     check_compatible(index, settings)
     text_prototypes = embed_prototypes(bank, encoder)
     timings["load model"] = time.perf_counter() - t0
+
+    index.root.mkdir(parents=True, exist_ok=True)
+    index.clean_temporaries()
+    metadata = stored_metadata(index.root, new_metadata)
+    report = IndexReport(out=index.root)
 
     with StageProgress(enabled=show_progress) as progress:
         progress.start_slides(len(paths))
@@ -138,7 +134,8 @@ def run_index(
             _index_one(index, path, config, encoder, metadata.get(path.stem), report, timings, progress)
             progress.slide_done()
 
-    assembled = rebuild(index, text_prototypes, _prototype_table(bank, text_prototypes), settings, metadata, config)
+    assembled = rebuild(index, text_prototypes, prototype_table(bank, text_prototypes), settings, metadata,
+                        config.aggregation, config.max_index_memory)
     for stage, seconds in assembled.timings.items():
         timings[stage] += seconds
     report.timings = dict(timings)
@@ -154,10 +151,12 @@ def _index_one(index, path, config, encoder, meta_row, report, timings, progress
         return
     record = _file_record(path, slide_id)
     try:
-        staged = _encode_slide(path, record, config, encoder, meta_row, timings, progress)
+        staged = encode_slide(path, record, config, encoder, meta_row, timings, progress)
     except UserError as exc:
         _fail(index, report, record, str(exc))
         return
+    except (ImportError, MemoryError):
+        raise  # a broken installation or machine is not a property of this slide
     except Exception as exc:  # one slide's failure never stops the run
         _fail(index, report, record, f"{type(exc).__name__}: {exc}")
         return
@@ -190,8 +189,23 @@ def _fail(index: IndexDir, report: IndexReport, record: dict[str, Any], reason: 
     report.failed[record["slide_id"]] = reason
 
 
-def _encode_slide(path, record, config, encoder, meta_row, timings, progress) -> StagedSlide:
-    """Open, detect tissue, tile and embed one slide (or import its features)."""
+def encode_slide(path, record, config, encoder, meta_row=None, timings=None, progress=None) -> StagedSlide:
+    """Open, detect tissue, tile and embed one slide (or import its features).
+
+    Args:
+        path: the slide file.
+        record: dict with at least ``slide_id``; slide facts are added to it.
+        config: tiling, sampling and loader options.
+        encoder: the image encoder.
+        meta_row: the slide's user metadata (for a per-slide ``mpp``).
+        timings: stage → seconds, accumulated in place.
+        progress: progress bars.
+
+    Raises:
+        UserError: unreadable slide, no MPP, or no tissue.
+    """
+    timings = timings if timings is not None else defaultdict(float)
+    progress = progress or StageProgress(enabled=False)
     from indexer.embedding import iter_slide_embeddings
     from indexer.slides import open_slide
     from indexer.tiling import tile_slide
@@ -221,8 +235,10 @@ def _encode_slide(path, record, config, encoder, meta_row, timings, progress) ->
     t0 = time.perf_counter()
     progress.start_patches(len(grid))
     feats = np.zeros((len(grid), encoder.dim), np.float16)
+    # Starting reader processes costs more than reading a couple of batches in-process.
+    workers = config.num_workers if len(grid) > 2 * config.batch_size else 0
     for rows, emb in iter_slide_embeddings(
-        path, grid, encoder, mpp=facts["mpp"], batch_size=config.batch_size, num_workers=config.num_workers
+        path, grid, encoder, mpp=facts["mpp"], batch_size=config.batch_size, num_workers=workers
     ):
         feats[rows] = emb
         progress.advance_patches(len(rows))
@@ -232,20 +248,16 @@ def _encode_slide(path, record, config, encoder, meta_row, timings, progress) ->
 
 def _import_features(record, config, encoder, slide, timings) -> StagedSlide:
     from indexer.features_import import find_features_file, read_features_h5
+    from indexer.tiling import patch_geometry
 
     t0 = time.perf_counter()
     coords, feats, size = read_features_h5(find_features_file(config.features_dir, record["slide_id"]), encoder.dim)
     if size is None:
         if slide.mpp is None:
             raise UserError("features file has no patch size and the slide has no MPP; pass --mpp")
-        size = _patch_size(slide, config.tiling)
+        size = patch_geometry(slide, config.tiling)[0]
     timings["import features"] += time.perf_counter() - t0
     return StagedSlide(record, coords, feats.astype(np.float16), int(size))
-
-
-def _patch_size(slide, tiling: TilingConfig) -> int:
-    """Level-0 patch side for ``tiling`` on ``slide`` (DESIGN: patch_px at the target magnification)."""
-    return int(round(tiling.patch_px * (10.0 / tiling.magnification) / slide.mpp))
 
 
 def subsample_grid(grid, max_patches: int | None, seed: str):
@@ -257,123 +269,3 @@ def subsample_grid(grid, max_patches: int | None, seed: str):
     rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:16], 16))
     keep = np.sort(rng.choice(len(grid), size=max_patches, replace=False))
     return dataclasses.replace(grid, coords=grid.coords[keep])
-
-
-def _settings(config: IndexConfig, encoder, bank) -> dict[str, Any]:
-    """The manifest sections that decide compatibility (encoder, tiling, bank) and aggregation."""
-    return {
-        "encoder": encoder.describe(),
-        "tiling": {**asdict(config.tiling), "max_patches": config.max_patches},
-        "bank": {"name": bank.name, "K": len(bank.prototypes), "sha256": bank.sha256},
-        "aggregation": asdict(config.aggregation),
-        "max_index_memory": config.max_index_memory,
-        "features_imported": config.features_dir is not None,
-    }
-
-
-def check_compatible(index: IndexDir, settings: dict[str, Any]) -> None:
-    """Refuse to add to an index built with another encoder, bank or tiling."""
-    if not index.exists():
-        return
-    old = index.read_manifest()
-    enc_old, enc_new = old["encoder"], settings["encoder"]
-    if (enc_old["name"], enc_old["weights_sha256"]) != (enc_new["name"], enc_new["weights_sha256"]):
-        raise IndexError_(
-            f"{index.root} was built with encoder {enc_old['name']} (weights {enc_old['weights_sha256'][:12]}); "
-            f"this run uses {enc_new['name']} (weights {enc_new['weights_sha256'][:12]}). Use a new --out or the same --model"
-        )
-    if old["bank"]["sha256"] != settings["bank"]["sha256"]:
-        raise IndexError_(f"{index.root} was built with bank {old['bank']['name']!r}; this run uses {settings['bank']['name']!r} (or a changed file). Use a new --out or the same --bank")
-    if old["tiling"] != settings["tiling"]:
-        raise IndexError_(f"{index.root} was built with tiling {old['tiling']}; this run asks for {settings['tiling']}. Use a new --out")
-
-
-def _prototype_table(bank, text_prototypes: np.ndarray):
-    import pyarrow as pa
-
-    dim = text_prototypes.shape[1]
-    return pa.table({
-        "proto_id": pa.array(range(len(bank.prototypes)), pa.int32()),
-        "name": [p.name for p in bank.prototypes],
-        "organs": [list(p.organs) for p in bank.prototypes],
-        "descriptions": [list(p.descriptions) for p in bank.prototypes],
-        "text_embedding": pa.FixedSizeListArray.from_arrays(pa.array(text_prototypes.astype(np.float32).ravel()), dim),
-    })
-
-
-def _update_metadata(index: IndexDir, metadata_csv) -> dict[str, dict[str, Any]]:
-    """Store a newly given metadata CSV in the index; otherwise reuse the one stored before."""
-    import pyarrow.parquet as pq
-
-    from indexer.store import atomic_path
-
-    path = index.root / "metadata.parquet"
-    if metadata_csv is not None:
-        table = read_metadata_csv(metadata_csv)
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        return metadata_by_slide(table)
-    return metadata_by_slide(pq.read_table(path)) if path.is_file() else {}
-
-
-def rebuild(index: IndexDir, text_prototypes, prototype_table, settings, metadata, config: IndexConfig):
-    """Re-aggregate every staged slide and rewrite tables, FAISS indexes and the manifest."""
-    from indexer.assemble import assemble, assign_slide_rows, previous_slide_rows
-
-    records = assign_slide_rows(list(index.staged_records()), previous_slide_rows(index))
-    prototypes = _refined_prototypes(index, records, text_prototypes, config.aggregation)
-    assembled = assemble(index, records, prototypes, prototype_table, config.aggregation, metadata, config.max_index_memory)
-    index.write_manifest({
-        **({"created": index.read_manifest()["created"]} if index.exists() else {}),
-        **settings,
-        "counts": assembled.counts,
-        "indexes": assembled.indexes,
-        "timings": assembled.timings,
-    })
-    return assembled
-
-
-def _refined_prototypes(index: IndexDir, records, text_prototypes: np.ndarray, aggregation: AggregationConfig) -> np.ndarray:
-    """Prototype embeddings P: the text prototypes, refined on the collection when alpha < 1 (DESIGN §3)."""
-    if aggregation.alpha >= 1.0:
-        return text_prototypes
-    from indexer.prototypes import refine_prototypes
-
-    ok = [r["slide_id"] for r in records if r.get("status") == "ok"]
-    if not ok:
-        return text_prototypes
-    # An even share of at most REFINE_SAMPLE patches per slide keeps memory flat on large collections.
-    per_slide = max(1, REFINE_SAMPLE // len(ok))
-    feats = [_evenly_spaced(index.load_staged(slide_id).features, per_slide) for slide_id in ok]
-    return refine_prototypes(text_prototypes, np.concatenate(feats).astype(np.float32), aggregation.alpha, aggregation.tau)
-
-
-def _evenly_spaced(rows: np.ndarray, n: int) -> np.ndarray:
-    """At most ``n`` rows spread evenly over ``rows``."""
-    if len(rows) <= n:
-        return rows
-    return rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]
-
-
-def remove_slides(out: str | Path, slide_ids: Iterable[str]) -> IndexReport:
-    """Delete slides from an index and rewrite it (no encoder needed: prototypes are stored)."""
-    import dataclasses
-
-    import pyarrow.parquet as pq
-
-    index = IndexDir(out)
-    manifest = index.read_manifest()
-    missing = [s for s in slide_ids if not (index.staged_path(s).exists() or index.error_path(s).exists())]
-    if missing:
-        raise UserError(f"not in {index.root}: {', '.join(missing)}")
-    for slide_id in slide_ids:
-        index.unstage(slide_id)
-    table = pq.read_table(index.table("prototypes"))
-    text_prototypes = np.asarray(table.column("text_embedding").to_pylist(), np.float32)
-    settings = {k: manifest[k] for k in ("encoder", "tiling", "bank", "aggregation", "max_index_memory", "features_imported")}
-    config = dataclasses.replace(
-        IndexConfig(), aggregation=AggregationConfig(**manifest["aggregation"]), max_index_memory=manifest["max_index_memory"]
-    )
-    metadata = _update_metadata(index, None)
-    assembled = rebuild(index, text_prototypes, table, settings, metadata, config)
-    return IndexReport(out=index.root, counts=assembled.counts, timings=assembled.timings)

@@ -25,7 +25,7 @@ class TissueConfig:
         remove_pen: drop strongly saturated blue/green ink and near-black marks.
     """
 
-    max_px: int = 2048
+    max_px: int = 1024
     min_saturation: float = 0.05
     max_saturation_threshold: float = 0.12
     smooth_sigma: float = 1.0

@@ -31,7 +31,8 @@ class Catalog:
 
         con = duckdb.connect()
         for name in TABLES:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet(?)", [str(self.index.table(name))])
+            path = str(self.index.table(name)).replace("'", "''")
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
         return con
 
     @cached_property
@@ -62,19 +63,42 @@ class Catalog:
             cache[name] = load_index(self.index.faiss(name))
         return cache[name]
 
-    def allowed_slide_rows(self, where: str | None) -> np.ndarray | None:
-        """slide_row values of ok slides matching the boolean SQL expression ``where`` (None: no filter).
+    def allowed_slide_rows(
+        self, where: str | None = None, exclude_row: int | None = None, exclude_same: str | None = None
+    ) -> np.ndarray | None:
+        """slide_row values of indexed slides allowed by a filter; None when nothing restricts them.
+
+        Args:
+            where: a boolean SQL expression over slide columns, e.g. ``organ = 'lung' AND stain = 'H&E'``.
+            exclude_row: drop this slide (the query itself).
+            exclude_same: a column name; also drop every slide sharing the query slide's value in it.
 
         Raises:
-            QueryError: for anything but a single boolean expression over slide columns.
+            QueryError: for anything but a single boolean expression over known slide columns.
         """
-        if where is None or not where.strip():
+        has_where = where is not None and bool(where.strip())
+        if not has_where and exclude_row is None:
             return None
-        validate_where(where)
+        clauses, params = ["status = 'ok'"], []
+        if has_where:
+            validate_where(where)
+            clauses.append(f"({where})")
+        if exclude_row is not None:
+            clauses.append("slide_row <> ?")
+            params.append(int(exclude_row))
+            if exclude_same:
+                if exclude_same not in self.slides.column_names:
+                    raise QueryError(f"--exclude-same {exclude_same!r}: no such column (columns: {', '.join(self.slides.column_names)})")
+                column = '"' + exclude_same.replace('"', '""') + '"'
+                clauses.append(f"{column} IS DISTINCT FROM (SELECT {column} FROM slides WHERE slide_row = ?)")
+                params.append(int(exclude_row))
+        return self._select_rows(" AND ".join(clauses), params, where)
+
+    def _select_rows(self, condition: str, params: list, where: str | None) -> np.ndarray:
         import duckdb
 
         try:
-            rows = self._filter_db.sql(f"SELECT slide_row FROM slides WHERE status = 'ok' AND ({where})").fetchall()
+            rows = self._filter_db.execute(f"SELECT slide_row FROM slides WHERE {condition}", params).fetchall()
         except duckdb.BinderException as exc:
             columns = ", ".join(self.slides.column_names)
             raise QueryError(f"bad --where {where!r}: {_first_line(exc)} (columns: {columns})") from None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
 
 from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` itself sets it, before torch loads
 
 SHARED_SLIDES = Path(__file__).resolve().parents[1].parent / "shared/data/slides"
 
@@ -66,3 +69,19 @@ def run_cli() -> Callable[..., "object"]:
         return CliRunner().invoke(app, argv)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def planted_index(tmp_path_factory):
+    """The planted 8-slide cohort (tests/planted.py) indexed once: (index dir, cohort dir, IndexConfig)."""
+    import planted
+    from indexer.pipeline import IndexConfig, run_index
+    from indexer.tiling import TilingConfig
+
+    root = tmp_path_factory.mktemp("planted")
+    csv = planted.write_planted_cohort(root / "cohort")
+    bank = planted.write_planted_bank(root / "bank.yaml")
+    config = IndexConfig(model="planted", bank=str(bank), tiling=TilingConfig(magnification=10, patch_px=64), num_workers=0)
+    report = run_index([root / "cohort"], root / "idx", config, metadata_csv=csv, show_progress=False)
+    assert not report.failed
+    return root / "idx", root / "cohort", config

@@ -9,13 +9,7 @@ from PIL import Image
 from indexer.slides import open_slide
 from indexer.synthetic import Region
 from indexer.tiling import TilingConfig, tile_slide
-
-
-def _one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in result.output
-    return lines[0]
+from assertions import one_error_line
 
 
 def test_json_reports_facts_and_patch_count(make_slide, run_cli):
@@ -61,21 +55,21 @@ def test_missing_path_directory_and_text_file(run_cli, tmp_path):
     for path, words in ((tmp_path / "nope.svs", "no such file"), (tmp_path, "directory"), (text, "not a readable")):
         result = run_cli("tiles", path)
         assert result.exit_code == 2
-        assert words in _one_error_line(result)
+        assert words in one_error_line(result)
 
 
 def test_no_mpp_slide_asks_for_override(run_cli, tmp_path):
     path = tmp_path / "plain.png"
     Image.new("RGB", (300, 300), (180, 90, 160)).save(path)
     result = run_cli("tiles", path)
-    assert result.exit_code == 2 and "--mpp" in _one_error_line(result)
+    assert result.exit_code == 2 and "--mpp" in one_error_line(result)
     assert run_cli("tiles", path, "--mpp", "0.5", "--json").exit_code == 0
 
 
 def test_real_slides(shared_slides, run_cli):
     svs = shared_slides / "tcga-cr-7395-01a-01-ts1.svs"
     failed = run_cli("tiles", svs)
-    assert failed.exit_code == 2 and "--mpp" in _one_error_line(failed)
+    assert failed.exit_code == 2 and "--mpp" in one_error_line(failed)
     ok = run_cli("tiles", svs, "--mpp", "0.5", "--json")
     assert ok.exit_code == 0 and json.loads(ok.stdout)["patches"] > 0
 
@@ -83,7 +77,7 @@ def test_real_slides(shared_slides, run_cli):
     assert kidney.exit_code == 0 and json.loads(kidney.stdout)["vendor"] == "image"
 
     broken = run_cli("tiles", shared_slides / "broken.svs", "--mpp", "0.5")
-    assert broken.exit_code != 0 and "broken.svs" in _one_error_line(broken)
+    assert broken.exit_code != 0 and "broken.svs" in one_error_line(broken)
 
 
 def test_unaligned_region_counts_match_library(make_slide, run_cli):

@@ -140,7 +140,7 @@ def remove_command(
     slide_ids: List[str] = typer.Argument(..., help="slide_id values to delete."),
 ) -> None:
     """Delete slides from an index and rewrite its tables and FAISS indexes."""
-    from indexer.pipeline import remove_slides
+    from indexer.assemble import remove_slides
 
-    report = remove_slides(index, slide_ids)
-    typer.echo(f"removed {len(slide_ids)} slide(s); {report.counts['slides_ok']} slides remain in {index}")
+    assembled = remove_slides(index, slide_ids)
+    typer.echo(f"removed {len(slide_ids)} slide(s); {assembled.counts['slides_ok']} slides remain in {index}")

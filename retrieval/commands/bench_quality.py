@@ -1,0 +1,93 @@
+"""`slidesearch bench retrieval` (leave-one-patient-out quality) and `slidesearch bench index` (indexing speed, memory)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from retrieval.cli_app import guarded, print_json
+from retrieval.commands.bench import _ints, bench_app
+
+
+@bench_app.command("retrieval")
+@guarded
+def retrieval(
+    index: Path = typer.Argument(..., help="Index directory."),
+    label: str = typer.Option(..., "--label", help="Slide column holding the class, e.g. label or diagnosis."),
+    k: str = typer.Option("1,5,10", "--k", "-k", help="Comma-separated cut-offs for mMV@k, mAP@k and Acc@k."),
+    exclude_same: Optional[str] = typer.Option(
+        "patient_id", "--exclude-same", help="Leave out slides sharing this column with the query; 'none' for leave-one-slide-out."),
+    mode: Optional[List[str]] = typer.Option(
+        None, "--mode", help="proto, mean or patch-vote (repeatable; default: all three)."),
+    max_query_patches: int = typer.Option(64, help="patch-vote: at most this many evenly spaced patches per query slide."),
+    patch_neighbours: int = typer.Option(32, help="patch-vote: nearest patches fetched per query patch."),
+    out: Path = typer.Option(Path("bench-retrieval"), "--out", help="Folder for bench_retrieval.json, .md and .png."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON instead of the table."),
+) -> None:
+    """Leave-one-patient-out retrieval over the whole index: mMV@k, mAP@k, Acc@k per mode, with the chance rate."""
+    from rich.progress import Progress
+
+    from retrieval.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
+
+    ks = _ints(k, "--k")
+    modes = tuple(mode or MODES)
+    exclude = None if exclude_same in (None, "", "none") else exclude_same
+    with Progress(transient=True, disable=as_json) as progress:
+        task = progress.add_task("queries", total=None)
+        result = run_retrieval_benchmark(index, label, ks, exclude, modes, max_query_patches=max_query_patches,
+                                         patch_neighbours=patch_neighbours,
+                                         on_query=lambda s: progress.update(task, advance=1, description=f"queried {s}"))
+    command = _command_line()
+    paths = write_retrieval_report(result, out, command=command)
+    if as_json:
+        print_json(result | {"command": command, "files": {ext: str(p) for ext, p in paths.items()}})
+        return
+    typer.echo(markdown_report(result))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@bench_app.command("index")
+@guarded
+def index(
+    out: Path = typer.Option(..., "--out", help="Folder for bench_index.json, .md and .png."),
+    slide_px: int = typer.Option(2048, help="Side of the generated slides in level-0 px."),
+    mpp: float = typer.Option(0.5, help="Microns per pixel of the generated slides."),
+    slides: str = typer.Option("5,20", help="Slide counts indexed with tiny, comparing peak memory."),
+    models: str = typer.Option("tiny,openclip:ViT-B-16", help="Encoders to time (ViT-B-16 with random weights)."),
+    vit_slides: int = typer.Option(2, help="Slides indexed with ViT-B-16."),
+    vit_max_patches: int = typer.Option(24, help="Patches sampled per slide for ViT-B-16 (slow on CPU)."),
+    workers: int = typer.Option(2, help="Patch-reading worker processes per index run."),
+    workdir: Optional[Path] = typer.Option(None, help="Keep the generated slides and indexes here (default: a temporary folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON instead of the tables."),
+) -> None:
+    """Indexing speed and memory: patches/s (tiny, ViT-B-16), time by stage, peak RSS for few vs many slides."""
+    import tempfile
+
+    from rich.console import Console
+
+    from retrieval.bench_index import IndexBenchConfig, markdown_report, run_index_benchmark, write_index_report
+
+    config = IndexBenchConfig(slide_px=slide_px, mpp=mpp, memory_slides=_ints(slides, "--slides"), vit_slides=vit_slides,
+                              vit_max_patches=vit_max_patches, workers=workers,
+                              models=tuple(m.strip() for m in models.split(",") if m.strip()))
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="slidesearch-bench-index-") as tmp:
+        with console.status("index benchmark") as status:
+            result = run_index_benchmark(config, workdir or Path(tmp), on_step=lambda s: status.update(s))
+    command = _command_line()
+    paths = write_index_report(result, out, command=command)
+    if as_json:
+        print_json(result | {"command": command, "files": {ext: str(p) for ext, p in paths.items()}})
+        return
+    typer.echo(markdown_report(result, command))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _command_line() -> str:
+    """The command as typed (for the reports)."""
+    return "slidesearch " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+

@@ -1,0 +1,104 @@
+"""`slidesearch search text|slide|patch`: query an index from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from retrieval.cli_app import app, guarded, print_json
+
+search_app = typer.Typer(help="Search an index by text, slide or patch.", no_args_is_help=True)
+app.add_typer(search_app, name="search")
+
+K_OPTION = typer.Option(10, "-k", "--k", help="Number of slides to return.")
+WHERE_OPTION = typer.Option(None, "--where", help="SQL filter over slide columns, e.g. \"organ = 'lung'\".")
+JSON_OPTION = typer.Option(False, "--json", help="Print results as JSON.")
+THUMBS_OPTION = typer.Option(None, "--thumbnails", help="Write one PNG per hit, best patches outlined, here.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda (for embedding the query).")
+
+
+@search_app.command("text")
+@guarded
+def search_text(
+    index: Path = typer.Argument(..., help="Index directory."),
+    query: str = typer.Argument(..., help="Free-text description, e.g. 'adenocarcinoma with necrosis'."),
+    k: int = K_OPTION,
+    where: Optional[str] = WHERE_OPTION,
+    no_expand: bool = typer.Option(False, "--no-expand", help="Do not expand disease names with their attributes."),
+    as_json: bool = JSON_OPTION,
+    thumbnails: Optional[Path] = THUMBS_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Text → slide: slides whose prototypes and patches match a description."""
+    from retrieval.search import SlideSearcher
+
+    result = SlideSearcher(index, device=device).search_text(query, k=k, where=where, expand=not no_expand)
+    _show(result, as_json, thumbnails)
+
+
+@search_app.command("slide")
+@guarded
+def search_slide(
+    index: Path = typer.Argument(..., help="Index directory."),
+    slide: str = typer.Argument(..., help="An indexed slide_id, or a slide file (embedded on the fly, not added)."),
+    k: int = K_OPTION,
+    where: Optional[str] = WHERE_OPTION,
+    exclude_same: Optional[str] = typer.Option(None, "--exclude-same", help="Drop slides sharing this column's value (e.g. patient_id)."),
+    mode: str = typer.Option("proto", "--mode", help="proto (prototype slide vectors) or mean (mean-pool baseline)."),
+    as_json: bool = JSON_OPTION,
+    thumbnails: Optional[Path] = THUMBS_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Slide → slide: cases that look like this slide."""
+    from retrieval.search import SlideSearcher
+
+    result = SlideSearcher(index, device=device).search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=mode)
+    _show(result, as_json, thumbnails)
+
+
+@search_app.command("patch")
+@guarded
+def search_patch(
+    index: Path = typer.Argument(..., help="Index directory."),
+    image: str = typer.Argument(..., help="An image file, or a region of an indexed slide: SLIDE_ID@x,y,w,h (level-0 px)."),
+    k: int = K_OPTION,
+    where: Optional[str] = WHERE_OPTION,
+    as_json: bool = JSON_OPTION,
+    thumbnails: Optional[Path] = THUMBS_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Patch → slide: where else this morphology occurs."""
+    from retrieval.search import SlideSearcher
+
+    result = SlideSearcher(index, device=device).search_patch(image, k=k, where=where)
+    _show(result, as_json, thumbnails)
+
+
+def _show(result, as_json: bool, thumbnails: Path | None) -> None:
+    written = []
+    if thumbnails is not None:
+        from retrieval.thumbnails import write_hit_thumbnails
+
+        written = write_hit_thumbnails(result, thumbnails)
+    if as_json:
+        print_json({**result.to_dict(), "thumbnails": [str(p) for p in written]})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if result.details.get("expanded_with"):
+        console.print(f"query expanded with the attributes of [bold]{result.details['expanded_with']}[/]")
+    shown = [c for c in ("patient_id", "label", "organ", "stain") if any(c in h.metadata for h in result.hits)]
+    table = Table("rank", "slide_id", "score", *shown, "prototypes (mass, sim)", "best patch (x, y)", title=f"{result.kind} query: {result.query}")
+    for hit in result.hits:
+        protos = "; ".join(f"{p.name} ({p.mass:.2f}, {p.similarity:.2f})" for p in hit.prototypes)
+        patch = f"{hit.patches[0].x}, {hit.patches[0].y} ({hit.patches[0].score:.2f})" if hit.patches else ""
+        table.add_row(str(hit.rank), hit.slide_id, f"{hit.score:.3f}", *(str(hit.metadata.get(c, "")) for c in shown), protos, patch)
+    console.print(table)
+    if not result.hits:
+        typer.echo("no slides matched", err=True)
+    for path in written:
+        console.print(f"thumbnail: {path}")

@@ -1,0 +1,109 @@
+"""Turn queries into vectors of the index's space: text (prompt ensemble + knowledge expansion), patches, new slides."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.aggregate import l2_normalize as normalize
+from indexer.errors import QueryError
+
+# Prompt ensembling: the query is embedded in several phrasings and the unit vectors averaged.
+PROMPT_TEMPLATES = (
+    "{}",
+    "an H&E image of {}.",
+    "a histopathology image showing {}.",
+    "{}, presented in image.",
+)
+# With expansion, the query vector is normalize((1 - w)·q + w·a) where a is the mean of the disease's attributes.
+EXPANSION_WEIGHT = 0.5
+_REGION = re.compile(r"^(?P<slide>.+)@(?P<x>\d+),(?P<y>\d+),(?P<w>\d+),(?P<h>\d+)$")
+
+
+def embed_text_query(encoder, query: str, bank=None, expand: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embed a text query with the index's text tower.
+
+    Args:
+        encoder: the index's encoder.
+        query: free text, e.g. "poorly differentiated adenocarcinoma with necrosis".
+        bank: the index's knowledge bank; when ``expand`` and the query names one of its diseases, the
+            disease's attributes are embedded and mixed in (KEP-style expansion).
+        expand: allow the expansion.
+
+    Returns:
+        (unit query vector (d,), details for the explanation: templates and the expansion used).
+    """
+    query = (query or "").strip()
+    if not query:
+        raise QueryError("empty text query")
+    q = normalize(encoder.encode_text([t.format(query) for t in PROMPT_TEMPLATES]).mean(axis=0))
+    details: dict[str, Any] = {"templates": len(PROMPT_TEMPLATES), "expanded_with": None}
+    disease = bank.find_disease(query) if (expand and bank is not None) else None
+    if disease is not None and disease.attributes:
+        attributes = normalize(normalize(encoder.encode_text(list(disease.attributes))).mean(axis=0))
+        q = normalize((1 - EXPANSION_WEIGHT) * q + EXPANSION_WEIGHT * attributes)
+        details.update(expanded_with=disease.name, attributes=list(disease.attributes), expansion_weight=EXPANSION_WEIGHT)
+    return q, details
+
+
+@dataclass(frozen=True)
+class Region:
+    """A level-0 rectangle of an indexed slide, written ``SLIDE_ID@x,y,w,h``."""
+
+    slide_id: str
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def parse_region(text: str) -> Region | None:
+    """Parse ``SLIDE_ID@x,y,w,h``; None when ``text`` has no '@'; QueryError when it is malformed.
+
+    >>> parse_region("S01@100,200,448,448")
+    Region(slide_id='S01', x=100, y=200, w=448, h=448)
+    """
+    if "@" not in text:
+        return None
+    match = _REGION.match(text.strip())
+    if not match:
+        raise QueryError(f"malformed region {text!r}: expected SLIDE_ID@x,y,w,h with whole numbers")
+    region = Region(match["slide"], *(int(match[k]) for k in "xywh"))
+    if region.w <= 0 or region.h <= 0:
+        raise QueryError(f"malformed region {text!r}: width and height must be positive")
+    return region
+
+
+def load_query_image(path: str | Path):
+    """Open an image file as RGB, with a one-line error when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise QueryError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise QueryError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def read_region_image(slide_path: str, slide_mpp: float, region: Region, magnification: float):
+    """Read ``region`` of a slide at the index's magnification (RGB PIL image)."""
+    from indexer.slides import open_slide
+
+    with open_slide(slide_path, mpp=slide_mpp) as slide:
+        width, height = slide.dimensions
+        if region.x + region.w > width or region.y + region.h > height:
+            raise QueryError(f"region {region} lies outside slide {region.slide_id} ({width}x{height})")
+        downsample = (10.0 / magnification) / slide_mpp
+        level = slide.best_level_for_downsample(downsample)
+        level_ds = slide.level_downsamples[level]
+        size = (max(1, round(region.w / level_ds)), max(1, round(region.h / level_ds)))
+        img = slide.read_region((region.x, region.y), level, size)
+    target = (max(1, round(region.w / downsample)), max(1, round(region.h / downsample)))
+    return img if img.size == target else img.resize(target)

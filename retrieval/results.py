@@ -1,0 +1,60 @@
+"""Typed search results: hits with their metadata and an explanation (prototypes and patches that matched)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PrototypeMatch:
+    """A prototype that contributed to a hit: its share of the slide and how well it matched."""
+
+    proto_id: int
+    name: str
+    mass: float
+    similarity: float
+
+
+@dataclass(frozen=True)
+class PatchMatch:
+    """A patch of the hit slide that matched the query (level-0 coordinates)."""
+
+    patch_row: int
+    x: int
+    y: int
+    size: int
+    score: float
+    prototype: str = ""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One retrieved slide."""
+
+    rank: int
+    slide_id: str
+    slide_row: int
+    score: float
+    metadata: dict[str, Any]
+    prototypes: tuple[PrototypeMatch, ...] = ()
+    patches: tuple[PatchMatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The ranked hits of one query, with how the query was interpreted."""
+
+    kind: str  # "text" | "slide" | "patch"
+    query: str
+    hits: tuple[SearchHit, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for --json)."""
+        return asdict(self)
+
+    @property
+    def slide_ids(self) -> list[str]:
+        """The hit slide_ids in rank order."""
+        return [h.slide_id for h in self.hits]

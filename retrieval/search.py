@@ -1,0 +1,276 @@
+"""Text → slide, slide → slide and patch → slide search over one index, with filters and explanations.
+
+Scoring (all similarities are cosines in the encoder's shared space):
+
+- text: ``score = W_PROTO·S_proto + W_PATCH·S_patch + W_MASS·S_mass``. ``S_proto`` (presence) is the best
+  similarity between the query and the slide's prototype sub-vectors ẑ_k among prototypes present in the
+  slide (mass π_k ≥ MIN_MASS); ``S_patch`` (local evidence) is the mean of the slide's TOP_M best patch
+  similarities among the query's nearest patches; ``S_mass`` (abundance) is Σ_k π_k·cos(q, ẑ_k), so a
+  slide made mostly of the described tissue outranks one with a small focus of it. Candidates come from
+  the sub-vector and patch searches; a slide missing from one list gets that list's lowest returned
+  similarity (an upper bound of what it would have scored); ``S_mass`` is exact for every candidate.
+- slide: inner product of slide vectors (``proto``: ⟨s, s'⟩ = Σ_k √(π_k π'_k)·cos(ẑ_k, ẑ'_k); ``mean``: the
+  mean-pool baseline). The explanation splits ⟨s, s'⟩ into its per-prototype terms.
+- patch: the query patch's nearest patches are grouped by slide; a slide scores the mean of its TOP_M
+  best similarities, padded as above; ties go to the larger similarity-weighted vote of the slide's patches among the candidates.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer import vector_index as vi
+from indexer.errors import QueryError
+from retrieval.catalog import Catalog
+from retrieval.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult
+from retrieval.search_support import IndexArrays, group_top_m, load_index_encoder
+
+W_PROTO, W_PATCH, W_MASS = 0.4, 0.4, 0.2
+MIN_MASS = 0.01
+TOP_M = 3
+PATCH_CANDIDATES = 50  # nearest patches fetched per requested hit
+EXPLAIN = 3  # prototypes and patches shown per hit
+TIE_DECIMALS = 6  # scores equal to this many decimals are ties
+
+
+class SlideSearcher:
+    """Open an index once, then run text, slide and patch queries against it.
+
+    Args:
+        index: the index directory.
+        encoder: an already loaded encoder (default: the one named in the manifest, loaded on first use).
+        device: where to load the encoder.
+    """
+
+    def __init__(self, index: str | Path, encoder=None, device: str = "auto"):
+        self.catalog = Catalog(index)
+        self._encoder = encoder
+        self._device = device
+
+    @cached_property
+    def encoder(self):
+        """The index's encoder (checked against the manifest's weights fingerprint)."""
+        return self._encoder or load_index_encoder(self.catalog.manifest, self._device)
+
+    @cached_property
+    def arrays(self) -> IndexArrays:
+        """Dense per-slide and per-patch arrays for fast grouping and explanations."""
+        return IndexArrays.load(self.catalog)
+
+    @cached_property
+    def bank(self):
+        """The knowledge bank the index was built with (None when it is gone or changed: no expansion then)."""
+        from indexer.bank import load_bank
+        from indexer.errors import UserError
+
+        spec = self.catalog.manifest["bank"]
+        try:
+            bank = load_bank(spec.get("source", spec["name"]))
+        except UserError:
+            return None
+        return bank if bank.sha256 == spec["sha256"] else None
+
+    # -- text → slide ---------------------------------------------------------------------
+    def search_text(self, query: str, k: int = 10, where: str | None = None, expand: bool = True) -> SearchResult:
+        """Slides matching a free-text description (see the module docstring for the fusion)."""
+        from retrieval.queries import embed_text_query
+
+        q, details = embed_text_query(self.encoder, query, self.bank, expand)
+        return self.search_text_vector(q, k, where, query=query, details=details)
+
+    def search_text_vector(self, q: np.ndarray, k: int = 10, where: str | None = None, query: str = "",
+                           details: dict[str, Any] | None = None) -> SearchResult:
+        """Text search from an already embedded query vector (d,)."""
+        _check_k(k)
+        arrays = self.arrays
+        allowed = self.catalog.allowed_slide_rows(where)
+        kp = arrays.n_prototypes
+        sub_allowed = None if allowed is None else (allowed[:, None] * kp + np.arange(kp)).ravel()
+        sims, subs = vi.search(self.catalog.faiss("subvectors"), q[None], k * kp * 2, sub_allowed)
+        sims, subs = sims[0], subs[0]
+        keep = subs >= 0
+        sims, subs = sims[keep], subs[keep]
+        present = arrays.mass[subs // kp, subs % kp] >= MIN_MASS
+        proto_best = group_top_m(subs[present] // kp, sims[present], 1)
+        patch_best, patch_hits = self._patch_evidence(q, k, allowed)
+        candidates = np.asarray(sorted(set(proto_best) | set(patch_best)), np.int64)
+        score = _fuse(proto_best, patch_best, self._abundance(q, candidates))
+        ranked = sorted(score.items(), key=lambda kv: (-round(kv[1], TIE_DECIMALS), kv[0]))[:k]
+        proto_hits = _per_slide(subs[present], sims[present], lambda s: s // kp)
+        hits = []
+        for rank, (row, s) in enumerate(ranked, 1):
+            protos = [
+                self._proto_match(row, sub % kp, sim) for sub, sim in proto_hits.get(row, [])[:EXPLAIN]
+            ]
+            hits.append(self._hit(rank, row, s, protos, patch_hits.get(row, [])[:EXPLAIN]))
+        fusion = {"w_proto": W_PROTO, "w_patch": W_PATCH, "w_mass": W_MASS, "top_m": TOP_M, "min_mass": MIN_MASS}
+        return SearchResult("text", query, tuple(hits), {**(details or {}), "fusion": fusion})
+
+    def _abundance(self, q: np.ndarray, rows: np.ndarray) -> dict[int, float]:
+        """S_mass = Σ_k π_k·cos(q, ẑ_k) = Σ_k √π_k·⟨q, s_k⟩, read off the stored slide vectors s."""
+        if len(rows) == 0:
+            return {}
+        kp, d = self.arrays.n_prototypes, self.arrays.dim
+        blocks = self.arrays.slide_vectors(self.catalog, rows, "slides").reshape(len(rows), kp, d)
+        values = blocks @ q.astype(np.float32)
+        values = (np.sqrt(self.arrays.mass[rows]) * values).sum(axis=1)
+        return dict(zip(rows.tolist(), values.tolist()))
+
+    def _patch_evidence(self, q: np.ndarray, k: int, allowed: np.ndarray | None):
+        sims, rows = self._nearest_patches(q, k, allowed)
+        slide_of = self.arrays.patch_slide[rows]
+        return group_top_m(slide_of, sims, TOP_M), _per_slide(rows, sims, lambda r: self.arrays.patch_slide[r])
+
+    def _nearest_patches(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The query's PATCH_CANDIDATES·k nearest patches (similarities, patch rows), within allowed slides."""
+        index = self.catalog.faiss("patches")
+        n = min(index.ntotal, max(200, k * PATCH_CANDIDATES))
+        if n == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        patch_allowed = None if allowed is None else self.arrays.patch_rows_of(allowed)
+        sims, rows = vi.search(index, q[None].astype(np.float32), n, patch_allowed)
+        keep = rows[0] >= 0
+        return sims[0][keep], rows[0][keep]
+
+    # -- slide → slide --------------------------------------------------------------------
+    def search_slide(self, slide: str, k: int = 10, where: str | None = None, exclude_same: str | None = None,
+                     mode: str = "proto") -> SearchResult:
+        """Slides that look like an indexed slide (by slide_id) or a new slide file (embedded on the fly).
+
+        Args:
+            slide: an indexed slide_id, or the path of a slide file (not added to the index).
+            k: number of hits.
+            where: SQL filter over slide columns.
+            exclude_same: a column (e.g. patient_id): drop the query slide and every slide sharing its value.
+            mode: ``proto`` (ProAlign slide vectors) or ``mean`` (mean-pool baseline).
+        """
+        _check_k(k)
+        if mode not in ("proto", "mean"):
+            raise QueryError(f"unknown mode {mode!r}: use proto or mean")
+        row = self.arrays.row_of(slide)
+        if row is not None:
+            proto_vec = self.arrays.slide_vector(self.catalog, row, "slides")
+            query_vec = proto_vec if mode == "proto" else self.arrays.slide_vector(self.catalog, row, "slides_mean")
+        elif Path(slide).is_file():
+            if exclude_same:
+                raise QueryError("--exclude-same needs an indexed slide_id (a new slide file has no metadata)")
+            emb = self._embed_new_slide(Path(slide))
+            proto_vec = emb.slide_vector
+            query_vec = proto_vec if mode == "proto" else emb.mean_vector
+        else:
+            raise QueryError(f"unknown slide {slide!r}: not a slide_id of this index nor a slide file")
+        allowed = self.catalog.allowed_slide_rows(where, exclude_row=row if exclude_same else None, exclude_same=exclude_same)
+        name = "slides" if mode == "proto" else "slides_mean"
+        sims, rows = vi.search(self.catalog.faiss(name), query_vec[None].astype(np.float32), k, allowed)
+        hits = []
+        for rank, (hit_row, s) in enumerate(((r, s) for r, s in zip(rows[0], sims[0]) if r >= 0), 1):
+            protos, patches = self._explain_pair(proto_vec, int(hit_row))
+            hits.append(self._hit(rank, int(hit_row), float(s), protos, patches))
+        return SearchResult("slide", str(slide), tuple(hits), {"mode": mode, "exclude_same": exclude_same})
+
+    def _embed_new_slide(self, path: Path):
+        from indexer.aggregate import AggregationConfig, aggregate_slide
+        from indexer.pipeline import IndexConfig, encode_slide
+        from indexer.tiling import TilingConfig
+
+        m = self.catalog.manifest
+        tiling = {k: v for k, v in m["tiling"].items() if k != "max_patches"}
+        config = IndexConfig(tiling=TilingConfig(**tiling), max_patches=m["tiling"].get("max_patches"), num_workers=0)
+        staged = encode_slide(path, {"slide_id": path.stem}, config, self.encoder)
+        return aggregate_slide(staged.features.astype(np.float32), self.arrays.prototypes, AggregationConfig(**m["aggregation"]))
+
+    def _explain_pair(self, query_vec: np.ndarray, hit_row: int):
+        """Per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩, and the hit's patches nearest the top term's ẑ_k."""
+        arrays = self.arrays
+        kp, d = arrays.n_prototypes, arrays.dim
+        hit_vec = arrays.slide_vector(self.catalog, hit_row, "slides")
+        terms = (query_vec.reshape(kp, d) * hit_vec.reshape(kp, d)).sum(axis=1)
+        order = np.argsort(-terms)[:EXPLAIN]
+        protos = [self._proto_match(hit_row, int(p), float(terms[p])) for p in order if terms[p] > 1e-6]
+        block = query_vec.reshape(kp, d)[order[0]]
+        if not np.any(block):
+            return protos, []
+        patch_rows = arrays.patch_rows_of(np.array([hit_row]))
+        sims, rows = vi.search(self.catalog.faiss("patches"), (block / np.linalg.norm(block))[None].astype(np.float32),
+                               EXPLAIN, patch_rows)
+        return protos, [(int(r), float(s)) for r, s in zip(rows[0], sims[0]) if r >= 0]
+
+    # -- patch → slide --------------------------------------------------------------------
+    def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:
+        """Slides containing tissue like ``image``: an image path, a PIL image, or ``SLIDE_ID@x,y,w,h``."""
+        from retrieval.queries import load_query_image, parse_region, read_region_image
+
+        _check_k(k)
+        label = image if isinstance(image, str) else getattr(image, "filename", "image")
+        if isinstance(image, (str, Path)):
+            region = parse_region(str(image))
+            if region is not None:
+                image = self._region_image(region, read_region_image)
+            else:
+                image = load_query_image(image)
+        q = self.encoder.encode_images([image])[0]
+        sims, rows = self._nearest_patches(q, k, self.catalog.allowed_slide_rows(where))
+        score = group_top_m(self.arrays.patch_slide[rows], sims, TOP_M)
+        per_slide = _per_slide(rows, sims, lambda r: self.arrays.patch_slide[r])
+        votes = {row: sum(sim for _, sim in hits) for row, hits in per_slide.items()}
+        ranked = sorted(score.items(), key=lambda kv: (-round(kv[1], TIE_DECIMALS), -votes[kv[0]], kv[0]))[:k]
+        hits = []
+        for rank, (row, s) in enumerate(ranked, 1):
+            patches = per_slide[row][:EXPLAIN]
+            proto_ids = [int(self.arrays.patch_proto[r]) for r, _ in patches]
+            protos = [self._proto_match(row, p, sim) for p, (_, sim) in zip(dict.fromkeys(proto_ids), patches)]
+            hits.append(self._hit(rank, row, s, protos, patches))
+        return SearchResult("patch", str(label), tuple(hits), {"top_m": TOP_M, "candidates": int(len(rows))})
+
+    def _region_image(self, region, read_region_image):
+        row = self.arrays.row_of(region.slide_id)
+        if row is None:
+            raise QueryError(f"unknown slide {region.slide_id!r} in region query")
+        meta = self.arrays.metadata[row]
+        return read_region_image(meta["path"], meta["mpp"], region, self.catalog.manifest["tiling"]["magnification"])
+
+    # -- shared ---------------------------------------------------------------------------
+    def _proto_match(self, row: int, proto: int, similarity: float) -> PrototypeMatch:
+        arrays = self.arrays
+        return PrototypeMatch(int(proto), arrays.proto_names[proto], float(arrays.mass[row, proto]), float(similarity))
+
+    def _hit(self, rank: int, row: int, score: float, protos, patches) -> SearchHit:
+        arrays = self.arrays
+        meta = arrays.metadata[row]
+        matches = tuple(
+            PatchMatch(int(r), int(arrays.patch_xy[r, 0]), int(arrays.patch_xy[r, 1]), int(arrays.patch_size[r]),
+                       float(s), arrays.proto_names[arrays.patch_proto[r]])
+            for r, s in patches
+        )
+        return SearchHit(rank, meta["slide_id"], int(row), float(score), meta, tuple(protos), matches)
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise QueryError(f"k must be at least 1 (got {k})")
+
+
+def _fuse(proto_best: dict[int, float], patch_best: dict[int, float], abundance: dict[int, float]) -> dict[int, float]:
+    """W_PROTO·S_proto + W_PATCH·S_patch + W_MASS·S_mass; a slide missing from a list takes its lowest value.
+
+    >>> _fuse({1: 0.9}, {1: 0.5, 2: 0.7}, {1: 0.6, 2: 0.1})
+    {1: 0.68, 2: 0.66}
+    """
+    floor_p = min(proto_best.values(), default=0.0)
+    floor_x = min(patch_best.values(), default=0.0)
+    return {
+        r: round(W_PROTO * proto_best.get(r, floor_p) + W_PATCH * patch_best.get(r, floor_x) + W_MASS * abundance[r], 9)
+        for r in sorted(abundance)
+    }
+
+
+def _per_slide(ids: np.ndarray, sims: np.ndarray, slide_of) -> dict[int, list[tuple[int, float]]]:
+    """Group (id, sim) pairs by slide, keeping the descending order FAISS returned."""
+    out: dict[int, list[tuple[int, float]]] = {}
+    for i, s in zip(ids.tolist(), sims.tolist()):
+        out.setdefault(int(slide_of(i)), []).append((i, s))
+    return out

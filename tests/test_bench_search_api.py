@@ -1,0 +1,100 @@
+"""Tests for benchmarks/search.py (search API latency vs the FAISS searches inside it) on a 500-slide index."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import vector_index as vi
+from retrieval.search import SlideSearcher
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
+ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "faiss_calls", "consistent",
+              "api_p50_ms", "api_p99_ms", "search_p50_ms", "search_p99_ms", "raw_p50_ms", "raw_p99_ms",
+              "main_p50_ms", "api_over_search", "api_over_raw", "raw_ms_by_call"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_search_api", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(bench, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench_api")
+    argv = ["--sizes", "500", "--queries", "6", "--warmup", "2", "--flat-at", "500", "--flat-queries", "4",
+            "--encoder", "none", "--keep", str(tmp / "indexes"), "--out", str(tmp / "out")]
+    return bench.main(argv), tmp
+
+
+def test_report_files_and_fields(run):
+    result, tmp = run
+    saved = json.loads((tmp / "out" / "bench_search_api.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(result["results"]))
+    assert {"config", "machine", "load_avg_1min", "indexes", "results", "command"} <= set(saved)
+    assert set(saved["indexes"]) == {"500/auto", "500/flat"}
+    rows = saved["results"]
+    assert len(rows) == 2 * 3 * 2  # variants × query types × (unfiltered, filtered)
+    assert {(r["variant"], r["type"], r["where"] is None) for r in rows} == {
+        (v, t, f) for v in ("auto", "flat") for t in ("text", "slide", "patch") for f in (True, False)}
+    for r in rows:
+        assert ROW_FIELDS <= set(r)
+        assert r["n_slides"] == 500 and r["n_patches"] == 5000
+        assert r["queries"] == (6 if r["variant"] == "auto" else 4)
+        assert r["consistent"] == 1.0, r  # hits come from the FAISS results the API searched
+        assert r["api_p99_ms"] >= r["api_p50_ms"] > 0 and r["raw_p50_ms"] > 0
+        assert r["api_over_raw"] == pytest.approx(r["api_p50_ms"] / r["raw_p50_ms"])
+    calls = {r["type"]: r["faiss_calls"] for r in rows if r["where"] is None}
+    assert calls["text"] == 2 and calls["patch"] == 1  # sub-vectors + patches; patches
+    assert calls["slide"] == 11  # the slides search + one explanation search per hit (top 10)
+    markdown = (tmp / "out" / "bench_search_api.md").read_text()
+    assert "| 500 | auto | slide | `label = 'c3'` |" in markdown and "--sizes 500" in markdown
+
+
+def test_synthetic_index_follows_the_contract(bench, run):
+    _, tmp = run
+    searcher = SlideSearcher(tmp / "indexes" / "n500_d128_k8_p10_s0_auto")
+    slides = searcher.catalog.slides
+    assert slides.num_rows == 500 and {"label", "patient_id", "stain"} <= set(slides.column_names)
+    in_c3 = [r for r, label in zip(slides["slide_row"].to_pylist(), slides["label"].to_pylist()) if label == "c3"]
+    assert searcher.catalog.allowed_slide_rows(bench.WHERE).tolist() == in_c3 and 0 < len(in_c3) < 500
+    arrays = searcher.arrays
+    assert np.allclose(arrays.mass.sum(axis=1), 1.0, atol=1e-5)
+    vectors = arrays.slide_vectors(searcher.catalog, np.arange(500), "slides")
+    assert vectors.shape == (500, 8 * 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert searcher.catalog.faiss("patches").ntotal == 5000 == len(arrays.patch_slide)
+
+
+def test_slide_query_returns_the_faiss_ids_the_benchmark_times(bench, run):
+    _, tmp = run
+    searcher = SlideSearcher(tmp / "indexes" / "n500_d128_k8_p10_s0_auto", encoder=bench.VectorEncoder())
+    row = searcher.arrays.row_of("S000042")
+    with bench.recorded_searches() as calls:
+        result = searcher.search_slide("S000042", 10)
+    index, queries, k, allowed, ids = calls[0]
+    assert index is searcher.catalog.faiss("slides") and k == 10 and allowed is None
+    own = searcher.arrays.slide_vector(searcher.catalog, row, "slides")
+    _, expected = vi.search(index, own, 10)
+    assert [h.slide_row for h in result.hits] == ids[0].tolist() == expected[0].tolist()
+    assert result.hits[0].slide_row == row  # a slide is its own nearest neighbour
+    scores, raw_ids = bench.raw_faiss_call(index, queries, k, allowed)()
+    assert raw_ids[0].tolist() == expected[0].tolist()
+
+
+def test_bare_call_matches_a_filtered_search(bench, run):
+    _, tmp = run
+    searcher = SlideSearcher(tmp / "indexes" / "n500_d128_k8_p10_s0_auto", encoder=bench.VectorEncoder())
+    allowed = searcher.catalog.allowed_slide_rows(bench.WHERE)
+    query = searcher.arrays.slide_vector(searcher.catalog, 7, "slides")
+    _, expected = vi.search(searcher.catalog.faiss("slides"), query, 5, allowed)
+    _, found = bench.raw_faiss_call(searcher.catalog.faiss("slides"), query, 5, allowed)()
+    assert found[0].tolist() == expected[0].tolist() and set(found[0].tolist()) <= set(allowed.tolist())
