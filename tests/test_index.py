@@ -233,3 +233,18 @@ def test_manifest_records_index_choice_and_stage_timings(tmp_path):
     assert {"aggregate", "tables", "faiss"} <= set(manifest["timings"])
     shutil.rmtree(out / "features")  # the index stays readable: features are only needed to rebuild
     assert CliRunner().invoke(app, ["info", str(out)]).exit_code == 0
+
+
+def test_memory_budget_switches_to_approximate_indexes_with_measured_recall(cohort, tmp_path):
+    folder, csv = cohort
+    out = tmp_path / "idx"
+    result = CliRunner().invoke(app, ["index", str(folder), "--out", str(out), "--metadata", str(csv),
+                                      "--max-index-memory", "200KB", *FAST])
+    assert result.exit_code == 0, result.output
+    entries = json.loads((out / "manifest.json").read_text())["indexes"]
+    assert entries["patches"]["kind"] == "ivf_pq" and entries["patches"]["nbytes"] < 200 * 1024
+    assert 0.0 < entries["patches"]["recall_at_10"] < 1.0  # measured against exact search, not assumed
+    hits = CliRunner().invoke(app, ["search", "slide", str(out), "P000-S1", "-k", "3", "--json"])
+    assert hits.exit_code == 0, hits.output
+    found = [h["slide_id"] for h in json.loads(hits.stdout)["hits"]]
+    assert len(found) == 3 and set(found) <= {p.stem for p in folder.glob("*.tif")}  # approximate, so no rank check

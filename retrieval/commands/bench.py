@@ -43,7 +43,7 @@ def search(
     from retrieval.bench_search import SearchBenchConfig, markdown_report, run_search_benchmark, write_search_report
 
     config = SearchBenchConfig(
-        sizes=_ints(sizes, "--sizes"), dim=dim, kinds=tuple(_items(kinds)), k=k, n_queries=queries,
+        sizes=parse_ints(sizes, "--sizes"), dim=dim, kinds=tuple(split_items(kinds)), k=k, n_queries=queries,
         n_latency=latency_queries, seconds_per_point=seconds_per_point, sweep=sweep,
         max_build_s=max_build_seconds, skip=tuple(skip or ()), use_gpu=gpu, seed=seed)
     command = (f"slidesearch bench search --out {out} --sizes {sizes} --dim {dim} --kinds {kinds} -k {k} "
@@ -65,14 +65,16 @@ def search(
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-def _items(text: str) -> list[str]:
+def split_items(text: str) -> list[str]:
+    """Non-empty, stripped items of a comma-separated option value."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _ints(text: str, option: str) -> tuple[int, ...]:
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """'1,5,10' or '1e4,1e5' → integers; a one-line error naming ``option`` otherwise."""
     from indexer.errors import QueryError
 
     try:
-        return tuple(int(float(part)) for part in _items(text))
+        return tuple(int(float(part)) for part in split_items(text))
     except ValueError:
         raise QueryError(f"{option} must be comma-separated numbers, got {text!r}") from None

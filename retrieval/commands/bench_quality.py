@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from retrieval.cli_app import guarded, print_json
-from retrieval.commands.bench import _ints, bench_app
+from retrieval.commands.bench import parse_ints, bench_app
 
 
 @bench_app.command("retrieval")
@@ -33,7 +33,7 @@ def retrieval(
 
     from retrieval.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
 
-    ks = _ints(k, "--k")
+    ks = parse_ints(k, "--k")
     modes = tuple(mode or MODES)
     exclude = None if exclude_same in (None, "", "none") else exclude_same
     with Progress(transient=True, disable=as_json) as progress:
@@ -71,7 +71,7 @@ def index(
 
     from retrieval.bench_index import IndexBenchConfig, markdown_report, run_index_benchmark, write_index_report
 
-    config = IndexBenchConfig(slide_px=slide_px, mpp=mpp, memory_slides=_ints(slides, "--slides"), vit_slides=vit_slides,
+    config = IndexBenchConfig(slide_px=slide_px, mpp=mpp, memory_slides=parse_ints(slides, "--slides"), vit_slides=vit_slides,
                               vit_max_patches=vit_max_patches, workers=workers,
                               models=tuple(m.strip() for m in models.split(",") if m.strip()))
     console = Console(stderr=True)
