@@ -38,6 +38,15 @@ def _assert_unit_rows(x: np.ndarray, n: int, dim: int) -> None:
     assert x.shape == (n, dim) and x.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
 
+def _assert_towers_work(enc, image_px: int) -> None:
+    """Both towers give unit rows of ``enc.dim``; a patch alone equals the same patch in a batch."""
+    imgs = _images(3, size=image_px)
+    x = enc.encode_images(imgs)
+    _assert_unit_rows(x, 3, enc.dim)
+    np.testing.assert_allclose(enc.encode_images([imgs[1]])[0], x[1], atol=BATCH_ATOL)
+    _assert_unit_rows(enc.encode_text(["tumour with necrosis", "stroma"]), 2, enc.dim)
+
+
 
 def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
     message = str(excinfo.value)
@@ -289,11 +298,7 @@ def test_conch_checkpoint_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "CONCH_CONFIG", SMALL_CONCH)
     enc = load_encoder("conch", checkpoint=str(path), device="cpu")
     assert (enc.dim, enc.image_size) == (32, 64)
-    imgs = _images(3, size=256)
-    x = enc.encode_images(imgs)
-    _assert_unit_rows(x, 3, 32)
-    np.testing.assert_allclose(enc.encode_images([imgs[1]])[0], x[1], atol=BATCH_ATOL)
-    _assert_unit_rows(enc.encode_text(["tumour with necrosis", "stroma"]), 2, 32)
+    _assert_towers_work(enc, image_px=256)
     assert enc.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     pickle.dumps(enc.preprocess)
 
@@ -351,12 +356,8 @@ def plip_folder(tmp_path_factory):
 def test_plip_folder_loads(plip_folder):
     enc = load_encoder("plip", checkpoint=str(plip_folder), device="cpu")
     assert (enc.dim, enc.image_size) == (24, 64)
-    imgs = _images(3, size=200)
-    x = enc.encode_images(imgs)
-    _assert_unit_rows(x, 3, 24)
-    np.testing.assert_allclose(enc.encode_images([imgs[2]])[0], x[2], atol=BATCH_ATOL)
-    _assert_unit_rows(enc.encode_text(["tumour cells", "fat"]), 2, 24)
-    assert pickle.loads(pickle.dumps(enc.preprocess))(imgs[0]).shape == (3, 64, 64)
+    _assert_towers_work(enc, image_px=200)
+    assert pickle.loads(pickle.dumps(enc.preprocess))(_images(1, size=200)[0]).shape == (3, 64, 64)
 
 
 def test_plip_wrong_folder_is_one_line(plip_folder, tmp_path):
