@@ -23,6 +23,8 @@ MIN_POINTS_PER_CENTROID = 39  # FAISS k-means warns below this
 TRAIN_SAMPLE = 100_000
 HNSW_EF_CONSTRUCTION = 40
 _GPU_MAX_K = 2048
+BITMAP_BITS_PER_ID = 128  # a bitmap is used while it costs at most ~16 bytes per allowed id
+EXACT_FILTER_FLOATS = 2**18  # allowed-set size × dim under which filtered search is exact
 _GPU_RESOURCES = None
 
 
@@ -259,10 +261,12 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
            allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search, optionally restricted to ``allowed_ids``.
 
-    The restriction happens inside FAISS (an ``IDSelectorBatch`` in the index's own search parameters) for
-    Flat, IVF and HNSW indexes, with IVF nprobe and HNSW efSearch scaled by ``ntotal / |allowed|`` so about
-    as many allowed candidates are scanned as in an unfiltered search. Other indexes (GPU ones) over-fetch
-    and filter, growing the fetch until ``k`` allowed results are found or the index is exhausted.
+    A small allowed set (``|allowed|·d ≤ EXACT_FILTER_FLOATS``) is scored exactly from its reconstructed
+    vectors. Otherwise the restriction happens inside FAISS (an ``IDSelectorBitmap`` in the index's own
+    search parameters) for Flat, IVF and HNSW indexes, with IVF nprobe and HNSW efSearch scaled by
+    ``ntotal / |allowed|`` so about as many allowed candidates are scanned as in an unfiltered search.
+    Other indexes (GPU ones) over-fetch and filter, growing the fetch until ``k`` allowed results are
+    found or the index is exhausted.
 
     Returns:
         ``(scores, ids)``, both (n_queries × k); missing results have id -1 and score -inf.
@@ -275,12 +279,16 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
         raise QueryError(f"query dimension {q.shape[-1]} does not match the index dimension {index.d}")
     if k < 1:
         raise QueryError(f"k must be at least 1, got {k}")
-    allowed = None if allowed_ids is None else np.unique(np.asarray(allowed_ids, dtype=np.int64))
+    allowed = None if allowed_ids is None else _sorted_unique(allowed_ids)
     limit = min(index.ntotal, _GPU_MAX_K) if _is_gpu(index) else index.ntotal
     if limit == 0 or (allowed is not None and allowed.size == 0):
         return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
     if allowed is None:
         return _pad(*index.search(q, min(k, limit)), k)
+    if allowed.size * index.d <= EXACT_FILTER_FLOATS:
+        exact = _search_few(index, q, k, allowed)
+        if exact is not None:
+            return exact
     params = _filter_params(index, allowed)
     if params is not None:
         try:
@@ -331,12 +339,62 @@ def _pad(scores, found, k):
     return scores, found
 
 
+def _sorted_unique(ids) -> np.ndarray:
+    """Ids sorted without duplicates (np.unique is several times slower on already sorted input)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if ids.size > 1 and not (np.diff(ids) > 0).all():
+        ids = np.sort(ids)
+        ids = ids[np.concatenate(([True], np.diff(ids) != 0))]
+    return ids
+
+
+def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """Stored vectors of ``ids`` (len(ids), d); IVF indexes get a hash-table direct map on first use.
+
+    Raises:
+        RuntimeError: an id is not in the index (FAISS's own error).
+    """
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    try:
+        return np.asarray(index.reconstruct_batch(ids), np.float32)
+    except RuntimeError:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None or ivf.direct_map.type == faiss.DirectMap.Hashtable:
+            raise
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return np.asarray(index.reconstruct_batch(ids), np.float32)
+
+
+def _search_few(index, q, k, allowed):
+    """Exact top-k over a small allowed set; None when the index cannot reconstruct those ids."""
+    try:
+        vectors = reconstruct(index, allowed)
+    except RuntimeError:
+        return None
+    scores = q @ vectors.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return _pad(np.take_along_axis(scores, top, 1), allowed[top], k)
+
+
+def _selector(allowed: np.ndarray):
+    """A bitmap over ids 0…max for dense ids (row ids: fast to build and test), else a hashed id set."""
+    import faiss
+
+    if allowed[-1] < BITMAP_BITS_PER_ID * allowed.size:
+        mask = np.zeros(int(allowed[-1]) + 1, dtype=bool)
+        mask[allowed] = True
+        return faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+    return faiss.IDSelectorBatch(allowed)
+
+
 def _filter_params(index, allowed):
     import faiss
 
     if _is_gpu(index):
         return None
-    base, sel = _base(index), faiss.IDSelectorBatch(allowed)
+    base, sel = _base(index), _selector(allowed)
     widen = max(1.0, index.ntotal / allowed.size)
     if isinstance(base, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(sel=sel, nprobe=min(base.nlist, math.ceil(base.nprobe * widen)))

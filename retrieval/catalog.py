@@ -11,6 +11,8 @@ import numpy as np
 from indexer.errors import QueryError
 from indexer.store import TABLES, IndexDir
 
+ALLOWED_CACHE = 256  # distinct filters remembered per open index
+
 
 class Catalog:
     """A read-only view of one index directory; open once, query many times.
@@ -23,6 +25,7 @@ class Catalog:
     def __init__(self, path: str | Path):
         self.index = IndexDir(path)
         self.manifest = self.index.read_manifest()
+        self._allowed: dict[tuple, np.ndarray | None] = {}  # filter → allowed rows (repeated queries reuse it)
 
     @cached_property
     def db(self):
@@ -76,6 +79,14 @@ class Catalog:
         Raises:
             QueryError: for anything but a single boolean expression over known slide columns.
         """
+        key = (where, exclude_row, exclude_same)
+        if key not in self._allowed:
+            if len(self._allowed) >= ALLOWED_CACHE:
+                self._allowed.pop(next(iter(self._allowed)))
+            self._allowed[key] = self._allowed_rows(where, exclude_row, exclude_same)
+        return self._allowed[key]
+
+    def _allowed_rows(self, where: str | None, exclude_row: int | None, exclude_same: str | None) -> np.ndarray | None:
         has_where = where is not None and bool(where.strip())
         if not has_where and exclude_row is None:
             return None
@@ -104,7 +115,9 @@ class Catalog:
             raise QueryError(f"bad --where {where!r}: {_first_line(exc)} (columns: {columns})") from None
         except duckdb.Error as exc:
             raise QueryError(f"bad --where {where!r}: {_first_line(exc)}") from None
-        return np.asarray([r[0] for r in rows], dtype=np.int64)
+        allowed = np.asarray([r[0] for r in rows], dtype=np.int64)
+        allowed.flags.writeable = False  # shared by every query with the same filter
+        return allowed
 
 
 def validate_where(where: str) -> None:

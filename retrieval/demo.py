@@ -165,8 +165,7 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
     slide_row = rows[0]
     query_label = arrays.metadata[slide_row].get(config.label)
     other = next((r for r in rows if arrays.metadata[r].get(config.label) != query_label), rows[-1])
-    start, count = arrays.patch_start[other]
-    patch_row = start + count // 2
+    patch_row = arrays.patch_start[other] + arrays.patch_count[other] // 2
     x, y = (int(v) for v in arrays.patch_xy[patch_row])
     size = int(arrays.patch_size[patch_row])
     region = f"{arrays.metadata[other]['slide_id']}@{x},{y},{size},{size}"

@@ -27,7 +27,7 @@ from indexer import vector_index as vi
 from indexer.errors import QueryError
 from retrieval.catalog import Catalog
 from retrieval.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult
-from retrieval.search_support import IndexArrays, group_top_m, load_index_encoder
+from retrieval.search_support import IndexArrays, group_top_m, load_index_encoder, lookup
 
 W_PROTO, W_PATCH, W_MASS = 0.4, 0.4, 0.2
 MIN_MASS = 0.01
@@ -91,39 +91,35 @@ class SlideSearcher:
         kp = arrays.n_prototypes
         sub_allowed = None if allowed is None else (allowed[:, None] * kp + np.arange(kp)).ravel()
         sims, subs = vi.search(self.catalog.faiss("subvectors"), q[None], k * kp * 2, sub_allowed)
-        sims, subs = sims[0], subs[0]
-        keep = subs >= 0
-        sims, subs = sims[keep], subs[keep]
+        keep = subs[0] >= 0
+        sims, subs = sims[0][keep], subs[0][keep]
         present = arrays.mass[subs // kp, subs % kp] >= MIN_MASS
-        proto_best = group_top_m(subs[present] // kp, sims[present], 1)
-        patch_best, patch_hits = self._patch_evidence(q, k, allowed)
-        candidates = np.asarray(sorted(set(proto_best) | set(patch_best)), np.int64)
-        score = _fuse(proto_best, patch_best, self._abundance(q, candidates))
-        ranked = sorted(score.items(), key=lambda kv: (-round(kv[1], TIE_DECIMALS), kv[0]))[:k]
-        proto_hits = _per_slide(subs[present], sims[present], lambda s: s // kp)
+        sims, subs = sims[present], subs[present]
+        proto_rows, proto_best = group_top_m(subs // kp, sims, 1)
+        patch_sims, patch_ids = self._nearest_patches(q, k, allowed)
+        patch_slides = arrays.patch_slide[patch_ids]
+        patch_rows, patch_best = group_top_m(patch_slides, patch_sims, TOP_M)
+        candidates = np.union1d(proto_rows, patch_rows)
+        score = fuse(candidates, (proto_rows, proto_best), (patch_rows, patch_best), self._abundance(q, candidates))
         hits = []
-        for rank, (row, s) in enumerate(ranked, 1):
-            protos = [
-                self._proto_match(row, sub % kp, sim) for sub, sim in proto_hits.get(row, [])[:EXPLAIN]
-            ]
-            hits.append(self._hit(rank, row, s, protos, patch_hits.get(row, [])[:EXPLAIN]))
+        for rank, i in enumerate(np.lexsort((candidates, -np.round(score, TIE_DECIMALS)))[:k], 1):
+            row = int(candidates[i])
+            mine = subs // kp == row
+            protos = [self._proto_match(row, int(sub % kp), float(sim))
+                      for sub, sim in zip(subs[mine][:EXPLAIN], sims[mine][:EXPLAIN])]
+            own = patch_slides == row
+            patches = list(zip(patch_ids[own][:EXPLAIN].tolist(), patch_sims[own][:EXPLAIN].tolist()))
+            hits.append(self._hit(rank, row, float(score[i]), protos, patches))
         fusion = {"w_proto": W_PROTO, "w_patch": W_PATCH, "w_mass": W_MASS, "top_m": TOP_M, "min_mass": MIN_MASS}
         return SearchResult("text", query, tuple(hits), {**(details or {}), "fusion": fusion})
 
-    def _abundance(self, q: np.ndarray, rows: np.ndarray) -> dict[int, float]:
+    def _abundance(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """S_mass = Σ_k π_k·cos(q, ẑ_k) = Σ_k √π_k·⟨q, s_k⟩, read off the stored slide vectors s."""
         if len(rows) == 0:
-            return {}
+            return np.zeros(0, np.float64)
         kp, d = self.arrays.n_prototypes, self.arrays.dim
         blocks = self.arrays.slide_vectors(self.catalog, rows, "slides").reshape(len(rows), kp, d)
-        values = blocks @ q.astype(np.float32)
-        values = (np.sqrt(self.arrays.mass[rows]) * values).sum(axis=1)
-        return dict(zip(rows.tolist(), values.tolist()))
-
-    def _patch_evidence(self, q: np.ndarray, k: int, allowed: np.ndarray | None):
-        sims, rows = self._nearest_patches(q, k, allowed)
-        slide_of = self.arrays.patch_slide[rows]
-        return group_top_m(slide_of, sims, TOP_M), _per_slide(rows, sims, lambda r: self.arrays.patch_slide[r])
+        return (np.sqrt(self.arrays.mass[rows]) * (blocks @ q.astype(np.float32))).sum(axis=1)
 
     def _nearest_patches(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The query's PATCH_CANDIDATES·k nearest patches (similarities, patch rows), within allowed slides."""
@@ -213,18 +209,19 @@ class SlideSearcher:
             else:
                 image = load_query_image(image)
         q = self.encoder.encode_images([image])[0]
-        sims, rows = self._nearest_patches(q, k, self.catalog.allowed_slide_rows(where))
-        score = group_top_m(self.arrays.patch_slide[rows], sims, TOP_M)
-        per_slide = _per_slide(rows, sims, lambda r: self.arrays.patch_slide[r])
-        votes = {row: sum(sim for _, sim in hits) for row, hits in per_slide.items()}
-        ranked = sorted(score.items(), key=lambda kv: (-round(kv[1], TIE_DECIMALS), -votes[kv[0]], kv[0]))[:k]
+        sims, ids = self._nearest_patches(q, k, self.catalog.allowed_slide_rows(where))
+        slides = self.arrays.patch_slide[ids]
+        rows, score = group_top_m(slides, sims, TOP_M)
+        votes = np.bincount(np.searchsorted(rows, slides), weights=sims, minlength=len(rows))
         hits = []
-        for rank, (row, s) in enumerate(ranked, 1):
-            patches = per_slide[row][:EXPLAIN]
-            proto_ids = [int(self.arrays.patch_proto[r]) for r, _ in patches]
-            protos = [self._proto_match(row, p, sim) for p, (_, sim) in zip(dict.fromkeys(proto_ids), patches)]
-            hits.append(self._hit(rank, row, s, protos, patches))
-        return SearchResult("patch", str(label), tuple(hits), {"top_m": TOP_M, "candidates": int(len(rows))})
+        for rank, i in enumerate(np.lexsort((rows, -votes, -np.round(score, TIE_DECIMALS)))[:k], 1):
+            row = int(rows[i])
+            own = slides == row
+            patches = list(zip(ids[own][:EXPLAIN].tolist(), sims[own][:EXPLAIN].tolist()))
+            proto_ids = dict.fromkeys(int(self.arrays.patch_proto[r]) for r, _ in patches)
+            protos = [self._proto_match(row, p, sim) for p, (_, sim) in zip(proto_ids, patches)]
+            hits.append(self._hit(rank, row, float(score[i]), protos, patches))
+        return SearchResult("patch", str(label), tuple(hits), {"top_m": TOP_M, "candidates": int(len(ids))})
 
     def _region_image(self, region, read_region_image):
         row = self.arrays.row_of(region.slide_id)
@@ -254,23 +251,15 @@ def _check_k(k: int) -> None:
         raise QueryError(f"k must be at least 1 (got {k})")
 
 
-def _fuse(proto_best: dict[int, float], patch_best: dict[int, float], abundance: dict[int, float]) -> dict[int, float]:
-    """W_PROTO·S_proto + W_PATCH·S_patch + W_MASS·S_mass; a slide missing from a list takes its lowest value.
+def fuse(candidates: np.ndarray, proto: tuple[np.ndarray, np.ndarray], patch: tuple[np.ndarray, np.ndarray],
+         abundance: np.ndarray) -> np.ndarray:
+    """W_PROTO·S_proto + W_PATCH·S_patch + W_MASS·S_mass for each candidate slide; a slide missing from the
+    prototype or the patch list takes that list's lowest value.
 
-    >>> _fuse({1: 0.9}, {1: 0.5, 2: 0.7}, {1: 0.6, 2: 0.1})
-    {1: 0.68, 2: 0.66}
+    >>> fuse(np.array([1, 2]), (np.array([1]), np.array([0.9])), (np.array([1, 2]), np.array([0.5, 0.7])),
+    ...      np.array([0.6, 0.1])).round(6).tolist()
+    [0.68, 0.66]
     """
-    floor_p = min(proto_best.values(), default=0.0)
-    floor_x = min(patch_best.values(), default=0.0)
-    return {
-        r: round(W_PROTO * proto_best.get(r, floor_p) + W_PATCH * patch_best.get(r, floor_x) + W_MASS * abundance[r], 9)
-        for r in sorted(abundance)
-    }
-
-
-def _per_slide(ids: np.ndarray, sims: np.ndarray, slide_of) -> dict[int, list[tuple[int, float]]]:
-    """Group (id, sim) pairs by slide, keeping the descending order FAISS returned."""
-    out: dict[int, list[tuple[int, float]]] = {}
-    for i, s in zip(ids.tolist(), sims.tolist()):
-        out.setdefault(int(slide_of(i)), []).append((i, s))
-    return out
+    proto_score = lookup(candidates, *proto, proto[1].min() if len(proto[1]) else 0.0)
+    patch_score = lookup(candidates, *patch, patch[1].min() if len(patch[1]) else 0.0)
+    return W_PROTO * proto_score + W_PATCH * patch_score + W_MASS * abundance

@@ -10,17 +10,19 @@ import numpy as np
 from indexer.errors import IndexError_
 
 
-def group_top_m(groups: np.ndarray, sims: np.ndarray, m: int) -> dict[int, float]:
+def group_top_m(groups: np.ndarray, sims: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of each group's ``m`` best similarities; a group with fewer than ``m`` is padded with the
     lowest similarity in ``sims`` (an upper bound of its unseen members).
 
+    Returns:
+        (sorted distinct groups, their scores).
+
     >>> group_top_m(np.array([1, 1, 2, 1]), np.array([0.9, 0.7, 0.8, 0.1]), 2)
-    {1: 0.8, 2: 0.45}
+    (array([1, 2]), array([0.8 , 0.45]))
     """
+    groups, sims = np.asarray(groups, np.int64), np.asarray(sims, np.float64)
     if len(sims) == 0:
-        return {}
-    groups, sims = np.asarray(groups), np.asarray(sims, np.float64)
-    floor = sims.min()
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
     order = np.lexsort((-sims, groups))
     g, s = groups[order], sims[order]
     starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
@@ -30,8 +32,19 @@ def group_top_m(groups: np.ndarray, sims: np.ndarray, m: int) -> dict[int, float
     group_index = np.repeat(np.arange(len(starts)), lengths)[keep]
     sums = np.bincount(group_index, weights=s[keep], minlength=len(starts))
     counts = np.bincount(group_index, minlength=len(starts))
-    scores = (sums + (m - counts) * floor) / m
-    return {int(key): round(float(v), 12) for key, v in zip(g[starts], scores)}
+    return g[starts], (sums + (m - counts) * sims.min()) / m
+
+
+def lookup(keys: np.ndarray, rows: np.ndarray, values: np.ndarray, default: float) -> np.ndarray:
+    """``values`` of ``keys`` in the sorted ``rows``; ``default`` for keys not among them.
+
+    >>> lookup(np.array([1, 4, 7]), np.array([1, 7]), np.array([0.5, 0.9]), 0.0).tolist()
+    [0.5, 0.0, 0.9]
+    """
+    if len(rows) == 0:
+        return np.full(len(keys), default, np.float64)
+    pos = np.minimum(np.searchsorted(rows, keys), len(rows) - 1)
+    return np.where(rows[pos] == keys, values[pos], default)
 
 
 @dataclass
@@ -47,7 +60,8 @@ class IndexArrays:
     patch_xy: np.ndarray  # (n, 2)
     patch_size: np.ndarray
     patch_proto: np.ndarray
-    patch_start: dict[int, tuple[int, int]]  # slide_row → (first patch_row, count)
+    patch_start: np.ndarray  # slide_row → first patch_row
+    patch_count: np.ndarray  # slide_row → number of patches (0 for slides not indexed)
 
     @property
     def n_prototypes(self) -> int:
@@ -80,7 +94,8 @@ class IndexArrays:
             patch_xy=np.stack([patches["x"], patches["y"]], axis=1).astype(np.int64) if len(patches["x"]) else np.zeros((0, 2), np.int64),
             patch_size=np.asarray(patches["size"], np.int64),
             patch_proto=np.asarray(patches["proto"], np.int64),
-            patch_start={s["slide_row"]: (s["patch_row_start"], s["n_patches"]) for s in ok},
+            patch_start=_per_row(ok, "patch_row_start", n_rows),
+            patch_count=_per_row(ok, "n_patches", n_rows),
         )
 
     def row_of(self, slide_id: str) -> int | None:
@@ -88,11 +103,12 @@ class IndexArrays:
         return self.ids.get(str(slide_id))
 
     def patch_rows_of(self, slide_rows: np.ndarray) -> np.ndarray:
-        """All patch_row ids of the given slides."""
-        spans = [self.patch_start[int(r)] for r in slide_rows if int(r) in self.patch_start]
-        if not spans:
-            return np.zeros(0, np.int64)
-        return np.concatenate([np.arange(start, start + n, dtype=np.int64) for start, n in spans])
+        """All patch_row ids of the given slides, in slide order."""
+        rows = np.asarray(slide_rows, np.int64)
+        rows = rows[(rows >= 0) & (rows < len(self.patch_count))]
+        counts, starts = self.patch_count[rows], self.patch_start[rows]
+        before = np.cumsum(counts) - counts
+        return np.repeat(starts - before, counts) + np.arange(counts.sum(), dtype=np.int64)
 
     def slide_vector(self, catalog, row: int, name: str) -> np.ndarray:
         """The stored vector of slide ``row`` in FAISS index ``name`` (slides or slides_mean)."""
@@ -100,15 +116,9 @@ class IndexArrays:
 
     def slide_vectors(self, catalog, rows: np.ndarray, name: str) -> np.ndarray:
         """Stored vectors (len(rows), dim) of slides ``rows`` in FAISS index ``name``."""
-        index = catalog.faiss(name)
-        ids = np.ascontiguousarray(rows, dtype=np.int64)
-        try:
-            return np.asarray(index.reconstruct_batch(ids), np.float32)
-        except RuntimeError:  # IVF indexes reconstruct by id only through a direct map
-            import faiss
+        from indexer.vector_index import reconstruct
 
-            faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
-            return np.asarray(index.reconstruct_batch(ids), np.float32)
+        return reconstruct(catalog.faiss(name), rows)
 
 
 def load_index_encoder(manifest: dict[str, Any], device: str = "auto"):
@@ -123,3 +133,11 @@ def load_index_encoder(manifest: dict[str, Any], device: str = "auto"):
             f"{spec['weights_sha256'][:12]}; make the checkpoint {spec.get('checkpoint')} available again"
         )
     return encoder
+
+
+def _per_row(slides: list[dict[str, Any]], column: str, n_rows: int) -> np.ndarray:
+    """A dense slide_row-indexed array of one slides.parquet column (0 where absent)."""
+    out = np.zeros(n_rows, np.int64)
+    for s in slides:
+        out[s["slide_row"]] = s[column] or 0
+    return out

@@ -46,7 +46,8 @@ def _brute(x, ids, q, k, allowed=None):
     if allowed is not None:
         scores[:, ~np.isin(ids, allowed)] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, 1), ids[order]
+    top = np.take_along_axis(scores, order, 1)
+    return top, np.where(np.isfinite(top), ids[order], -1)  # fewer allowed than k: id -1, score -inf
 
 
 def _overlap(found, expected):
@@ -121,13 +122,32 @@ def test_flat_equals_brute_force(data, indexes):
     assert vi.measure_recall(indexes["flat"], x, ids) == 1.0
 
 
-def test_filtered_flat_equals_restricted_brute_force(data, indexes):
+@pytest.mark.parametrize("n_allowed", [5, 700, 5000])
+@pytest.mark.parametrize("exact_floats", [vi.EXACT_FILTER_FLOATS, 0])  # small-set exact path, FAISS's id selector
+def test_filtered_flat_equals_restricted_brute_force(data, indexes, n_allowed, exact_floats, monkeypatch):
+    monkeypatch.setattr(vi, "EXACT_FILTER_FLOATS", exact_floats)
     x, ids = data
-    allowed = np.random.default_rng(1).choice(ids, 700, replace=False)
+    allowed = np.random.default_rng(1).choice(ids, n_allowed, replace=False)
     scores, found = vi.search(indexes["flat"], x[:50], 10, allowed_ids=allowed)
     ref_scores, ref_ids = _brute(x, ids, x[:50], 10, allowed)
     np.testing.assert_array_equal(found, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat"])
+def test_filtered_search_over_dense_row_ids_uses_a_bitmap_and_stays_exact(data, kind, monkeypatch):
+    monkeypatch.setattr(vi, "EXACT_FILTER_FLOATS", 0)
+    x, _ = data
+    rows = np.arange(len(x), dtype=np.int64)  # index rows, as slidesearch stores them
+    index = vi.build_index(x, rows, vi.choice_for_kind(kind, len(x), x.shape[1]), use_gpu=False)
+    allowed = np.random.default_rng(2).choice(rows, len(x) // 2, replace=False)
+    import faiss
+
+    assert isinstance(vi._selector(np.sort(allowed)), faiss.IDSelectorBitmap)
+    _, found = vi.search(index, x[:30], 10, allowed_ids=np.concatenate([allowed[::-1], allowed[:5]]))
+    assert np.isin(found, allowed).all()  # order and duplicates of the allowed ids do not matter
+    if kind == "flat":
+        np.testing.assert_array_equal(found, _brute(x, rows, x[:30], 10, allowed)[1])
 
 
 @pytest.mark.parametrize("kind,n_allowed", list(itertools.product(["ivf_flat", "hnsw", "ivf_pq"], [30, 1500])))
