@@ -79,6 +79,9 @@ class SlideSearcher:
         """Slides matching a free-text description (see the module docstring for the fusion)."""
         from retrieval.queries import embed_text_query
 
+        if not (query or "").strip():
+            raise QueryError("empty text query")
+        self.catalog.allowed_slide_rows(where)  # a bad filter fails before the model loads (the result is cached)
         q, details = embed_text_query(self.encoder, query, self.bank, expand)
         return self.search_text_vector(q, k, where, query=query, details=details)
 
@@ -208,8 +211,9 @@ class SlideSearcher:
                 image = self._region_image(region, read_region_image)
             else:
                 image = load_query_image(image)
+        allowed = self.catalog.allowed_slide_rows(where)
         q = self.encoder.encode_images([image])[0]
-        sims, ids = self._nearest_patches(q, k, self.catalog.allowed_slide_rows(where))
+        sims, ids = self._nearest_patches(q, k, allowed)
         slides = self.arrays.patch_slide[ids]
         rows, score = group_top_m(slides, sims, TOP_M)
         votes = np.bincount(np.searchsorted(rows, slides), weights=sims, minlength=len(rows))
