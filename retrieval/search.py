@@ -165,10 +165,11 @@ class SlideSearcher:
         allowed = self.catalog.allowed_slide_rows(where, exclude_row=row if exclude_same else None, exclude_same=exclude_same)
         name = "slides" if mode == "proto" else "slides_mean"
         sims, rows = vi.search(self.catalog.faiss(name), query_vec[None].astype(np.float32), k, allowed)
-        hits = []
-        for rank, (hit_row, s) in enumerate(((r, s) for r, s in zip(rows[0], sims[0]) if r >= 0), 1):
-            protos, patches = self._explain_pair(proto_vec, int(hit_row))
-            hits.append(self._hit(rank, int(hit_row), float(s), protos, patches))
+        found = rows[0] >= 0
+        hit_rows, hit_sims = rows[0][found], sims[0][found]
+        explained = self._explain_pairs(proto_vec, hit_rows)
+        hits = [self._hit(rank, int(row), float(s), *why)
+                for rank, (row, s, why) in enumerate(zip(hit_rows, hit_sims, explained), 1)]
         return SearchResult("slide", str(slide), tuple(hits), {"mode": mode, "exclude_same": exclude_same})
 
     def _embed_new_slide(self, path: Path):
@@ -182,21 +183,28 @@ class SlideSearcher:
         staged = encode_slide(path, {"slide_id": path.stem}, config, self.encoder)
         return aggregate_slide(staged.features.astype(np.float32), self.arrays.prototypes, AggregationConfig(**m["aggregation"]))
 
-    def _explain_pair(self, query_vec: np.ndarray, hit_row: int):
-        """Per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩, and the hit's patches nearest the top term's ẑ_k."""
+    def _explain_pairs(self, query_vec: np.ndarray, hit_rows: np.ndarray) -> list[tuple[list, list]]:
+        """For each hit: the per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩ (largest first), and the hit's
+        patches nearest the query's ẑ_k of the largest term. One reconstruction for all hits."""
         arrays = self.arrays
         kp, d = arrays.n_prototypes, arrays.dim
-        hit_vec = arrays.slide_vector(self.catalog, hit_row, "slides")
-        terms = (query_vec.reshape(kp, d) * hit_vec.reshape(kp, d)).sum(axis=1)
-        order = np.argsort(-terms)[:EXPLAIN]
-        protos = [self._proto_match(hit_row, int(p), float(terms[p])) for p in order if terms[p] > 1e-6]
-        block = query_vec.reshape(kp, d)[order[0]]
-        if not np.any(block):
-            return protos, []
-        patch_rows = arrays.patch_rows_of(np.array([hit_row]))
-        sims, rows = vi.search(self.catalog.faiss("patches"), (block / np.linalg.norm(block))[None].astype(np.float32),
-                               EXPLAIN, patch_rows)
-        return protos, [(int(r), float(s)) for r, s in zip(rows[0], sims[0]) if r >= 0]
+        if len(hit_rows) == 0:
+            return []
+        blocks = query_vec.reshape(kp, d)
+        terms = np.einsum("kd,nkd->nk", blocks, arrays.slide_vectors(self.catalog, hit_rows, "slides").reshape(-1, kp, d))
+        order = np.argsort(-terms, axis=1)[:, :EXPLAIN]
+        directions = blocks[order[:, 0]]
+        directions = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+        patch_rows = arrays.patch_rows_of(hit_rows)
+        owner = np.repeat(np.arange(len(hit_rows)), arrays.patch_count[hit_rows])
+        patch_sims = np.einsum("pd,pd->p", vi.reconstruct(self.catalog.faiss("patches"), patch_rows), directions[owner])
+        out = []
+        for i, row in enumerate(hit_rows.tolist()):
+            protos = [self._proto_match(row, int(p), float(terms[i, p])) for p in order[i] if terms[i, p] > 1e-6]
+            mine = np.flatnonzero(owner == i)
+            best = mine[np.argsort(-patch_sims[mine], kind="stable")[:EXPLAIN]] if np.any(blocks[order[i, 0]]) else []
+            out.append((protos, [(int(patch_rows[j]), float(patch_sims[j])) for j in best]))
+        return out
 
     # -- patch → slide --------------------------------------------------------------------
     def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:

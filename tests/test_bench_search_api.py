@@ -55,7 +55,7 @@ def test_report_files_and_fields(run):
         assert r["api_over_raw"] == pytest.approx(r["api_p50_ms"] / r["raw_p50_ms"])
     calls = {r["type"]: r["faiss_calls"] for r in rows if r["where"] is None}
     assert calls["text"] == 2 and calls["patch"] == 1  # sub-vectors + patches; patches
-    assert calls["slide"] == 11  # the slides search + one explanation search per hit (top 10)
+    assert calls["slide"] == 1  # the slides search; explanations reconstruct all hits' vectors at once
     markdown = (tmp / "out" / "bench_search_api.md").read_text()
     assert "| 500 | auto | slide | `label = 'c3'` |" in markdown and "--sizes 500" in markdown
 
