@@ -92,7 +92,7 @@ class SlideSearcher:
         arrays = self.arrays
         allowed = self.catalog.allowed_slide_rows(where)
         kp = arrays.n_prototypes
-        sub_allowed = None if allowed is None else (allowed[:, None] * kp + np.arange(kp)).ravel()
+        sub_allowed = self._derived_ids(allowed, "subvectors", lambda a: (a[:, None] * kp + np.arange(kp)).ravel())
         sims, subs = vi.search(self.catalog.faiss("subvectors"), q[None], k * kp * 2, sub_allowed)
         keep = subs[0] >= 0
         sims, subs = sims[0][keep], subs[0][keep]
@@ -116,13 +116,34 @@ class SlideSearcher:
         fusion = {"w_proto": W_PROTO, "w_patch": W_PATCH, "w_mass": W_MASS, "top_m": TOP_M, "min_mass": MIN_MASS}
         return SearchResult("text", query, tuple(hits), {**(details or {}), "fusion": fusion})
 
+    @cached_property
+    def _composition(self) -> np.ndarray:
+        """w_s = Σ_k π_k ẑ_k = Σ_k √π_k·s_k per slide row (s: the stored slide vectors), so S_mass = ⟨q, w_s⟩."""
+        arrays = self.arrays
+        kp, d = arrays.n_prototypes, arrays.dim
+        w = np.zeros((len(arrays.mass), d), np.float32)
+        rows = np.asarray(sorted(arrays.ids.values()), np.int64)
+        for start in range(0, len(rows), 4096):
+            chunk = rows[start:start + 4096]
+            blocks = arrays.slide_vectors(self.catalog, chunk, "slides").reshape(len(chunk), kp, d)
+            w[chunk] = np.einsum("nk,nkd->nd", np.sqrt(arrays.mass[chunk]), blocks)
+        return w
+
     def _abundance(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """S_mass = Σ_k π_k·cos(q, ẑ_k) = Σ_k √π_k·⟨q, s_k⟩, read off the stored slide vectors s."""
-        if len(rows) == 0:
-            return np.zeros(0, np.float64)
-        kp, d = self.arrays.n_prototypes, self.arrays.dim
-        blocks = self.arrays.slide_vectors(self.catalog, rows, "slides").reshape(len(rows), kp, d)
-        return (np.sqrt(self.arrays.mass[rows]) * (blocks @ q.astype(np.float32))).sum(axis=1)
+        """S_mass = Σ_k π_k·cos(q, ẑ_k) for slides ``rows``."""
+        return self._composition[rows] @ q.astype(np.float32)
+
+    def _derived_ids(self, allowed: np.ndarray | None, name: str, derive) -> np.ndarray | None:
+        """Ids of FAISS index ``name`` allowed by a slide filter, kept for as long as the filter's rows are cached."""
+        if allowed is None:
+            return None
+        cache = self.__dict__.setdefault("_derived", {})
+        key = (id(allowed), name)
+        if key not in cache or cache[key][0] is not allowed:
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+            cache[key] = (allowed, derive(allowed))
+        return cache[key][1]
 
     def _nearest_patches(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The query's PATCH_CANDIDATES·k nearest patches (similarities, patch rows), within allowed slides."""
@@ -130,7 +151,7 @@ class SlideSearcher:
         n = min(index.ntotal, max(200, k * PATCH_CANDIDATES))
         if n == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        patch_allowed = None if allowed is None else self.arrays.patch_rows_of(allowed)
+        patch_allowed = self._derived_ids(allowed, "patches", self.arrays.patch_rows_of)
         sims, rows = vi.search(index, q[None].astype(np.float32), n, patch_allowed)
         keep = rows[0] >= 0
         return sims[0][keep], rows[0][keep]
