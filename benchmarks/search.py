@@ -1,0 +1,388 @@
+"""Search API latency (text, slide, patch queries) against the FAISS searches inside it, on synthetic indexes.
+
+Usage: python benchmarks/search.py [--sizes 1000,10000,100000] [--dim 128] [--k 8] [--patches 10]
+       [--queries 200] [--flat-at 100000] [--threads 1] [--encoder tiny|none] [--keep DIR] [--out DIR]
+
+Each size gets an index directory written straight from synthetic vectors (no slides, no encoder) with the
+tables and FAISS files the pipeline writes, FAISS kinds as ``choose_index`` picks them (plus all-Flat at
+``--flat-at``). The API calls are timed while a recorder keeps the ``vector_index.search`` calls they make;
+those calls are then replayed through ``vector_index.search`` and as bare ``index.search`` (selector
+prebuilt), so API / bare is the cost of everything around FAISS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
+
+from indexer import vector_index as vi  # noqa: E402
+from indexer.aggregate import AggregationConfig, l2_normalize  # noqa: E402
+from indexer.assemble import _slides_table, _with_embedding, _write_faiss, _write_table  # noqa: E402
+from indexer.store import FAISS_FILES, IndexDir  # noqa: E402
+from retrieval.bench_search import machine_description  # noqa: E402
+from retrieval.search import SlideSearcher  # noqa: E402
+
+QUERY_TYPES = ("text", "slide", "patch")
+WHERE = "label = 'c3'"  # one of N_LABELS equally likely labels: about 10 % of the slides
+N_LABELS = 10
+CENTRES_PER_PROTOTYPE = 32  # K·32 morphology centres (256 for K = 8)
+CHUNK = 10_000  # slides generated per block (bounds the temporaries at 100k slides)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """A synthetic collection: ``n_slides`` slides of ``patches`` patches, ``k`` prototypes of ``dim``."""
+
+    n_slides: int
+    dim: int = 128
+    k: int = 8
+    patches: int = 10
+    seed: int = 0
+
+
+def synthetic_index(root: Path, spec: SyntheticSpec, flat: bool = False) -> dict:
+    """Write an index directory for ``spec`` under ``root`` (reused when already complete); returns its manifest.
+
+    Vectors: K prototypes P; 32 morphology centres per prototype; per slide, masses π ~ Dirichlet(α of its
+    label), sub-vectors ẑ_k = normalize(a centre of prototype k + noise), ``patches`` patches drawn from π
+    around ẑ_k; slide vector normalize(concat_k √π_k ẑ_k) (DESIGN §3), mean vector = mean of the patches.
+    ``flat`` forces exact Flat FAISS indexes instead of ``choose_index``'s choice.
+    """
+    index = IndexDir(root)
+    if index.exists():
+        return index.read_manifest()
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    n, d, k, p = spec.n_slides, spec.dim, spec.k, spec.patches
+    protos = l2_normalize(rng.standard_normal((k, d)))
+    centres = l2_normalize(protos[:, None] + 0.8 * l2_normalize(rng.standard_normal((k, CENTRES_PER_PROTOTYPE, d))))
+    alpha = 0.3 + 3 * rng.dirichlet(np.full(k, 0.5), size=N_LABELS)  # each label prefers a few prototypes
+    label_centre = rng.integers(CENTRES_PER_PROTOTYPE, size=(N_LABELS, k))
+    labels = rng.integers(N_LABELS, size=n)
+    mass = rng.gamma(alpha[labels])
+    mass = (mass / mass.sum(axis=1, keepdims=True)).astype(np.float32)
+    sub = np.empty((n, k, d), np.float32)
+    patches = np.empty((n * p, d), np.float32)
+    patch_proto = np.empty(n * p, np.int32)
+    for s in range(0, n, CHUNK):
+        e = min(n, s + CHUNK)
+        own = np.where(rng.random((e - s, k)) < 0.5, label_centre[labels[s:e]], rng.integers(CENTRES_PER_PROTOTYPE, size=(e - s, k)))
+        sub[s:e] = l2_normalize(centres[np.arange(k), own] + 0.5 * rng.standard_normal((e - s, k, d)) / np.sqrt(d))
+        cdf = np.cumsum(mass[s:e], axis=1)
+        draw = (rng.random((e - s, p, 1)) > cdf[:, None, :-1]).sum(axis=2)  # patch prototype ~ Categorical(π)
+        patch_proto[s * p:e * p] = draw.ravel()
+        own_sub = np.take_along_axis(sub[s:e], draw[..., None], axis=1)  # (slides, p, d)
+        patches[s * p:e * p] = l2_normalize(own_sub + 0.8 * rng.standard_normal(own_sub.shape) / np.sqrt(d)).reshape(-1, d)
+    slide_vecs = l2_normalize((np.sqrt(mass)[..., None] * sub).reshape(n, k * d))
+    mean_vecs = l2_normalize(patches.reshape(n, p, d).mean(axis=1))
+    rows = np.arange(n, dtype=np.int64)
+    entropy = -(mass * np.log(np.maximum(mass, 1e-12))).sum(axis=1) / np.log(k)
+    records = [{"slide_row": r, "slide_id": f"S{r:06d}", "path": f"/synthetic/S{r:06d}.svs", "vendor": "synthetic",
+                "width": 4096, "height": 4096, "mpp": 0.25, "mpp_source": "synthetic", "magnification": 40.0,
+                "n_patches": p, "patch_row_start": r * p, "patch_size": 448, "status": "ok",
+                "entropy": float(entropy[r]), "max_mass": float(mass[r].max())} for r in range(n)]
+    metadata = {f"S{r:06d}": {"label": f"c{labels[r]}", "patient_id": f"P{r // 2:06d}", "stain": "H&E"} for r in range(n)}
+    _write_table(index, "slides", _slides_table(records, metadata))
+    grid = np.arange(n * p) % p
+    _write_table(index, "patches", pa.table({
+        "patch_row": np.arange(n * p, dtype=np.int64), "slide_row": np.repeat(rows, p),
+        "x": (grid % 4) * 448, "y": (grid // 4) * 448, "size": np.full(n * p, 448, np.int64), "proto": patch_proto,
+        "proto_sim": (patches * protos[patch_proto]).sum(axis=1).astype(np.float32)}))
+    names = [f"prototype {i}" for i in range(k)]
+    _write_table(index, "prototypes", _with_embedding(pa.table({
+        "proto_id": pa.array(range(k), pa.int32()), "name": names, "descriptions": [[t] for t in names]}), protos))
+    _write_table(index, "subvectors", pa.table({
+        "sub_row": np.arange(n * k, dtype=np.int64), "slide_row": np.repeat(rows, k),
+        "proto_id": np.tile(np.arange(k, dtype=np.int32), n), "mass": mass.ravel()}))
+    vectors = {"slides": slide_vecs, "slides_mean": mean_vecs, "subvectors": sub.reshape(-1, d), "patches": patches}
+    indexes, timings = {}, {}
+    for name in FAISS_FILES:  # the pipeline's own writer (choose_index + build + recall + atomic save)
+        vecs, start = vectors.pop(name), time.perf_counter()
+        if flat:
+            vi.save_index(vi.build_index(vecs, np.arange(len(vecs)), vi.IndexChoice("flat")), index.faiss(name))
+            indexes[name] = {"kind": "flat", "factory": "Flat", "count": len(vecs), "dim": vecs.shape[1], "recall_at_10": 1.0}
+        else:
+            indexes[name] = _write_faiss(index, name, vecs, np.arange(len(vecs), dtype=np.int64), None)
+        timings[name] = round(time.perf_counter() - start, 1)
+        del vecs
+    index.write_manifest({
+        "encoder": {"name": "synthetic", "weights_sha256": "synthetic", "dim": d}, "synthetic": asdict(spec),
+        "tiling": {"magnification": 20.0, "patch_px": 224, "min_tissue": 0.5, "max_patches": None},
+        "bank": {"name": "synthetic", "K": k, "sha256": "synthetic", "source": str(root / "no-bank.yaml")},
+        "aggregation": asdict(AggregationConfig()), "max_index_memory": None, "features_imported": False,
+        "counts": {"slides": n, "slides_ok": n, "slides_failed": 0, "patches": n * p, "prototypes": k},
+        "indexes": indexes, "timings": timings})
+    return index.read_manifest()
+
+
+class VectorEncoder:
+    """Stands in for the image encoder: the "image" given to ``search_patch`` is already its embedding."""
+
+    @staticmethod
+    def encode_images(images) -> np.ndarray:
+        return np.stack(images).astype(np.float32)
+
+
+@contextmanager
+def recorded_searches():
+    """Collect every ``vector_index.search`` call made inside as (index, queries, k, allowed ids, returned ids).
+
+    Arguments are kept by reference (the API builds fresh arrays per call), so recording costs ~1 µs a call.
+    """
+    calls, original = [], vi.search
+
+    def record(index, queries, k, allowed_ids=None):
+        scores, ids = original(index, queries, k, allowed_ids)
+        calls.append((index, queries, k, allowed_ids, ids))
+        return scores, ids
+
+    vi.search = record
+    try:
+        yield calls
+    finally:
+        vi.search = original
+
+
+def raw_faiss_call(index, queries, k, allowed):
+    """The bare ``index.search`` that ``vector_index.search`` makes for these arguments, selector prebuilt."""
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if allowed is None:
+        return lambda: index.search(q, min(k, index.ntotal))
+    allowed = vi._sorted_unique(allowed)
+    if allowed.size == 0:
+        return lambda: None
+    if allowed.size * index.d <= vi.EXACT_FILTER_FLOATS:  # vector_index scores small sets exactly
+        return lambda: vi._search_few(index, q, k, allowed)
+    params = vi._filter_params(index, allowed)  # Flat / IVF / HNSW on CPU: always search parameters here
+    return lambda: index.search(q, min(k, index.ntotal, allowed.size), params=params)
+
+
+def _elapsed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_cell(searcher: SlideSearcher, qtype: str, queries: list, top: int, where: str | None, warmup: int,
+              budget_s: float) -> dict:
+    """p50/p99 per query of the API call, of its ``vector_index.search`` calls and of their bare FAISS searches.
+
+    Three passes over the same queries in the same order (API, then the recorded calls replayed through
+    ``vector_index.search``, then as bare ``index.search`` with the selector prebuilt), so every pass sees
+    the same cache state. Warm-up stops after ``budget_s / 4`` and the API pass after ``budget_s / 3``
+    (at least one query), so a pathologically slow cell reports fewer queries instead of running for hours.
+    """
+    api = {"text": lambda q: searcher.search_text_vector(q, top, where),
+           "slide": lambda q: searcher.search_slide(q, top, where),
+           "patch": lambda q: searcher.search_patch(q, top, where)}[qtype]
+    began = time.perf_counter()
+    for q in queries[len(queries) - warmup:]:  # warm-up queries are not timed later
+        api(q)
+        if time.perf_counter() - began > budget_s / 4:
+            break
+    t_api, recorded, consistent, began = [], [], [], time.perf_counter()
+    for q in queries[:len(queries) - warmup]:
+        with recorded_searches() as calls:
+            start = time.perf_counter()
+            result = api(q)
+            t_api.append(time.perf_counter() - start)
+        recorded.append(calls)
+        consistent.append(_consistent(searcher, qtype, result, calls))
+        if time.perf_counter() - began > budget_s / 3:
+            break
+    t_search = [_elapsed(lambda: [vi.search(*c[:4]) for c in calls]) for calls in recorded]
+    t_raw, t_main, per_call = [], [], np.zeros(max(map(len, recorded)))
+    for calls in recorded:
+        raw = [raw_faiss_call(*c[:4]) for c in calls]
+        times = [_elapsed(fn) for fn in raw]
+        t_raw.append(sum(times))
+        t_main.append(times[0])
+        per_call[:len(times)] += times
+    ms = lambda xs, q: 1e3 * float(np.percentile(xs, q))  # noqa: E731
+    row = {"type": qtype, "where": where, "queries": len(t_api), "faiss_calls": float(np.mean([len(c) for c in recorded])),
+           "consistent": float(np.mean(consistent)), "raw_ms_by_call": (1e3 * per_call / len(recorded)).round(3).tolist()}
+    for name, xs in (("api", t_api), ("search", t_search), ("raw", t_raw), ("main", t_main)):
+        row |= {f"{name}_p50_ms": ms(xs, 50), f"{name}_p99_ms": ms(xs, 99)}
+    return row | {"api_over_search": row["api_p50_ms"] / row["search_p50_ms"],
+                  "api_over_raw": row["api_p50_ms"] / row["raw_p50_ms"]}
+
+
+def _consistent(searcher: SlideSearcher, qtype: str, result, calls) -> bool:
+    """The API's hits come from the FAISS results it searched (slide: exactly the slides search's ids)."""
+    rows = [h.slide_row for h in result.hits]
+    found = [ids[0][ids[0] >= 0] for *_, ids in calls]
+    if qtype == "slide":
+        return rows == found[0].tolist()
+    arrays = searcher.arrays
+    kp = arrays.n_prototypes
+    pools = {"text": lambda: set((found[0] // kp).tolist()) | set(arrays.patch_slide[found[1]].tolist()),
+             "patch": lambda: set(arrays.patch_slide[found[0]].tolist())}
+    return len(rows) > 0 and set(rows) <= pools[qtype]()
+
+
+def make_queries(searcher: SlideSearcher, n: int, seed: int) -> dict[str, list]:
+    """Random slide_ids, and vectors near a random sub-vector of a random slide: text-like (less noise) and
+    patch-like (the patches' own noise)."""
+    rng = np.random.default_rng(seed + 1)
+    arrays = searcher.arrays
+    blocks = arrays.slide_vectors(searcher.catalog, rng.integers(len(arrays.mass), size=n), "slides")
+    picks = l2_normalize(blocks.reshape(n, arrays.n_prototypes, -1)[np.arange(n), rng.integers(arrays.n_prototypes, size=n)])
+    noise = rng.standard_normal(picks.shape) / np.sqrt(picks.shape[1])
+    text, patch = l2_normalize(picks + 0.1 * noise), l2_normalize(picks + 0.8 * noise)
+    ids = sorted(arrays.ids)
+    return {"text": list(text), "slide": [ids[i] for i in rng.choice(len(ids), size=n, replace=len(ids) < n)],
+            "patch": list(patch)}
+
+
+def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
+    """Median ms of embedding one text query (4 prompt templates) and one 224-px image with encoder ``name``."""
+    import torch
+    from PIL import Image
+
+    from indexer.encoders import load_encoder
+    from retrieval.queries import embed_text_query
+
+    if threads:
+        torch.set_num_threads(threads)
+    encoder = load_encoder(name, device="cpu")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    jobs = {"text_ms": lambda: embed_text_query(encoder, "poorly differentiated adenocarcinoma with necrosis"),
+            "image_ms": lambda: encoder.encode_images([image])}
+    out = {"encoder": name}
+    for key, fn in jobs.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        out[key] = 1e3 * float(np.median(times))
+    return out
+
+
+def run(sizes, dim=128, k=8, patches=10, n_queries=200, top=10, flat_at=(), flat_queries=50, budget_s=90.0,
+        encoder="tiny", keep=None, seed=0, warmup=20, threads=1, show_progress=True) -> dict:
+    """Build (or reuse) each synthetic index and time every (size, FAISS variant, query type, filter) cell.
+
+    ``threads``: OpenMP threads for FAISS (and torch threads for the encoding figure) while timing; 0 keeps
+    the libraries' defaults. Index building always uses the defaults.
+    """
+    import faiss
+    from rich.progress import Progress
+
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench_search_api_"))
+    plan = [(n, variant) for n in sizes for variant in (("auto", "flat") if n in flat_at else ("auto",))]
+    rows, indexes, load = [], {}, [os.getloadavg()[0]]
+    try:
+        with Progress(disable=not show_progress, transient=True) as progress:
+            task = progress.add_task("search benchmark", total=len(plan) * 2 * len(QUERY_TYPES))
+            for n, variant in plan:
+                progress.update(task, description=f"writing the {variant} index of {n:,} slides")
+                root = work / f"n{n}_d{dim}_k{k}_p{patches}_s{seed}_{variant}"
+                start = time.perf_counter()
+                manifest = synthetic_index(root, SyntheticSpec(n, dim, k, patches, seed), flat=variant == "flat")
+                indexes[f"{n}/{variant}"] = {name: e["factory"] for name, e in manifest["indexes"].items()} | {
+                    "build_s": time.perf_counter() - start, "faiss_build_s": manifest["timings"]}
+                searcher = SlideSearcher(root, encoder=VectorEncoder())
+                build_threads = faiss.omp_get_max_threads()
+                if threads:
+                    faiss.omp_set_num_threads(threads)
+                count = flat_queries if variant == "flat" else n_queries
+                queries = make_queries(searcher, count + warmup, seed)
+                for qtype in QUERY_TYPES:
+                    for where in (None, WHERE):
+                        progress.update(task, description=f"{n:,} slides, {variant}: {qtype} where={where}")
+                        cell = time_cell(searcher, qtype, queries[qtype], top, where, warmup, budget_s)
+                        rows.append({"n_slides": n, "n_patches": n * patches, "variant": variant} | cell)
+                        progress.advance(task)
+                del searcher, queries
+                faiss.omp_set_num_threads(build_threads)
+                load.append(os.getloadavg()[0])
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    config = {"sizes": list(sizes), "dim": dim, "k": k, "patches": patches, "queries": n_queries, "top": top,
+              "warmup": warmup, "flat_at": list(flat_at), "flat_queries": flat_queries, "budget_s": budget_s,
+              "where": WHERE, "seed": seed, "threads": threads}
+    return {"config": config, "machine": machine_description(), "load_avg_1min": load, "indexes": indexes,
+            "encoding": encoding_costs(encoder, threads) if encoder != "none" else None, "results": rows}
+
+
+def markdown(result: dict) -> str:
+    """Markdown tables: FAISS kinds per index, then API vs FAISS latency per cell."""
+    c = result["config"]
+    lines = [f"Command: `{result.get('command', '')}`", "", f"Machine: {result['machine']}; 1-min load average "
+             f"during the run: {', '.join(f'{x:.1f}' for x in result['load_avg_1min'])}", "",
+             f"Synthetic: d = {c['dim']}, K = {c['k']} (slide vectors {c['k'] * c['dim']}-d), {c['patches']} patches "
+             f"per slide; up to {c['queries']} timed queries per cell ({c['flat_queries']} with Flat) after "
+             f"{c['warmup']} warm-up, {c['budget_s']:g} s budget per cell; top {c['top']}; "
+             f"{c['threads'] or 'default'} FAISS thread(s) while timing.", "",
+             "| index | slides | slides_mean | subvectors | patches | build s |", "|---|---|---|---|---|---|"]
+    for key, e in result["indexes"].items():
+        lines.append(f"| {key} | `{e['slides']}` | `{e['slides_mean']}` | `{e['subvectors']}` | `{e['patches']}` "
+                     f"| {e['build_s']:.0f} |")
+    lines += ["", "| slides | FAISS | query | filter | queries | FAISS calls | API p50 / p99 ms "
+              "| vector_index.search p50 / p99 ms | bare FAISS p50 / p99 ms | API / search | API / bare | "
+              "slides search alone p50 ms |", "|" + "---|" * 12]
+    for r in result["results"]:
+        alone = f"{r['main_p50_ms']:.2f}" if r["type"] == "slide" else "—"
+        lines.append(
+            f"| {r['n_slides']:,} | {r['variant']} | {r['type']} | {'`' + r['where'] + '`' if r['where'] else '—'} "
+            f"| {r['queries']} | {r['faiss_calls']:.1f} | {r['api_p50_ms']:.2f} / {r['api_p99_ms']:.2f} "
+            f"| {r['search_p50_ms']:.2f} / {r['search_p99_ms']:.2f} | {r['raw_p50_ms']:.2f} / {r['raw_p99_ms']:.2f} "
+            f"| {r['api_over_search']:.2f}× | **{r['api_over_raw']:.2f}×** "
+            f"| {alone} |")
+    if result.get("encoding"):
+        e = result["encoding"]
+        lines += ["", f"Query encoding with `{e['encoder']}` (not in the API figures): text query (4 prompt templates) "
+                  f"{e['text_ms']:.1f} ms, one 224-px image {e['image_ms']:.1f} ms (medians)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse options, run every cell, write bench_search_api.json and .md into --out, print the Markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated numbers of slides")
+    parser.add_argument("--dim", type=int, default=128, help="embedding dimension d (tiny encoder: 128)")
+    parser.add_argument("--k", type=int, default=8, help="prototypes K (slide vectors are K·d)")
+    parser.add_argument("--patches", type=int, default=10, help="patches per slide")
+    parser.add_argument("--queries", type=int, default=200, help="timed single queries per cell")
+    parser.add_argument("--top", type=int, default=10, help="hits per query (the API's k)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed queries per cell before timing")
+    parser.add_argument("--budget", type=float, default=90.0, help="seconds per cell before it stops early")
+    parser.add_argument("--flat-at", default="100000", help="sizes also measured with exact Flat indexes ('' = none)")
+    parser.add_argument("--flat-queries", type=int, default=50, help="timed queries per Flat cell")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS/torch threads while timing (0 = defaults)")
+    parser.add_argument("--encoder", default="tiny", help="encoder for the query-encoding side figure, or 'none'")
+    parser.add_argument("--keep", default=None, help="folder to keep (and reuse) the synthetic indexes in")
+    parser.add_argument("--out", default="out/bench_search_api", help="folder for bench_search_api.json and .md")
+    args = parser.parse_args(argv)
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
+    flat_at = [int(float(s)) for s in args.flat_at.split(",") if s]
+    result = run(sizes, args.dim, args.k, args.patches, args.queries, args.top, flat_at, args.flat_queries,
+                 args.budget, args.encoder, args.keep, warmup=args.warmup, threads=args.threads)
+    result["command"] = "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_search_api.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench_search_api.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
