@@ -214,8 +214,12 @@ def _write_table(index: IndexDir, name: str, table: pa.Table) -> None:
 
 
 def rebuild(index: IndexDir, text_prototypes: np.ndarray, prototype_table: pa.Table, settings: dict[str, Any],
-            metadata: dict[str, dict[str, Any]], aggregation: AggregationConfig, max_index_memory: int | None) -> Assembled:
-    """Re-aggregate every staged slide and rewrite tables, FAISS indexes and the manifest."""
+            metadata: dict[str, dict[str, Any]], aggregation: AggregationConfig, max_index_memory: int | None,
+            run_timings: dict[str, float] | None = None) -> Assembled:
+    """Re-aggregate every staged slide and rewrite tables, FAISS indexes and the manifest.
+
+    ``run_timings`` (seconds per stage of the run that encoded slides) go into the manifest with the assembly's own.
+    """
     records = assign_slide_rows(list(index.staged_records()), previous_slide_rows(index))
     prototypes = _refined_prototypes(index, records, text_prototypes, aggregation)
     assembled = assemble(index, records, prototypes, prototype_table, aggregation, metadata, max_index_memory)
@@ -224,7 +228,7 @@ def rebuild(index: IndexDir, text_prototypes: np.ndarray, prototype_table: pa.Ta
         **settings,
         "counts": assembled.counts,
         "indexes": assembled.indexes,
-        "timings": assembled.timings,
+        "timings": {k: round(v, 3) for k, v in {**(run_timings or {}), **assembled.timings}.items()},
     })
     return assembled
 

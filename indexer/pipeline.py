@@ -135,7 +135,7 @@ def run_index(
             progress.slide_done()
 
     assembled = rebuild(index, text_prototypes, prototype_table(bank, text_prototypes), settings, metadata,
-                        config.aggregation, config.max_index_memory)
+                        config.aggregation, config.max_index_memory, run_timings=timings)
     for stage, seconds in assembled.timings.items():
         timings[stage] += seconds
     report.timings = dict(timings)
