@@ -219,11 +219,13 @@ class SlideSearcher:
         patch_rows = arrays.patch_rows_of(hit_rows)
         owner = np.repeat(np.arange(len(hit_rows)), arrays.patch_count[hit_rows])
         patch_sims = np.einsum("pd,pd->p", vi.reconstruct(self.catalog.faiss("patches"), patch_rows), directions[owner])
+        ranked = np.lexsort((-patch_sims, owner))  # by hit, best patch first
+        first = np.searchsorted(owner[ranked], np.arange(len(hit_rows)))
+        has_block = np.any(directions, axis=1)
         out = []
         for i, row in enumerate(hit_rows.tolist()):
             protos = [self._proto_match(row, int(p), float(terms[i, p])) for p in order[i] if terms[i, p] > 1e-6]
-            mine = np.flatnonzero(owner == i)
-            best = mine[np.argsort(-patch_sims[mine], kind="stable")[:EXPLAIN]] if np.any(blocks[order[i, 0]]) else []
+            best = ranked[first[i]:first[i] + min(EXPLAIN, int(arrays.patch_count[row]))] if has_block[i] else ()
             out.append((protos, [(int(patch_rows[j]), float(patch_sims[j])) for j in best]))
         return out
 
