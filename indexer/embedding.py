@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from indexer.errors import SlideError
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from indexer.encoders import Encoder
     from indexer.tiling import TileGrid
 
@@ -134,10 +132,3 @@ def embed_slide(slide_path: str | Path, grid: "TileGrid", encoder: "Encoder", **
     for rows, embeddings in iter_slide_embeddings(slide_path, grid, encoder, **kwargs):
         out[rows] = embeddings
     return out
-
-
-def embed_images(encoder: "Encoder", images: Sequence["Image.Image"]) -> np.ndarray:
-    """Embed PIL images (e.g. a query patch) in batches of ``encoder.batch_size``: (n, dim) float32."""
-    images = list(images)
-    parts = [encoder.encode_images(images[i : i + encoder.batch_size]) for i in range(0, len(images), encoder.batch_size)]
-    return np.concatenate([np.zeros((0, encoder.dim), np.float32), *parts])

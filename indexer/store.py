@@ -54,6 +54,8 @@ class _AtomicPath:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            with open(self.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)

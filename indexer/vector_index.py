@@ -223,15 +223,10 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
     """Write ``index`` (moved to CPU if needed) atomically: temp file in the same folder, then rename."""
     import faiss
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    from indexer.store import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
         faiss.write_index(_to_cpu(index), str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_index(path: str | os.PathLike) -> faiss.Index:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.embedding import SlidePatches, embed_images, embed_slide, iter_slide_embeddings
+from indexer.embedding import SlidePatches, embed_slide, iter_slide_embeddings
 from indexer.encoders import load_encoder
 from indexer.errors import SlideError
 from indexer.slides import open_slide
@@ -54,8 +54,8 @@ def test_matches_encoding_patches_directly_and_batch_size_free(slide, encoder):
         patches = [read_patch(s, grid, i) for i in range(len(grid))]
     direct = encoder.encode_images(patches)
     np.testing.assert_allclose(embed_slide(path, grid, encoder, batch_size=5, num_workers=0), direct, atol=BATCH_ATOL)
-    np.testing.assert_allclose(embed_images(encoder, patches[3:4])[0], direct[3], atol=BATCH_ATOL)
-    np.testing.assert_allclose(embed_images(encoder, patches), direct, atol=BATCH_ATOL)
+    np.testing.assert_allclose(encoder.encode_images(patches[3:4])[0], direct[3], atol=BATCH_ATOL)
+    np.testing.assert_allclose(encoder.encode_images(patches), direct, atol=BATCH_ATOL)
 
 
 def test_streams_batches_in_grid_order(slide, encoder):
@@ -72,7 +72,7 @@ def test_empty_grid(slide, encoder):
     empty = TileGrid(np.zeros((0, 2), np.int64), grid.size, grid.level, grid.read_px, grid.patch_px)
     assert embed_slide(path, empty, encoder).shape == (0, encoder.dim)
     assert list(iter_slide_embeddings(path, empty, encoder)) == []
-    assert embed_images(encoder, []).shape == (0, encoder.dim)
+    assert encoder.encode_images([]).shape == (0, encoder.dim)
 
 
 def test_dataset_pickles_without_its_slide_handle(slide, encoder):
