@@ -279,7 +279,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     if limit == 0 or (allowed is not None and allowed.size == 0):
         return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
     if allowed is None:
-        return _pad(*index.search(q, min(k, limit)), k)
+        scores, found = index.search(q, min(k, limit))
+        return (scores, found) if found.shape[1] == k and found.min() >= 0 else _pad(scores, found, k)
     if allowed.size * index.d <= EXACT_FILTER_FLOATS:
         exact = _search_few(index, q, k, allowed)
         if exact is not None:

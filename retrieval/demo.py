@@ -166,8 +166,7 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
     query_label = arrays.metadata[slide_row].get(config.label)
     other = next((r for r in rows if arrays.metadata[r].get(config.label) != query_label), rows[-1])
     patch_row = arrays.patch_start[other] + arrays.patch_count[other] // 2
-    x, y = (int(v) for v in arrays.patch_xy[patch_row])
-    size = int(arrays.patch_size[patch_row])
+    _, x, y, size, *_ = arrays.patches[patch_row].tolist()
     region = f"{arrays.metadata[other]['slide_id']}@{x},{y},{size},{size}"
     queries = {
         "text": searcher.search_text(config.text_query, k=config.k),

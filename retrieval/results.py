@@ -1,4 +1,8 @@
-"""Typed search results: hits with their metadata and an explanation (prototypes and patches that matched)."""
+"""Typed search results: hits with their metadata and an explanation (prototypes and patches that matched).
+
+Records use ``slots`` dataclasses (not frozen ones, whose constructors cost ~3× more): a slide query builds up
+to 7 records per hit, a measurable share of its sub-millisecond latency.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PrototypeMatch:
     """A prototype that contributed to a hit: its share of the slide and how well it matched."""
 
@@ -16,7 +20,7 @@ class PrototypeMatch:
     similarity: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PatchMatch:
     """A patch of the hit slide that matched the query (level-0 coordinates)."""
 
@@ -28,7 +32,7 @@ class PatchMatch:
     prototype: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SearchHit:
     """One retrieved slide."""
 

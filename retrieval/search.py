@@ -10,7 +10,8 @@ Scoring (all similarities are cosines in the encoder's shared space):
   the sub-vector and patch searches; a slide missing from one list gets that list's lowest returned
   similarity (an upper bound of what it would have scored); ``S_mass`` is exact for every candidate.
 - slide: inner product of slide vectors (``proto``: ⟨s, s'⟩ = Σ_k √(π_k π'_k)·cos(ẑ_k, ẑ'_k); ``mean``: the
-  mean-pool baseline). The explanation splits ⟨s, s'⟩ into its per-prototype terms.
+  mean-pool baseline). The explanation splits ⟨s, s'⟩ into its per-prototype terms and shows the hit's
+  patches that weigh most in its sub-vector of the largest term (their score: similarity to that prototype).
 - patch: the query patch's nearest patches are grouped by slide; a slide scores the mean of its TOP_M
   best similarities, padded as above; ties go to the larger similarity-weighted vote of the slide's patches among the candidates.
 """
@@ -27,7 +28,7 @@ from indexer import vector_index as vi
 from indexer.errors import QueryError
 from retrieval.catalog import Catalog
 from retrieval.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult
-from retrieval.search_support import IndexArrays, group_top_m, load_index_encoder, lookup
+from retrieval.search_support import IndexArrays, first_m_per_group, group_top_m, load_index_encoder, lookup
 
 W_PROTO, W_PATCH, W_MASS = 0.4, 0.4, 0.2
 MIN_MASS = 0.01
@@ -104,17 +105,14 @@ class SlideSearcher:
         patch_rows, patch_best = group_top_m(patch_slides, patch_sims, TOP_M)
         candidates = np.union1d(proto_rows, patch_rows)
         score = fuse(candidates, (proto_rows, proto_best), (patch_rows, patch_best), self._abundance(q, candidates))
-        hits = []
-        for rank, i in enumerate(np.lexsort((candidates, -np.round(score, TIE_DECIMALS)))[:k], 1):
-            row = int(candidates[i])
-            mine = subs // kp == row
-            protos = [self._proto_match(row, int(sub % kp), float(sim))
-                      for sub, sim in zip(subs[mine][:EXPLAIN], sims[mine][:EXPLAIN])]
-            own = patch_slides == row
-            patches = list(zip(patch_ids[own][:EXPLAIN].tolist(), patch_sims[own][:EXPLAIN].tolist()))
-            hits.append(self._hit(rank, row, float(score[i]), protos, patches))
+        top = np.lexsort((candidates, -np.round(score, TIE_DECIMALS)))[:k]
+        hit_rows = candidates[top]
+        which, entries = first_m_per_group(subs // kp, hit_rows, EXPLAIN)
+        protos = (which, subs[entries] % kp, sims[entries])
+        which, entries = first_m_per_group(patch_slides, hit_rows, EXPLAIN)
+        hits = self._hits(hit_rows, score[top], protos, (which, patch_ids[entries], patch_sims[entries]))
         fusion = {"w_proto": W_PROTO, "w_patch": W_PATCH, "w_mass": W_MASS, "top_m": TOP_M, "min_mass": MIN_MASS}
-        return SearchResult("text", query, tuple(hits), {**(details or {}), "fusion": fusion})
+        return SearchResult("text", query, hits, {**(details or {}), "fusion": fusion})
 
     @cached_property
     def _composition(self) -> np.ndarray:
@@ -185,13 +183,11 @@ class SlideSearcher:
             raise QueryError(f"unknown slide {slide!r}: not a slide_id of this index nor a slide file")
         allowed = self.catalog.allowed_slide_rows(where, exclude_row=row if exclude_same else None, exclude_same=exclude_same)
         name = "slides" if mode == "proto" else "slides_mean"
-        sims, rows = vi.search(self.catalog.faiss(name), query_vec[None].astype(np.float32), k, allowed)
+        sims, rows = vi.search(self.catalog.faiss(name), query_vec[None], k, allowed)
         found = rows[0] >= 0
         hit_rows, hit_sims = rows[0][found], sims[0][found]
-        explained = self._explain_pairs(proto_vec, hit_rows)
-        hits = [self._hit(rank, int(row), float(s), *why)
-                for rank, (row, s, why) in enumerate(zip(hit_rows, hit_sims, explained), 1)]
-        return SearchResult("slide", str(slide), tuple(hits), {"mode": mode, "exclude_same": exclude_same})
+        hits = self._hits(hit_rows, hit_sims, *self._explain_pairs(proto_vec, hit_rows))
+        return SearchResult("slide", str(slide), hits, {"mode": mode, "exclude_same": exclude_same})
 
     def _embed_new_slide(self, path: Path):
         from indexer.aggregate import AggregationConfig, aggregate_slide
@@ -204,30 +200,26 @@ class SlideSearcher:
         staged = encode_slide(path, {"slide_id": path.stem}, config, self.encoder)
         return aggregate_slide(staged.features.astype(np.float32), self.arrays.prototypes, AggregationConfig(**m["aggregation"]))
 
-    def _explain_pairs(self, query_vec: np.ndarray, hit_rows: np.ndarray) -> list[tuple[list, list]]:
-        """For each hit: the per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩ (largest first), and the hit's
-        patches nearest the query's ẑ_k of the largest term. One reconstruction for all hits."""
+    def _explain_pairs(self, query_vec: np.ndarray, hit_rows: np.ndarray) -> tuple[tuple, tuple]:
+        """Why each hit matched, as ``_hits`` takes it: the per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩
+        (largest first), and the hit's patches that weigh most in its ẑ'_k of the largest term: those assigned
+        to that prototype, most similar to it first. One reconstruction of the hits' slide vectors; the patches
+        come from the stored per-patch assignment, not from their vectors."""
         arrays = self.arrays
         kp, d = arrays.n_prototypes, arrays.dim
-        if len(hit_rows) == 0:
-            return []
-        blocks = query_vec.reshape(kp, d)
-        terms = np.einsum("kd,nkd->nk", blocks, arrays.slide_vectors(self.catalog, hit_rows, "slides").reshape(-1, kp, d))
-        order = np.argsort(-terms, axis=1)[:, :EXPLAIN]
-        directions = blocks[order[:, 0]]
-        directions = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
-        patch_rows = arrays.patch_rows_of(hit_rows)
-        owner = np.repeat(np.arange(len(hit_rows)), arrays.patch_count[hit_rows])
-        patch_sims = np.einsum("pd,pd->p", vi.reconstruct(self.catalog.faiss("patches"), patch_rows), directions[owner])
-        ranked = np.lexsort((-patch_sims, owner))  # by hit, best patch first
-        first = np.searchsorted(owner[ranked], np.arange(len(hit_rows)))
-        has_block = np.any(directions, axis=1)
-        out = []
-        for i, row in enumerate(hit_rows.tolist()):
-            protos = [self._proto_match(row, int(p), float(terms[i, p])) for p in order[i] if terms[i, p] > 1e-6]
-            best = ranked[first[i]:first[i] + min(EXPLAIN, int(arrays.patch_count[row]))] if has_block[i] else ()
-            out.append((protos, [(int(patch_rows[j]), float(patch_sims[j])) for j in best]))
-        return out
+        vectors = arrays.slide_vectors(self.catalog, hit_rows, "slides").reshape(-1, kp, d)
+        negative_terms = -(vectors * query_vec.reshape(kp, d)).sum(axis=2)
+        order = np.argsort(negative_terms, axis=1)[:, :EXPLAIN]
+        top_terms = -np.sort(negative_terms, axis=1)[:, :EXPLAIN]
+        which, column = np.nonzero(top_terms > 1e-6)
+        protos = (which, order[which, column], top_terms[which, column])
+        patch_rows, owner, block_start = arrays.patch_blocks(hit_rows)
+        records = arrays.patches[patch_rows]
+        shown = np.where(top_terms[:, 0] > 1e-6, order[:, 0], -1)
+        score = np.where(records["proto"] == shown[owner], records["proto_sim"], -np.inf)
+        ranked = np.lexsort((-score, owner))  # blocks stay in place, best patch first within each
+        best = ranked[(np.arange(len(ranked)) - block_start < EXPLAIN) & (score[ranked] > -np.inf)]
+        return protos, (owner[best], patch_rows[best], score[best])
 
     # -- patch → slide --------------------------------------------------------------------
     def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:
@@ -248,15 +240,13 @@ class SlideSearcher:
         slides = self.arrays.patch_slide[ids]
         rows, score = group_top_m(slides, sims, TOP_M)
         votes = np.bincount(np.searchsorted(rows, slides), weights=sims, minlength=len(rows))
-        hits = []
-        for rank, i in enumerate(np.lexsort((rows, -votes, -np.round(score, TIE_DECIMALS)))[:k], 1):
-            row = int(rows[i])
-            own = slides == row
-            patches = list(zip(ids[own][:EXPLAIN].tolist(), sims[own][:EXPLAIN].tolist()))
-            proto_ids = dict.fromkeys(int(self.arrays.patch_proto[r]) for r, _ in patches)
-            protos = [self._proto_match(row, p, sim) for p, (_, sim) in zip(proto_ids, patches)]
-            hits.append(self._hit(rank, row, float(score[i]), protos, patches))
-        return SearchResult("patch", str(label), tuple(hits), {"top_m": TOP_M, "candidates": int(len(ids))})
+        top = np.lexsort((rows, -votes, -np.round(score, TIE_DECIMALS)))[:k]
+        which, entries = first_m_per_group(slides, rows[top], EXPLAIN)
+        patch_protos = self.arrays.patch_proto[ids[entries]]
+        first = np.sort(np.unique(which * self.arrays.n_prototypes + patch_protos, return_index=True)[1])
+        protos = (which[first], patch_protos[first], sims[entries][first])  # each shown patch's prototype, once
+        hits = self._hits(rows[top], score[top], protos, (which, ids[entries], sims[entries]))
+        return SearchResult("patch", str(label), hits, {"top_m": TOP_M, "candidates": int(len(ids))})
 
     def _region_image(self, region, read_region_image):
         row = self.arrays.row_of(region.slide_id)
@@ -266,19 +256,27 @@ class SlideSearcher:
         return read_region_image(meta["path"], meta["mpp"], region, self.catalog.manifest["tiling"]["magnification"])
 
     # -- shared ---------------------------------------------------------------------------
-    def _proto_match(self, row: int, proto: int, similarity: float) -> PrototypeMatch:
-        arrays = self.arrays
-        return PrototypeMatch(int(proto), arrays.proto_names[proto], float(arrays.mass[row, proto]), float(similarity))
+    def _hits(self, rows: np.ndarray, scores: np.ndarray, protos: tuple, patches: tuple) -> tuple[SearchHit, ...]:
+        """Hit records for slide ``rows`` (rank order) with their explanations.
 
-    def _hit(self, rank: int, row: int, score: float, protos, patches) -> SearchHit:
-        arrays = self.arrays
-        meta = arrays.metadata[row]
-        matches = tuple(
-            PatchMatch(int(r), int(arrays.patch_xy[r, 0]), int(arrays.patch_xy[r, 1]), int(arrays.patch_size[r]),
-                       float(s), arrays.proto_names[arrays.patch_proto[r]])
-            for r, s in patches
-        )
-        return SearchHit(rank, meta["slide_id"], int(row), float(score), meta, tuple(protos), matches)
+        Args:
+            protos: (hit index, prototype id, similarity) arrays, in display order within each hit.
+            patches: (hit index, patch_row, score) arrays, in display order within each hit.
+        """
+        arrays, names = self.arrays, self.arrays.proto_names
+        proto_lists: list[list[PrototypeMatch]] = [[] for _ in range(len(rows))]
+        which, ids, sims = protos
+        for hit, proto, mass, sim in zip(which.tolist(), ids.tolist(), arrays.mass[rows[which], ids].tolist(), sims.tolist()):
+            proto_lists[hit].append(PrototypeMatch(proto, names[proto], mass, sim))
+        patch_lists: list[list[PatchMatch]] = [[] for _ in range(len(rows))]
+        which, ids, sims = patches
+        for hit, row, (_, x, y, size, proto, _), sim in zip(which.tolist(), ids.tolist(), arrays.patches[ids].tolist(), sims.tolist()):
+            patch_lists[hit].append(PatchMatch(row, x, y, size, sim, names[proto]))
+        hits = []
+        for rank, (row, score, shown_protos, shown_patches) in enumerate(zip(rows.tolist(), scores.tolist(), proto_lists, patch_lists), 1):
+            meta = arrays.metadata[row]
+            hits.append(SearchHit(rank, meta["slide_id"], row, score, meta, tuple(shown_protos), tuple(shown_patches)))
+        return tuple(hits)
 
 
 def _check_k(k: int) -> None:

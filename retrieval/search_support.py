@@ -35,6 +35,29 @@ def group_top_m(groups: np.ndarray, sims: np.ndarray, m: int) -> tuple[np.ndarra
     return g[starts], (sums + (m - counts) * sims.min()) / m
 
 
+def first_m_per_group(groups: np.ndarray, wanted: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``m`` entries (in input order) of each group listed in ``wanted``.
+
+    Returns:
+        (index into ``wanted`` of each kept entry, the entry's position in ``groups``), ordered by the first
+        and, within a group, by input order.
+
+    >>> first_m_per_group(np.array([5, 7, 5, 9, 5]), np.array([5, 7]), 2)
+    (array([0, 0, 1]), array([0, 2, 1]))
+    """
+    groups, wanted = np.asarray(groups, np.int64), np.asarray(wanted, np.int64)
+    if len(groups) == 0 or len(wanted) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    by_value = np.argsort(wanted, kind="stable")
+    pos = np.minimum(np.searchsorted(wanted[by_value], groups), len(wanted) - 1)
+    entries = np.flatnonzero(wanted[by_value][pos] == groups)
+    which = by_value[pos[entries]]
+    order = np.argsort(which, kind="stable")
+    which, entries = which[order], entries[order]
+    keep = np.arange(len(which)) - np.searchsorted(which, which) < m
+    return which[keep], entries[keep]
+
+
 def lookup(keys: np.ndarray, rows: np.ndarray, values: np.ndarray, default: float) -> np.ndarray:
     """``values`` of ``keys`` in the sorted ``rows``; ``default`` for keys not among them.
 
@@ -47,21 +70,26 @@ def lookup(keys: np.ndarray, rows: np.ndarray, values: np.ndarray, default: floa
     return np.where(rows[pos] == keys, values[pos], default)
 
 
+PATCH_FIELDS = np.dtype([("slide", np.int32), ("x", np.int32), ("y", np.int32), ("size", np.int32),
+                         ("proto", np.int16), ("proto_sim", np.float32)])
+
+
 @dataclass
 class IndexArrays:
-    """Per-slide and per-patch columns of an index as numpy arrays (loaded once per searcher)."""
+    """Per-slide and per-patch columns of an index as numpy arrays (loaded once per searcher).
+
+    A query reads a few rows of many slides and patches at random: each patch's fields sit side by side in one
+    record (22 bytes), and each slide's first patch and patch count in one row, so a lookup costs one cache
+    miss instead of one per column.
+    """
 
     prototypes: np.ndarray  # (K, d) the prototypes P slides were aggregated with
     proto_names: list[str]
     mass: np.ndarray  # (max slide_row + 1, K)
-    metadata: dict[int, dict[str, Any]]  # slide_row → slides.parquet row
+    metadata: list[dict[str, Any] | None]  # slide_row → slides.parquet row
     ids: dict[str, int]  # slide_id → slide_row (indexed slides only)
-    patch_slide: np.ndarray  # patch_row → slide_row
-    patch_xy: np.ndarray  # (n, 2)
-    patch_size: np.ndarray
-    patch_proto: np.ndarray
-    patch_start: np.ndarray  # slide_row → first patch_row
-    patch_count: np.ndarray  # slide_row → number of patches (0 for slides not indexed)
+    patches: np.ndarray  # patch_row → PATCH_FIELDS record (slide_row, level-0 x, y, size, prototype, similarity)
+    slide_patches: np.ndarray  # slide_row → (first patch_row, number of patches), (0, 0) for slides not indexed
 
     @property
     def n_prototypes(self) -> int:
@@ -70,6 +98,31 @@ class IndexArrays:
     @property
     def dim(self) -> int:
         return self.prototypes.shape[1]
+
+    @property
+    def patch_slide(self) -> np.ndarray:
+        """patch_row → slide_row."""
+        return self.patches["slide"]
+
+    @property
+    def patch_proto(self) -> np.ndarray:
+        """patch_row → its most similar prototype."""
+        return self.patches["proto"]
+
+    @property
+    def patch_proto_sim(self) -> np.ndarray:
+        """patch_row → its similarity to that prototype."""
+        return self.patches["proto_sim"]
+
+    @property
+    def patch_start(self) -> np.ndarray:
+        """slide_row → first patch_row."""
+        return self.slide_patches[:, 0]
+
+    @property
+    def patch_count(self) -> np.ndarray:
+        """slide_row → number of patches."""
+        return self.slide_patches[:, 1]
 
     @classmethod
     def load(cls, catalog) -> "IndexArrays":
@@ -82,21 +135,20 @@ class IndexArrays:
         mass = np.zeros((n_rows, len(protos)), np.float32)
         sub = db.sql("SELECT slide_row, proto_id, mass FROM subvectors").fetchnumpy()
         mass[sub["slide_row"], sub["proto_id"]] = sub["mass"]
-        patches = db.sql("SELECT slide_row, x, y, size, proto FROM patches ORDER BY patch_row").fetchnumpy()
-        ok = [s for s in slides if s["status"] == "ok"]
-        return cls(
-            prototypes=prototypes,
-            proto_names=[p[0] for p in protos],
-            mass=mass,
-            metadata={s["slide_row"]: s for s in slides},
-            ids={s["slide_id"]: s["slide_row"] for s in ok},
-            patch_slide=np.asarray(patches["slide_row"], np.int64),
-            patch_xy=np.stack([patches["x"], patches["y"]], axis=1).astype(np.int64) if len(patches["x"]) else np.zeros((0, 2), np.int64),
-            patch_size=np.asarray(patches["size"], np.int64),
-            patch_proto=np.asarray(patches["proto"], np.int64),
-            patch_start=_per_row(ok, "patch_row_start", n_rows),
-            patch_count=_per_row(ok, "n_patches", n_rows),
-        )
+        columns = ("slide_row", "x", "y", "size", "proto", "proto_sim")  # in PATCH_FIELDS order
+        values = db.sql(f"SELECT {', '.join(columns)} FROM patches ORDER BY patch_row").fetchnumpy()
+        patches = np.zeros(len(values["slide_row"]), PATCH_FIELDS)
+        for field, column in zip(PATCH_FIELDS.names, columns):
+            patches[field] = values[column]
+        metadata: list[dict[str, Any] | None] = [None] * n_rows
+        slide_patches = np.zeros((n_rows, 2), np.int64)
+        for s in slides:
+            metadata[s["slide_row"]] = s
+            if s["status"] == "ok":
+                slide_patches[s["slide_row"]] = (s["patch_row_start"] or 0, s["n_patches"] or 0)
+        return cls(prototypes=prototypes, proto_names=[p[0] for p in protos], mass=mass, metadata=metadata,
+                   ids={s["slide_id"]: s["slide_row"] for s in slides if s["status"] == "ok"},
+                   patches=patches, slide_patches=slide_patches)
 
     def row_of(self, slide_id: str) -> int | None:
         """slide_row of an indexed slide, or None."""
@@ -104,11 +156,22 @@ class IndexArrays:
 
     def patch_rows_of(self, slide_rows: np.ndarray) -> np.ndarray:
         """All patch_row ids of the given slides, in slide order."""
+        return self.patch_blocks(slide_rows)[0]
+
+    def patch_blocks(self, slide_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The patches of the given slides as consecutive blocks, one per slide in order.
+
+        Returns:
+            (patch_row ids, index of each one's slide in ``slide_rows``, position where its block begins).
+            Unknown slide rows have empty blocks.
+        """
         rows = np.asarray(slide_rows, np.int64)
-        rows = rows[(rows >= 0) & (rows < len(self.patch_count))]
-        counts, starts = self.patch_count[rows], self.patch_start[rows]
-        before = np.cumsum(counts) - counts
-        return np.repeat(starts - before, counts) + np.arange(counts.sum(), dtype=np.int64)
+        known = (rows >= 0) & (rows < len(self.slide_patches))
+        starts, counts = self.slide_patches[np.where(known, rows, 0)].T
+        counts = np.where(known, counts, 0)
+        owner = np.repeat(np.arange(len(rows)), counts)
+        block_start = np.repeat(np.cumsum(counts) - counts, counts)
+        return np.arange(len(owner)) - block_start + starts[owner], owner, block_start
 
     def slide_vector(self, catalog, row: int, name: str) -> np.ndarray:
         """The stored vector of slide ``row`` in FAISS index ``name`` (slides or slides_mean)."""
@@ -133,11 +196,3 @@ def load_index_encoder(manifest: dict[str, Any], device: str = "auto"):
             f"{spec['weights_sha256'][:12]}; make the checkpoint {spec.get('checkpoint')} available again"
         )
     return encoder
-
-
-def _per_row(slides: list[dict[str, Any]], column: str, n_rows: int) -> np.ndarray:
-    """A dense slide_row-indexed array of one slides.parquet column (0 where absent)."""
-    out = np.zeros(n_rows, np.int64)
-    for s in slides:
-        out[s["slide_row"]] = s[column] or 0
-    return out
