@@ -213,13 +213,14 @@ class SlideSearcher:
         top_terms = -np.sort(negative_terms, axis=1)[:, :EXPLAIN]
         which, column = np.nonzero(top_terms > 1e-6)
         protos = (which, order[which, column], top_terms[which, column])
-        patch_rows, owner, block_start = arrays.patch_blocks(hit_rows)
+        patch_rows, owner = arrays.patch_blocks(hit_rows)
         records = arrays.patches[patch_rows]
         shown = np.where(top_terms[:, 0] > 1e-6, order[:, 0], -1)
-        score = np.where(records["proto"] == shown[owner], records["proto_sim"], -np.inf)
-        ranked = np.lexsort((-score, owner))  # blocks stay in place, best patch first within each
-        best = ranked[(np.arange(len(ranked)) - block_start < EXPLAIN) & (score[ranked] > -np.inf)]
-        return protos, (owner[best], patch_rows[best], score[best])
+        mine = np.flatnonzero(records["proto"] == shown[owner])
+        mine = mine[np.argsort(-records["proto_sim"][mine], kind="stable")]
+        which, entries = first_m_per_group(owner[mine], np.arange(len(hit_rows)), EXPLAIN)
+        best = mine[entries]
+        return protos, (which, patch_rows[best], records["proto_sim"][best])
 
     # -- patch → slide --------------------------------------------------------------------
     def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:

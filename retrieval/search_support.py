@@ -158,20 +158,18 @@ class IndexArrays:
         """All patch_row ids of the given slides, in slide order."""
         return self.patch_blocks(slide_rows)[0]
 
-    def patch_blocks(self, slide_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The patches of the given slides as consecutive blocks, one per slide in order.
+    def patch_blocks(self, slide_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The patches of the given slides, one consecutive block per slide in order.
 
         Returns:
-            (patch_row ids, index of each one's slide in ``slide_rows``, position where its block begins).
-            Unknown slide rows have empty blocks.
+            (patch_row ids, index of each one's slide in ``slide_rows``); unknown slide rows have no patches.
         """
         rows = np.asarray(slide_rows, np.int64)
         known = (rows >= 0) & (rows < len(self.slide_patches))
         starts, counts = self.slide_patches[np.where(known, rows, 0)].T
         counts = np.where(known, counts, 0)
         owner = np.repeat(np.arange(len(rows)), counts)
-        block_start = np.repeat(np.cumsum(counts) - counts, counts)
-        return np.arange(len(owner)) - block_start + starts[owner], owner, block_start
+        return np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts) + starts[owner], owner
 
     def slide_vector(self, catalog, row: int, name: str) -> np.ndarray:
         """The stored vector of slide ``row`` in FAISS index ``name`` (slides or slides_mean)."""

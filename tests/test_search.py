@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -74,6 +75,8 @@ def test_indexed_slide_finds_itself_first_and_exclude_same_drops_its_patient(sea
     assert top.prototypes[0].name == "stroma"
     in_stroma = (lambda p: p.y + p.size <= BORDER) if MAJOR[top.slide_id] == "stroma" else (lambda p: p.y >= BORDER)
     assert top.patches and all(p.prototype == "stroma" and in_stroma(p) for p in top.patches)
+    scores = [p.score for p in top.patches]
+    assert len(scores) <= 3 and scores == sorted(scores, reverse=True)
     mean = searcher.search_slide("S05", k=2, mode="mean")
     assert mean.slide_ids == ["S05", "S06"]
 
@@ -150,3 +153,19 @@ def test_cli_json_and_thumbnails(index, tmp_path):
             assert img.format == "PNG" and max(img.size) <= 768
     table = CliRunner().invoke(app, ["search", "slide", str(index), "S07", "-k", "3", "--exclude-same", "patient_id"])
     assert table.exit_code == 0 and "S08" not in table.stdout and "rank" in table.stdout
+
+
+def test_index_arrays_hold_the_patch_table_and_each_slides_block(searcher):
+    arrays = searcher.arrays
+    table = searcher.catalog.db.sql(
+        "SELECT patch_row, slide_row, x, y, size, proto, proto_sim FROM patches ORDER BY patch_row").fetchnumpy()
+    assert table["patch_row"].tolist() == list(range(len(arrays.patches)))
+    assert arrays.patch_slide.tolist() == table["slide_row"].tolist()
+    for field in ("x", "y", "size", "proto"):
+        assert arrays.patches[field].tolist() == table[field].tolist()
+    np.testing.assert_array_equal(arrays.patch_proto_sim, table["proto_sim"])
+    first, second = arrays.row_of("S05"), arrays.row_of("S01")
+    patch_rows, owner = arrays.patch_blocks(np.array([first, second, -1, 10**6]))  # unknown rows: no patches
+    expected = [np.flatnonzero(table["slide_row"] == row) for row in (first, second)]
+    assert patch_rows.tolist() == np.concatenate(expected).tolist()
+    assert owner.tolist() == [0] * len(expected[0]) + [1] * len(expected[1])
