@@ -42,6 +42,7 @@ def test_report_files_and_fields(run):
     assert saved["results"] == json.loads(json.dumps(result["results"]))
     assert {"config", "machine", "load_avg_1min", "indexes", "results", "command"} <= set(saved)
     assert set(saved["indexes"]) == {"500/auto", "500/flat"}
+    assert not any(e["reused"] for e in saved["indexes"].values())  # the --keep folder was empty
     rows = saved["results"]
     assert len(rows) == 2 * 3 * 2  # variants × query types × (unfiltered, filtered)
     assert {(r["variant"], r["type"], r["where"] is None) for r in rows} == {
@@ -99,3 +100,13 @@ def test_bare_call_matches_a_filtered_search(bench, run):
     _, expected = vi.search(searcher.catalog.faiss("slides"), query, 5, allowed)
     _, found = bench.raw_faiss_call(searcher.catalog.faiss("slides"), query, 5, allowed)()
     assert found[0].tolist() == expected[0].tolist() and set(found[0].tolist()) <= set(allowed.tolist())
+
+
+def test_kept_indexes_are_reused_and_reported_so(bench, run):
+    _, tmp = run
+    before = (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "manifest.json").read_text()
+    again = bench.main(["--sizes", "500", "--queries", "2", "--warmup", "1", "--flat-at", "", "--encoder", "none",
+                        "--keep", str(tmp / "indexes"), "--out", str(tmp / "again")])
+    assert again["indexes"]["500/auto"]["reused"] is True
+    assert (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "manifest.json").read_text() == before
+    assert "| reused (--keep) |" in (tmp / "again" / "bench_search_api.md").read_text()
