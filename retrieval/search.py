@@ -204,7 +204,7 @@ class SlideSearcher:
         """Why each hit matched, as ``_hits`` takes it: the per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩
         (largest first), and the hit's patches that weigh most in its ẑ'_k of the largest term: those assigned
         to that prototype, most similar to it first. One reconstruction of the hits' slide vectors; the patches
-        come from the stored per-patch assignment, not from their vectors."""
+        come from the stored per-patch assignment (``representative_patches``), not from their vectors."""
         arrays = self.arrays
         kp, d = arrays.n_prototypes, arrays.dim
         vectors = arrays.slide_vectors(self.catalog, hit_rows, "slides").reshape(-1, kp, d)
@@ -213,14 +213,10 @@ class SlideSearcher:
         top_terms = -np.sort(negative_terms, axis=1)[:, :EXPLAIN]
         which, column = np.nonzero(top_terms > 1e-6)
         protos = (which, order[which, column], top_terms[which, column])
-        patch_rows, owner = arrays.patch_blocks(hit_rows)
-        records = arrays.patches[patch_rows]
-        shown = np.where(top_terms[:, 0] > 1e-6, order[:, 0], -1)
-        mine = np.flatnonzero(records["proto"] == shown[owner])
-        mine = mine[np.argsort(-records["proto_sim"][mine], kind="stable")]
-        which, entries = first_m_per_group(owner[mine], np.arange(len(hit_rows)), EXPLAIN)
-        best = mine[entries]
-        return protos, (which, patch_rows[best], records["proto_sim"][best])
+        shown = arrays.representative_patches(EXPLAIN)[hit_rows, order[:, 0]]  # (hits, EXPLAIN), -1 pads
+        which, column = np.nonzero((shown >= 0) & (top_terms[:, :1] > 1e-6))
+        patch_rows = shown[which, column]
+        return protos, (which, patch_rows, arrays.patch_proto_sim[patch_rows])
 
     # -- patch → slide --------------------------------------------------------------------
     def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:

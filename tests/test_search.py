@@ -165,7 +165,19 @@ def test_index_arrays_hold_the_patch_table_and_each_slides_block(searcher):
         assert arrays.patches[field].tolist() == table[field].tolist()
     np.testing.assert_array_equal(arrays.patch_proto_sim, table["proto_sim"])
     first, second = arrays.row_of("S05"), arrays.row_of("S01")
-    patch_rows, owner = arrays.patch_blocks(np.array([first, second, -1, 10**6]))  # unknown rows: no patches
+    patch_rows = arrays.patch_rows_of(np.array([first, second, -1, 10**6]))  # unknown rows: no patches
     expected = [np.flatnonzero(table["slide_row"] == row) for row in (first, second)]
     assert patch_rows.tolist() == np.concatenate(expected).tolist()
-    assert owner.tolist() == [0] * len(expected[0]) + [1] * len(expected[1])
+
+
+def test_representative_patches_are_each_slides_best_of_each_prototype(searcher):
+    arrays = searcher.arrays
+    shown = arrays.representative_patches(2)
+    assert shown.shape == (len(arrays.mass), arrays.n_prototypes, 2)
+    for row in arrays.ids.values():
+        own = arrays.patch_rows_of(np.array([row]))
+        for proto in range(arrays.n_prototypes):
+            mine = own[arrays.patch_proto[own] == proto]
+            best = mine[np.argsort(-arrays.patch_proto_sim[mine], kind="stable")][:2].tolist()
+            assert shown[row, proto].tolist() == best + [-1] * (2 - len(best))
+    assert (shown >= 0).any() and (shown == -1).any()  # the planted slides miss some prototypes
