@@ -78,9 +78,8 @@ PATCH_FIELDS = np.dtype([("slide", np.int32), ("x", np.int32), ("y", np.int32), 
 class IndexArrays:
     """Per-slide and per-patch columns of an index as numpy arrays (loaded once per searcher).
 
-    A query reads a few rows of many slides and patches at random: each patch's fields sit side by side in one
-    record (22 bytes), and each slide's first patch and patch count in one row, so a lookup costs one cache
-    miss instead of one per column.
+    Each patch's fields sit side by side in one 22-byte record (half the memory of one int64 array per column;
+    a lookup reads one record), and each slide's first patch and patch count in one row.
     """
 
     prototypes: np.ndarray  # (K, d) the prototypes P slides were aggregated with
