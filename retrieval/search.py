@@ -8,7 +8,8 @@ Scoring (all similarities are cosines in the encoder's shared space):
   similarities among the query's nearest patches; ``S_mass`` (abundance) is Σ_k π_k·cos(q, ẑ_k), so a
   slide made mostly of the described tissue outranks one with a small focus of it. Candidates come from
   the sub-vector and patch searches; a slide missing from one list gets that list's lowest returned
-  similarity (an upper bound of what it would have scored); ``S_mass`` is exact for every candidate.
+  similarity (an upper bound of what it would have scored); ``S_mass`` is exact for every candidate. A hit's
+  explanation lists its present prototypes by exact cos(q, ẑ_k) and its patches nearest the query.
 - slide: inner product of slide vectors (``proto``: ⟨s, s'⟩ = Σ_k √(π_k π'_k)·cos(ẑ_k, ẑ'_k); ``mean``: the
   mean-pool baseline). The explanation splits ⟨s, s'⟩ into its per-prototype terms and shows the hit's
   patches that weigh most in its sub-vector of the largest term (their score: similarity to that prototype).
@@ -107,10 +108,7 @@ class SlideSearcher:
         score = fuse(candidates, (proto_rows, proto_best), (patch_rows, patch_best), self._abundance(q, candidates))
         top = np.lexsort((candidates, -np.round(score, TIE_DECIMALS)))[:k]
         hit_rows = candidates[top]
-        which, entries = first_m_per_group(subs // kp, hit_rows, EXPLAIN)
-        protos = (which, subs[entries] % kp, sims[entries])
-        which, entries = first_m_per_group(patch_slides, hit_rows, EXPLAIN)
-        hits = self._hits(hit_rows, score[top], protos, (which, patch_ids[entries], patch_sims[entries]))
+        hits = self._hits(hit_rows, score[top], *self._explain_text(q, hit_rows, patch_slides, patch_ids, patch_sims))
         fusion = {"w_proto": W_PROTO, "w_patch": W_PATCH, "w_mass": W_MASS, "top_m": TOP_M, "min_mass": MIN_MASS}
         return SearchResult("text", query, hits, {**(details or {}), "fusion": fusion})
 
@@ -123,9 +121,37 @@ class SlideSearcher:
         rows = np.asarray(sorted(arrays.ids.values()), np.int64)
         for start in range(0, len(rows), 4096):
             chunk = rows[start:start + 4096]
-            blocks = arrays.slide_vectors(self.catalog, chunk, "slides").reshape(len(chunk), kp, d)
-            w[chunk] = np.einsum("nk,nkd->nd", np.sqrt(arrays.mass[chunk]), blocks)
+            w[chunk] = np.einsum("nk,nkd->nd", np.sqrt(arrays.mass[chunk]), self._slide_blocks(chunk))
         return w
+
+    def _slide_blocks(self, rows: np.ndarray) -> np.ndarray:
+        """The stored slide vectors of ``rows`` as (len(rows), K, d) blocks √π_k ẑ_k."""
+        arrays = self.arrays
+        return arrays.slide_vectors(self.catalog, rows, "slides").reshape(-1, arrays.n_prototypes, arrays.dim)
+
+    def _explain_text(self, q: np.ndarray, hit_rows: np.ndarray, patch_slides: np.ndarray, patch_ids: np.ndarray,
+                      patch_sims: np.ndarray) -> tuple[tuple, tuple]:
+        """Why each text hit matched, as ``_hits`` takes it: its present prototypes (π_k ≥ MIN_MASS) most
+        similar to the query, with the exact cos(q, ẑ_k) = ⟨q, √π_k ẑ_k⟩/√π_k, and its patches nearest the query
+        among the searched ones; a hit that has none of those (it came in through its sub-vectors) shows the
+        representative patches of its most similar prototype that has any, scored against the query."""
+        arrays = self.arrays
+        mass = arrays.mass[hit_rows]
+        cos = (self._slide_blocks(hit_rows) @ q.astype(np.float32)) / np.sqrt(np.maximum(mass, 1e-12))
+        cos = np.where(mass >= MIN_MASS, cos, -np.inf)
+        order = np.argsort(-cos, axis=1, kind="stable")
+        best = np.take_along_axis(cos, order, 1)
+        which, column = np.nonzero(best[:, :EXPLAIN] > -np.inf)
+        protos = (which, order[which, column], best[which, column])
+        which, entries = first_m_per_group(patch_slides, hit_rows, EXPLAIN)
+        patches = (which, patch_ids[entries], patch_sims[entries])
+        lacking = np.setdiff1d(np.arange(len(hit_rows)), which)
+        if len(lacking):
+            hit, rows = self._representatives(hit_rows[lacking], order[lacking], best[lacking] > -np.inf)
+            sims = vi.reconstruct(self.catalog.faiss("patches"), rows) @ q.astype(np.float32)
+            ranked = np.lexsort((-sims, hit))
+            patches = tuple(np.r_[a, b[ranked]] for a, b in zip(patches, (lacking[hit], rows, sims)))
+        return protos, patches
 
     def _abundance(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """S_mass = Σ_k π_k·cos(q, ẑ_k) for slides ``rows``."""
@@ -202,21 +228,27 @@ class SlideSearcher:
 
     def _explain_pairs(self, query_vec: np.ndarray, hit_rows: np.ndarray) -> tuple[tuple, tuple]:
         """Why each hit matched, as ``_hits`` takes it: the per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩
-        (largest first), and the hit's patches that weigh most in its ẑ'_k of the largest term: those assigned
-        to that prototype, most similar to it first. One reconstruction of the hits' slide vectors; the patches
+        (largest first), and the hit's patches that weigh most in its ẑ'_k of the largest term that has any:
+        those assigned to that prototype, most similar to it first. One reconstruction of the hits' slide vectors; the patches
         come from the stored per-patch assignment (``representative_patches``), not from their vectors."""
         arrays = self.arrays
         kp, d = arrays.n_prototypes, arrays.dim
-        vectors = arrays.slide_vectors(self.catalog, hit_rows, "slides").reshape(-1, kp, d)
-        negative_terms = -(vectors * query_vec.reshape(kp, d)).sum(axis=2)
-        order = np.argsort(negative_terms, axis=1)[:, :EXPLAIN]
-        top_terms = -np.sort(negative_terms, axis=1)[:, :EXPLAIN]
-        which, column = np.nonzero(top_terms > 1e-6)
-        protos = (which, order[which, column], top_terms[which, column])
-        shown = arrays.representative_patches(EXPLAIN)[hit_rows, order[:, 0]]  # (hits, EXPLAIN), -1 pads
-        which, column = np.nonzero((shown >= 0) & (top_terms[:, :1] > 1e-6))
-        patch_rows = shown[which, column]
+        negative_terms = -(self._slide_blocks(hit_rows) * query_vec.reshape(kp, d)).sum(axis=2)
+        order = np.argsort(negative_terms, axis=1)
+        terms = -np.sort(negative_terms, axis=1)
+        which, column = np.nonzero(terms[:, :EXPLAIN] > 1e-6)
+        protos = (which, order[which, column], terms[which, column])
+        which, patch_rows = self._representatives(hit_rows, order, terms > 1e-6)
         return protos, (which, patch_rows, arrays.patch_proto_sim[patch_rows])
+
+    def _representatives(self, rows: np.ndarray, ranked: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each slide row, the representative patches of the first prototype in its row of ``ranked``
+        (prototype ids, best first) that is ``usable`` and has any: (index into ``rows``, patch_row) pairs."""
+        shown = self.arrays.representative_patches(EXPLAIN)[rows[:, None], ranked]  # (slides, K, EXPLAIN), -1 pads
+        usable = usable & (shown[:, :, 0] >= 0)
+        chosen = np.where(usable.any(axis=1)[:, None], shown[np.arange(len(rows)), usable.argmax(axis=1)], -1)
+        which, column = np.nonzero(chosen >= 0)
+        return which, chosen[which, column]
 
     # -- patch → slide --------------------------------------------------------------------
     def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:

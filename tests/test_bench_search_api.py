@@ -110,3 +110,20 @@ def test_kept_indexes_are_reused_and_reported_so(bench, run):
     assert again["indexes"]["500/auto"]["reused"] is True
     assert (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "manifest.json").read_text() == before
     assert "| reused (--keep) |" in (tmp / "again" / "bench_search_api.md").read_text()
+
+
+def test_every_hit_of_every_query_kind_is_explained(bench, run):
+    """Sparse slides (10 patches, 8 prototypes) often lack a searched patch or a patch of their best prototype:
+    each hit still names prototypes and shows patches."""
+    _, tmp = run
+    searcher = SlideSearcher(tmp / "indexes" / "n500_d128_k8_p10_s0_auto", encoder=bench.VectorEncoder())
+    queries = bench.make_queries(searcher, 30, seed=3)
+    results = [searcher.search_text_vector(q, 10) for q in queries["text"]]
+    results += [searcher.search_slide(s, 10) for s in queries["slide"]]
+    results += [searcher.search_patch(q, 10) for q in queries["patch"]]
+    hits = [h for r in results for h in r.hits]
+    assert len(hits) == 3 * 30 * 10
+    assert all(h.prototypes and h.patches for h in hits)
+    for h in hits:
+        own = searcher.arrays.patch_rows_of(np.array([h.slide_row])).tolist()
+        assert {p.patch_row for p in h.patches} <= set(own)  # shown patches belong to the hit

@@ -11,8 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import planted
+from indexer import vector_index as vi
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app
+from retrieval.queries import embed_text_query
 from retrieval.search import SlideSearcher
 from assertions import one_error_line
 
@@ -181,3 +183,39 @@ def test_representative_patches_are_each_slides_best_of_each_prototype(searcher)
             best = mine[np.argsort(-arrays.patch_proto_sim[mine], kind="stable")][:2].tolist()
             assert shown[row, proto].tolist() == best + [-1] * (2 - len(best))
     assert (shown >= 0).any() and (shown == -1).any()  # the planted slides miss some prototypes
+
+
+def test_text_hits_explain_prototypes_with_exact_similarities(searcher):
+    q, _ = embed_text_query(searcher.encoder, "necrosis", searcher.bank)
+    arrays, kp = searcher.arrays, searcher.arrays.n_prototypes
+    result = searcher.search_text_vector(q, k=8)
+    assert len(result.hits) == 8
+    for hit in result.hits:
+        sub = vi.reconstruct(searcher.catalog.faiss("subvectors"), hit.slide_row * kp + np.arange(kp))
+        cos = sub @ q / np.linalg.norm(sub, axis=1)
+        present = np.flatnonzero(arrays.mass[hit.slide_row] >= 0.01)
+        expected = present[np.argsort(-cos[present], kind="stable")][:3]
+        assert [p.proto_id for p in hit.prototypes] == expected.tolist()
+        np.testing.assert_allclose([p.similarity for p in hit.prototypes], cos[expected], atol=1e-4)
+
+
+def test_text_hits_without_patch_evidence_show_their_representative_patches(index, monkeypatch):
+    searcher = SlideSearcher(index)
+    searched = searcher._nearest_patches
+
+    def only_s01(q, k, allowed):
+        sims, rows = searched(q, k, allowed)
+        keep = searcher.arrays.patch_slide[rows] == searcher.arrays.row_of("S01")
+        return sims[keep], rows[keep]
+
+    monkeypatch.setattr(searcher, "_nearest_patches", only_s01)
+    q, _ = embed_text_query(searcher.encoder, "necrosis", searcher.bank)
+    result = searcher.search_text_vector(q, k=8)
+    necrotic = [h for h in result.hits if h.slide_id in slides_with("necrosis")]
+    assert len(necrotic) == 2
+    for hit in necrotic:  # no searched patch of theirs: their necrosis patches, scored against the query
+        assert hit.patches and all(p.prototype == "necrosis" and p.y + p.size <= BORDER for p in hit.patches)
+        rows = [p.patch_row for p in hit.patches]
+        np.testing.assert_allclose([p.score for p in hit.patches],
+                                   vi.reconstruct(searcher.catalog.faiss("patches"), np.array(rows)) @ q, atol=1e-5)
+        assert [p.score for p in hit.patches] == sorted((p.score for p in hit.patches), reverse=True)
