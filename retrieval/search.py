@@ -135,9 +135,9 @@ class SlideSearcher:
         similar to the query, with the exact cos(q, ẑ_k) = ⟨q, √π_k ẑ_k⟩/√π_k, and its patches nearest the query
         among the searched ones; a hit that has none of those (it came in through its sub-vectors) shows the
         representative patches of its most similar prototype that has any, scored against the query."""
-        arrays = self.arrays
+        arrays, q = self.arrays, q.astype(np.float32)
         mass = arrays.mass[hit_rows]
-        cos = (self._slide_blocks(hit_rows) @ q.astype(np.float32)) / np.sqrt(np.maximum(mass, 1e-12))
+        cos = (self._slide_blocks(hit_rows) @ q) / np.sqrt(np.maximum(mass, 1e-12))
         cos = np.where(mass >= MIN_MASS, cos, -np.inf)
         order = np.argsort(-cos, axis=1, kind="stable")
         best = np.take_along_axis(cos, order, 1)
@@ -148,7 +148,7 @@ class SlideSearcher:
         lacking = np.setdiff1d(np.arange(len(hit_rows)), which)
         if len(lacking):
             hit, rows = self._representatives(hit_rows[lacking], order[lacking], best[lacking] > -np.inf)
-            sims = vi.reconstruct(self.catalog.faiss("patches"), rows) @ q.astype(np.float32)
+            sims = vi.reconstruct(self.catalog.faiss("patches"), rows) @ q
             ranked = np.lexsort((-sims, hit))
             patches = tuple(np.r_[a, b[ranked]] for a, b in zip(patches, (lacking[hit], rows, sims)))
         return protos, patches
@@ -229,8 +229,8 @@ class SlideSearcher:
     def _explain_pairs(self, query_vec: np.ndarray, hit_rows: np.ndarray) -> tuple[tuple, tuple]:
         """Why each hit matched, as ``_hits`` takes it: the per-prototype terms √π_k ẑ_k·√π'_k ẑ'_k of ⟨s, s'⟩
         (largest first), and the hit's patches that weigh most in its ẑ'_k of the largest term that has any:
-        those assigned to that prototype, most similar to it first. One reconstruction of the hits' slide vectors; the patches
-        come from the stored per-patch assignment (``representative_patches``), not from their vectors."""
+        those assigned to that prototype, most similar to it first. One reconstruction of the hits' slide
+        vectors; the patches come from the stored per-patch assignment (``representative_patches``)."""
         arrays = self.arrays
         kp, d = arrays.n_prototypes, arrays.dim
         negative_terms = -(self._slide_blocks(hit_rows) * query_vec.reshape(kp, d)).sum(axis=2)
@@ -241,7 +241,8 @@ class SlideSearcher:
         which, patch_rows = self._representatives(hit_rows, order, terms > 1e-6)
         return protos, (which, patch_rows, arrays.patch_proto_sim[patch_rows])
 
-    def _representatives(self, rows: np.ndarray, ranked: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _representatives(self, rows: np.ndarray, ranked: np.ndarray,
+                         usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each slide row, the representative patches of the first prototype in its row of ``ranked``
         (prototype ids, best first) that is ``usable`` and has any: (index into ``rows``, patch_row) pairs."""
         shown = self.arrays.representative_patches(EXPLAIN)[rows[:, None], ranked]  # (slides, K, EXPLAIN), -1 pads
@@ -295,14 +296,17 @@ class SlideSearcher:
         arrays, names = self.arrays, self.arrays.proto_names
         proto_lists: list[list[PrototypeMatch]] = [[] for _ in range(len(rows))]
         which, ids, sims = protos
-        for hit, proto, mass, sim in zip(which.tolist(), ids.tolist(), arrays.mass[rows[which], ids].tolist(), sims.tolist()):
+        masses = arrays.mass[rows[which], ids].tolist()
+        for hit, proto, mass, sim in zip(which.tolist(), ids.tolist(), masses, sims.tolist()):
             proto_lists[hit].append(PrototypeMatch(proto, names[proto], mass, sim))
         patch_lists: list[list[PatchMatch]] = [[] for _ in range(len(rows))]
         which, ids, sims = patches
-        for hit, row, (_, x, y, size, proto, _), sim in zip(which.tolist(), ids.tolist(), arrays.patches[ids].tolist(), sims.tolist()):
+        records = arrays.patches[ids].tolist()  # (slide, x, y, size, proto, proto_sim) per patch
+        for hit, row, (_, x, y, size, proto, _), sim in zip(which.tolist(), ids.tolist(), records, sims.tolist()):
             patch_lists[hit].append(PatchMatch(row, x, y, size, sim, names[proto]))
         hits = []
-        for rank, (row, score, shown_protos, shown_patches) in enumerate(zip(rows.tolist(), scores.tolist(), proto_lists, patch_lists), 1):
+        ranked = zip(rows.tolist(), scores.tolist(), proto_lists, patch_lists)
+        for rank, (row, score, shown_protos, shown_patches) in enumerate(ranked, 1):
             meta = arrays.metadata[row]
             hits.append(SearchHit(rank, meta["slide_id"], row, score, meta, tuple(shown_protos), tuple(shown_patches)))
         return tuple(hits)
