@@ -31,8 +31,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it,
 
 from indexer import vector_index as vi  # noqa: E402
 from indexer.aggregate import AggregationConfig, l2_normalize  # noqa: E402
-from indexer.assemble import _slides_table, _with_embedding, _write_faiss, _write_table  # noqa: E402
-from indexer.store import FAISS_FILES, IndexDir  # noqa: E402
+from indexer.store.identity import IndexSettings  # noqa: E402
+from indexer.store.reader import Snapshot  # noqa: E402
+from indexer.store.segments import SlideRows  # noqa: E402
+from indexer.store.writer import IndexWriter  # noqa: E402
 from retrieval.bench_search import machine_description  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402
 
@@ -52,6 +54,7 @@ class SyntheticSpec:
     k: int = 8
     patches: int = 10
     seed: int = 0
+    segments: int = 1
 
 
 def synthetic_index(root: Path, spec: SyntheticSpec, flat: bool = False) -> dict:
@@ -60,12 +63,11 @@ def synthetic_index(root: Path, spec: SyntheticSpec, flat: bool = False) -> dict
     Vectors: K prototypes P; 32 morphology centres per prototype; per slide, masses π ~ Dirichlet(α of its
     label), sub-vectors ẑ_k = normalize(a centre of prototype k + noise), ``patches`` patches drawn from π
     around ẑ_k; slide vector normalize(concat_k √π_k ẑ_k) (DESIGN §3), mean vector = mean of the patches.
+    They go through the store's own writer as ``spec.segments`` commits of equal size (one segment each).
     ``flat`` forces exact Flat FAISS indexes instead of ``choose_index``'s choice.
     """
-    index = IndexDir(root)
-    if index.exists():
-        return index.read_manifest()
-    root.mkdir(parents=True, exist_ok=True)
+    if (root / "CURRENT").is_file():
+        return Snapshot(root).manifest()
     rng = np.random.default_rng(spec.seed)
     n, d, k, p = spec.n_slides, spec.dim, spec.k, spec.patches
     protos = l2_normalize(rng.standard_normal((k, d)))
@@ -89,44 +91,37 @@ def synthetic_index(root: Path, spec: SyntheticSpec, flat: bool = False) -> dict
         patches[s * p:e * p] = l2_normalize(own_sub + 0.8 * rng.standard_normal(own_sub.shape) / np.sqrt(d)).reshape(-1, d)
     slide_vecs = l2_normalize((np.sqrt(mass)[..., None] * sub).reshape(n, k * d))
     mean_vecs = l2_normalize(patches.reshape(n, p, d).mean(axis=1))
-    rows = np.arange(n, dtype=np.int64)
     entropy = -(mass * np.log(np.maximum(mass, 1e-12))).sum(axis=1) / np.log(k)
-    records = [{"slide_row": r, "slide_id": f"S{r:06d}", "path": f"/synthetic/S{r:06d}.svs", "vendor": "synthetic",
-                "width": 4096, "height": 4096, "mpp": 0.25, "mpp_source": "synthetic", "magnification": 40.0,
-                "n_patches": p, "patch_row_start": r * p, "patch_size": 448, "status": "ok",
-                "entropy": float(entropy[r]), "max_mass": float(mass[r].max())} for r in range(n)]
-    metadata = {f"S{r:06d}": {"label": f"c{labels[r]}", "patient_id": f"P{r // 2:06d}", "stain": "H&E"} for r in range(n)}
-    _write_table(index, "slides", _slides_table(records, metadata))
-    grid = np.arange(n * p) % p
-    _write_table(index, "patches", pa.table({
-        "patch_row": np.arange(n * p, dtype=np.int64), "slide_row": np.repeat(rows, p),
-        "x": (grid % 4) * 448, "y": (grid // 4) * 448, "size": np.full(n * p, 448, np.int64), "proto": patch_proto,
-        "proto_sim": (patches * protos[patch_proto]).sum(axis=1).astype(np.float32)}))
     names = [f"prototype {i}" for i in range(k)]
-    _write_table(index, "prototypes", _with_embedding(pa.table({
-        "proto_id": pa.array(range(k), pa.int32()), "name": names, "descriptions": [[t] for t in names]}), protos))
-    _write_table(index, "subvectors", pa.table({
-        "sub_row": np.arange(n * k, dtype=np.int64), "slide_row": np.repeat(rows, k),
-        "proto_id": np.tile(np.arange(k, dtype=np.int32), n), "mass": mass.ravel()}))
-    vectors = {"slides": slide_vecs, "slides_mean": mean_vecs, "subvectors": sub.reshape(-1, d), "patches": patches}
-    indexes, timings = {}, {}
-    for name in FAISS_FILES:  # the pipeline's own writer (choose_index + build + recall + atomic save)
-        vecs, start = vectors.pop(name), time.perf_counter()
-        if flat:
-            vi.save_index(vi.build_index(vecs, np.arange(len(vecs)), vi.IndexChoice("flat")), index.faiss(name))
-            indexes[name] = {"kind": "flat", "factory": "Flat", "count": len(vecs), "dim": vecs.shape[1], "recall_at_10": 1.0}
-        else:
-            indexes[name] = _write_faiss(index, name, vecs, np.arange(len(vecs), dtype=np.int64), None)
-        timings[name] = round(time.perf_counter() - start, 1)
-        del vecs
-    index.write_manifest({
-        "encoder": {"name": "synthetic", "weights_sha256": "synthetic", "dim": d}, "synthetic": asdict(spec),
-        "tiling": {"magnification": 20.0, "patch_px": 224, "min_tissue": 0.5, "max_patches": None},
-        "bank": {"name": "synthetic", "K": k, "sha256": "synthetic", "source": str(root / "no-bank.yaml")},
-        "aggregation": asdict(AggregationConfig()), "max_index_memory": None, "features_imported": False,
-        "counts": {"slides": n, "slides_ok": n, "slides_failed": 0, "patches": n * p, "prototypes": k},
-        "indexes": indexes, "timings": timings})
-    return index.read_manifest()
+    settings = IndexSettings(encoder={"name": "synthetic", "weights_sha256": "synthetic", "dim": d},
+                             bank={"name": "synthetic", "K": k, "sha256": "synthetic", "source": str(root / "no-bank.yaml")})
+    grid = np.arange(p)
+    coords = np.stack([(grid % 4) * 448, (grid // 4) * 448], axis=1)
+    timings = {}
+    with IndexWriter(root, create=True) as writer:
+        writer.set_identity(settings)
+        writer.fix_prototypes(pa.table({"proto_id": pa.array(range(k), pa.int32()), "name": names,
+                                        "descriptions": [[t] for t in names]}), protos)
+        writer.update_metadata(pa.table({"slide_id": [f"S{r:06d}" for r in range(n)],
+                                         "label": [f"c{c}" for c in labels], "patient_id": [f"P{r // 2:06d}" for r in range(n)],
+                                         "stain": ["H&E"] * n}))
+
+        def rows_of(record):
+            r = int(record["slide_id"][1:])
+            sl = slice(r * p, (r + 1) * p)
+            return SlideRows(record, coords, patches[sl].astype(np.float16), patch_proto[sl],
+                             (patches[sl] * protos[patch_proto[sl]]).sum(axis=1), slide_vecs[r], mean_vecs[r], sub[r], mass[r])
+
+        bounds = np.linspace(0, n, spec.segments + 1).astype(int)
+        start = time.perf_counter()
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            records = [{"slide_id": f"S{r:06d}", "path": f"/synthetic/S{r:06d}.svs", "vendor": "synthetic",
+                        "width": 4096, "height": 4096, "mpp": 0.25, "mpp_source": "synthetic", "magnification": 40.0,
+                        "n_patches": p, "patch_size": 448, "status": "ok", "fingerprint": "synthetic",
+                        "entropy": float(entropy[r]), "max_mass": float(mass[r].max())} for r in range(lo, hi)]
+            writer.append_segment(records, rows_of, (k, d), faiss_kind="flat" if flat else None)
+        timings["write"] = round(time.perf_counter() - start, 1)
+    return Snapshot(root).manifest() | {"timings": timings}
 
 
 class VectorEncoder:
@@ -162,6 +157,12 @@ def recorded_searches():
 def raw_faiss_call(index, queries, k, allowed):
     """The bare ``index.search`` that ``vector_index.search`` makes for these arguments, selector prebuilt."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if isinstance(index, vi.SegmentedIndex):  # one bare search per segment, each with its share of the ids
+        bounds = np.r_[index.starts[1:], np.iinfo(np.int64).max]
+        shares = [None if allowed is None else allowed[(allowed >= lo) & (allowed < hi)]
+                  for lo, hi in zip(index.starts, bounds)]
+        calls = [raw_faiss_call(part, q, k, share) for part, share in zip(index.parts, shares)]
+        return lambda: [call() for call in calls]
     if allowed is None:
         return lambda: index.search(q, min(k, index.ntotal))
     allowed = vi._sorted_unique(allowed)
@@ -281,7 +282,7 @@ def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
 
 
 def run(sizes, dim=128, k=8, patches=10, n_queries=200, top=10, flat_at=(), flat_queries=50, budget_s=90.0,
-        encoder="tiny", keep=None, seed=0, warmup=20, threads=1, show_progress=True) -> dict:
+        encoder="tiny", keep=None, seed=0, warmup=20, threads=1, show_progress=True, segments=(1,)) -> dict:
     """Build (or reuse) each synthetic index and time every (size, FAISS variant, query type, filter) cell.
 
     ``threads``: OpenMP threads for FAISS (and torch threads for the encoding figure) while timing; 0 keeps
@@ -291,17 +292,19 @@ def run(sizes, dim=128, k=8, patches=10, n_queries=200, top=10, flat_at=(), flat
     from rich.progress import Progress
 
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="bench_search_api_"))
-    plan = [(n, variant) for n in sizes for variant in (("auto", "flat") if n in flat_at else ("auto",))]
+    plan = [(n, variant, segs) for n in sizes for variant in (("auto", "flat") if n in flat_at else ("auto",))
+            for segs in segments]
     rows, indexes, load = [], {}, [os.getloadavg()[0]]
     try:
         with Progress(disable=not show_progress, transient=True) as progress:
             task = progress.add_task("search benchmark", total=len(plan) * 2 * len(QUERY_TYPES))
-            for n, variant in plan:
-                progress.update(task, description=f"writing the {variant} index of {n:,} slides")
-                root = work / f"n{n}_d{dim}_k{k}_p{patches}_s{seed}_{variant}"
-                start, reused = time.perf_counter(), IndexDir(root).exists()
-                manifest = synthetic_index(root, SyntheticSpec(n, dim, k, patches, seed), flat=variant == "flat")
-                indexes[f"{n}/{variant}"] = {name: e["factory"] for name, e in manifest["indexes"].items()} | {
+            for n, variant, segs in plan:
+                progress.update(task, description=f"writing the {variant} index of {n:,} slides in {segs} segments")
+                name = f"n{n}_d{dim}_k{k}_p{patches}_s{seed}_{variant}" + (f"_seg{segs}" if segs > 1 else "")
+                root = work / name
+                start, reused = time.perf_counter(), (root / "CURRENT").is_file()
+                manifest = synthetic_index(root, SyntheticSpec(n, dim, k, patches, seed, segs), flat=variant == "flat")
+                indexes[f"{n}/{variant}" + (f"/{segs} segments" if segs > 1 else "")] = {name: e["factory"] for name, e in manifest["indexes"].items()} | {
                     "build_s": time.perf_counter() - start, "faiss_build_s": manifest["timings"], "reused": reused}
                 searcher = SlideSearcher(root, encoder=VectorEncoder())
                 build_threads = faiss.omp_get_max_threads()
@@ -313,7 +316,7 @@ def run(sizes, dim=128, k=8, patches=10, n_queries=200, top=10, flat_at=(), flat
                     for where in (None, WHERE):
                         progress.update(task, description=f"{n:,} slides, {variant}: {qtype} where={where}")
                         cell = time_cell(searcher, qtype, queries[qtype], top, where, warmup, budget_s)
-                        rows.append({"n_slides": n, "n_patches": n * patches, "variant": variant} | cell)
+                        rows.append({"n_slides": n, "n_patches": n * patches, "variant": variant, "segments": segs} | cell)
                         progress.advance(task)
                 del searcher, queries
                 faiss.omp_set_num_threads(build_threads)
@@ -323,7 +326,7 @@ def run(sizes, dim=128, k=8, patches=10, n_queries=200, top=10, flat_at=(), flat
             shutil.rmtree(work, ignore_errors=True)
     config = {"sizes": list(sizes), "dim": dim, "k": k, "patches": patches, "queries": n_queries, "top": top,
               "warmup": warmup, "flat_at": list(flat_at), "flat_queries": flat_queries, "budget_s": budget_s,
-              "where": WHERE, "seed": seed, "threads": threads}
+              "where": WHERE, "seed": seed, "threads": threads, "segments": list(segments)}
     return {"config": config, "machine": machine_description(), "load_avg_1min": load, "indexes": indexes,
             "encoding": encoding_costs(encoder, threads) if encoder != "none" else None, "results": rows}
 
@@ -342,13 +345,13 @@ def markdown(result: dict) -> str:
         built = "reused (--keep)" if e.get("reused") else f"{e['build_s']:.0f}"
         lines.append(f"| {key} | `{e['slides']}` | `{e['slides_mean']}` | `{e['subvectors']}` | `{e['patches']}` "
                      f"| {built} |")
-    lines += ["", "| slides | FAISS | query | filter | queries | FAISS calls | API p50 / p99 ms "
+    lines += ["", "| slides | FAISS | segments | query | filter | queries | FAISS calls | API p50 / p99 ms "
               "| vector_index.search p50 / p99 ms | bare FAISS p50 / p99 ms | API / search | API / bare | "
-              "search inside the API p50 ms | API / inside | slides search alone p50 ms |", "|" + "---|" * 14]
+              "search inside the API p50 ms | API / inside | slides search alone p50 ms |", "|" + "---|" * 15]
     for r in result["results"]:
         alone = f"{r['main_p50_ms']:.2f}" if r["type"] == "slide" else "—"
         lines.append(
-            f"| {r['n_slides']:,} | {r['variant']} | {r['type']} | {'`' + r['where'] + '`' if r['where'] else '—'} "
+            f"| {r['n_slides']:,} | {r['variant']} | {r.get('segments', 1)} | {r['type']} | {'`' + r['where'] + '`' if r['where'] else '—'} "
             f"| {r['queries']} | {r['faiss_calls']:.1f} | {r['api_p50_ms']:.2f} / {r['api_p99_ms']:.2f} "
             f"| {r['search_p50_ms']:.2f} / {r['search_p99_ms']:.2f} | {r['raw_p50_ms']:.2f} / {r['raw_p99_ms']:.2f} "
             f"| {r['api_over_search']:.2f}× | **{r['api_over_raw']:.2f}×** "
@@ -375,13 +378,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--flat-queries", type=int, default=50, help="timed queries per Flat cell")
     parser.add_argument("--threads", type=int, default=1, help="FAISS/torch threads while timing (0 = defaults)")
     parser.add_argument("--encoder", default="tiny", help="encoder for the query-encoding side figure, or 'none'")
+    parser.add_argument("--segments", default="1", help="comma-separated numbers of live segments to write the index in")
     parser.add_argument("--keep", default=None, help="folder to keep (and reuse) the synthetic indexes in")
     parser.add_argument("--out", default="out/bench_search_api", help="folder for bench_search_api.json and .md")
     args = parser.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     flat_at = [int(float(s)) for s in args.flat_at.split(",") if s]
     result = run(sizes, args.dim, args.k, args.patches, args.queries, args.top, flat_at, args.flat_queries,
-                 args.budget, args.encoder, args.keep, warmup=args.warmup, threads=args.threads)
+                 args.budget, args.encoder, args.keep, warmup=args.warmup, threads=args.threads,
+                 segments=[int(x) for x in args.segments.split(",") if x])
     result["command"] = "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

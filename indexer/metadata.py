@@ -1,30 +1,40 @@
-"""User metadata (CSV) for slides: read, validate, and join to slides by slide_id or file name."""
+"""User metadata (CSV) for slides: read as text unless a column declares its type, keyed by exact slide id.
+
+A header cell ``name:type`` declares a column's type (``int``, ``float``, ``bool``, ``date``, ``text``); every
+other column is text, so ``001`` stays ``001``. The key is ``slide_id`` (matched exactly), else ``filename``,
+``file`` or ``path`` (matched on the slide id of the file name: ``a/A.ome.tiff`` → ``A``).
+"""
 
 from __future__ import annotations
 
+import csv as pycsv
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from indexer.errors import UserError
+from indexer.slide_ids import check_slide_id, slide_id_from_name
 
 # Columns slidesearch computes itself; a metadata CSV may not redefine them.
 RESERVED_COLUMNS = frozenset({
     "slide_row", "sha256", "size_bytes", "mtime_ns", "vendor", "width", "height", "mpp_source",
     "magnification", "n_patches", "patch_row_start", "patch_size", "status", "error", "entropy", "max_mass",
+    "fingerprint",
 })
 KEY_COLUMNS = ("slide_id", "filename", "file", "path")
+TYPES = {"text": pa.string(), "str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+         "date": pa.date32()}
 
 
 def read_metadata_csv(path: str | Path) -> pa.Table:
-    """Read a metadata CSV and check it has a key column and no reserved columns.
+    """Read a metadata CSV into a table whose first column is ``slide_id``.
 
-    Args:
-        path: CSV with a header; one of slide_id, filename, file or path identifies the slide.
+    Duplicate ids keep their last row (the summary line says how many there were).
 
-    Returns:
-        The table, with a string column ``slide_key`` holding the value to match slides on.
+    Raises:
+        UserError: missing or unreadable file, no key column, reserved or badly typed columns, bad ids.
     """
     from pyarrow import csv
 
@@ -32,60 +42,87 @@ def read_metadata_csv(path: str | Path) -> pa.Table:
     if not path.is_file():
         raise UserError(f"metadata file {path}: no such file")
     try:
-        table = csv.read_csv(path)
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(pycsv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, pycsv.Error) as exc:
+        raise UserError(f"metadata file {path}: not a readable CSV ({exc})") from None
+    if not header:
+        raise UserError(f"metadata file {path}: empty (it needs a header row)")
+    names, types = _declared(header, path)
+    try:
+        table = csv.read_csv(path, read_options=csv.ReadOptions(column_names=names, skip_rows=1),
+                             convert_options=csv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"metadata file {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    key = next((c for c in KEY_COLUMNS if c in table.column_names), None)
+    key = next((c for c in KEY_COLUMNS if c in names), None)
     if key is None:
         raise UserError(f"metadata file {path}: needs one of the columns {', '.join(KEY_COLUMNS)} to match slides")
-    clash = sorted(RESERVED_COLUMNS & set(table.column_names))
+    clash = sorted(RESERVED_COLUMNS & set(names))
     if clash:
         raise UserError(f"metadata file {path}: columns {', '.join(clash)} are computed by slidesearch; rename them")
-    keys = [_normalise_key(str(v)) for v in table.column(key).to_pylist()]
-    if len(set(keys)) != len(keys):
-        raise UserError(f"metadata file {path}: column {key!r} has duplicate values")
-    return table.append_column("slide_key", pa.array(keys, pa.string()))
+    for name, target in types.items():
+        try:
+            table = table.set_column(names.index(name), name, pc.cast(table.column(name), target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise UserError(f"metadata file {path}: column {name!r} is declared {target} but "
+                            f"{str(exc).splitlines()[0]}") from None
+    raw = table.column(key).to_pylist()
+    if any(v is None for v in raw):
+        raise UserError(f"metadata file {path}: column {key!r} has empty cells")
+    ids = [check_slide_id(v if key == "slide_id" else slide_id_from_name(v)) for v in raw]
+    last = {s: i for i, s in enumerate(ids)}
+    keep = sorted(last.values())
+    table = table.take(pa.array(keep, pa.int64()))
+    if key == "slide_id":
+        table = table.drop_columns(["slide_id"])
+    out = table.add_column(0, "slide_id", pa.array([ids[i] for i in keep], pa.string()))
+    return out.replace_schema_metadata({"duplicates": str(len(ids) - len(keep)), "source": str(path)})
 
 
-def _normalise_key(value: str) -> str:
-    """A slide key compares on the file stem: 'a/b/S1.svs', 'S1.svs' and 'S1' all match slide S1."""
-    name = Path(value).name
-    for suffix in Path(name).suffixes[::-1]:
-        if len(suffix) <= 6:
-            name = name[: -len(suffix)]
-        else:
-            break
-    return name or value
+def _declared(header: list[str], path: Path) -> tuple[list[str], dict[str, pa.DataType]]:
+    names, types = [], {}
+    for cell in header:
+        name, sep, kind = cell.strip().rpartition(":") if ":" in cell else (cell.strip(), "", "")
+        if sep and kind.strip().lower() not in TYPES:
+            raise UserError(f"metadata file {path}: column {cell!r} declares unknown type {kind!r} "
+                            f"(known: {', '.join(TYPES)})")
+        if not name:
+            raise UserError(f"metadata file {path}: a header cell is empty")
+        names.append(name)
+        if sep and TYPES[kind.strip().lower()] != pa.string():
+            types[name] = TYPES[kind.strip().lower()]
+    if len(set(names)) != len(names):
+        raise UserError(f"metadata file {path}: repeated column names in the header")
+    return names, types
 
 
-def metadata_by_slide(table: pa.Table | None) -> dict[str, dict[str, Any]]:
-    """Map slide_id → that slide's user columns (the key column included)."""
-    if table is None:
+def unmatched_summary(table: pa.Table, live: dict[str, Any]) -> str:
+    """One line: rows matched, rows that match no indexed slide, duplicate ids, indexed slides without a row."""
+    ids = set(table.column("slide_id").to_pylist())
+    unmatched = sorted(ids - set(live))
+    without = len(set(live) - ids)
+    dupes = int((table.schema.metadata or {}).get(b"duplicates", b"0"))
+    line = f"metadata: {len(ids) - len(unmatched)} rows matched indexed slides"
+    if unmatched:
+        line += f"; {len(unmatched)} match no indexed slide (e.g. {', '.join(repr(u) for u in unmatched[:3])})"
+    if dupes:
+        line += f"; {dupes} duplicate ids (the last row of each kept)"
+    if without:
+        line += f"; {without} indexed slides have no row"
+    return line
+
+
+def mpp_overrides(table: pa.Table | None) -> dict[str, float]:
+    """slide_id → the positive ``mpp`` the metadata gives it."""
+    if table is None or "mpp" not in table.column_names:
         return {}
-    rows = table.to_pylist()
-    return {row.pop("slide_key"): row for row in rows}
-
-
-def slide_mpp_override(row: dict[str, Any] | None) -> float | None:
-    """The per-slide ``mpp`` metadata value, when present and positive."""
-    if not row or row.get("mpp") in (None, ""):
-        return None
-    try:
-        value = float(row["mpp"])
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 else None
-
-
-def stored_metadata(index_root: Path, table: pa.Table | None) -> dict[str, dict[str, Any]]:
-    """Store newly given metadata (from :func:`read_metadata_csv`) in the index; otherwise reuse the stored one."""
-    import pyarrow.parquet as pq
-
-    from indexer.store import atomic_path
-
-    path = Path(index_root) / "metadata.parquet"
-    if table is not None:
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        return metadata_by_slide(table)
-    return metadata_by_slide(pq.read_table(path)) if path.is_file() else {}
+    out = {}
+    for slide_id, value in zip(table.column("slide_id").to_pylist(), table.column("mpp").to_pylist()):
+        try:
+            mpp = float(value)
+        except (TypeError, ValueError):
+            continue
+        if mpp > 0:
+            out[slide_id] = mpp
+    return out

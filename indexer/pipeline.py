@@ -1,8 +1,12 @@
-"""Compose the stages (open → tissue → tile → embed → aggregate → write), resumably, one slide at a time."""
+"""Compose the stages (open → tissue → tile → embed → stage → commit), resumably, one slide at a time.
+
+Each slide is encoded into ``staging/``; a commit aggregates the staged slides against the fixed prototypes
+P into one new segment and publishes a version (DESIGN §4), so a run costs O(its slides), memory stays at
+one slide plus one batch, and a killed run resumes from its staged slides.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -12,24 +16,23 @@ from typing import Any, Iterable
 import numpy as np
 
 from indexer.aggregate import AggregationConfig
-from indexer.assemble import rebuild
+from indexer.encode import encode_slide, file_facts
 from indexer.encoders import file_sha256
 from indexer.errors import UserError
-from indexer.index_settings import check_compatible, index_settings, prototype_table
-from indexer.metadata import read_metadata_csv, slide_mpp_override, stored_metadata
+from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
 from indexer.progress import StageProgress
-from indexer.store import IndexDir, StagedSlide
+from indexer.slide_ids import SLIDE_SUFFIXES, check_slide_id, slide_id_from_name
+from indexer.store.identity import IndexSettings
+from indexer.store.writer import IndexWriter
 from indexer.tiling import TilingConfig
 
-SLIDE_SUFFIXES = frozenset({
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-    ".png", ".jpg", ".jpeg",
-})
+SEGMENT_MAX_PATCHES = 2_000_000  # a run commits a segment at least this often (bounds a segment's FAISS build)
+REFINE_SAMPLE = 200_000  # patches (spread over slides) used to refine prototypes
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Everything that decides what an index contains (DESIGN §5 options)."""
+    """Options of one `slidesearch index` run (DESIGN §5); :class:`IndexSettings` is what the index keeps."""
 
     model: str = "tiny"
     checkpoint: str | None = None
@@ -43,6 +46,8 @@ class IndexConfig:
     aggregation: AggregationConfig = AggregationConfig()
     max_index_memory: int | None = None
     features_dir: str | None = None
+    wait: bool = False
+    commit_every: int | None = None
 
 
 @dataclass
@@ -51,16 +56,46 @@ class IndexReport:
 
     out: Path
     indexed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     patches_encoded: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    version: int = 0
 
     @property
     def exit_code(self) -> int:
         """0 when every slide is indexed, 3 when some failed."""
         return 3 if self.failed else 0
+
+
+def settings_for(config: IndexConfig, encoder, bank) -> IndexSettings:
+    """The index settings a run with ``config`` asks for."""
+    from indexer.bank import list_banks
+
+    source = config.bank if config.bank in list_banks() else str(Path(config.bank).expanduser().resolve())
+    return IndexSettings(
+        encoder=encoder.describe(), tiling=config.tiling, max_patches=config.max_patches,
+        bank={"name": bank.name, "K": len(bank.prototypes), "sha256": bank.sha256, "source": source},
+        aggregation=config.aggregation, features_imported=config.features_dir is not None,
+        max_index_memory=config.max_index_memory,
+    )
+
+
+def prototype_table(bank, text_prototypes: np.ndarray):
+    """prototypes.parquet without its embedding column: id, name, organs, descriptions, text embedding T."""
+    import pyarrow as pa
+
+    return pa.table({
+        "proto_id": pa.array(range(len(bank.prototypes)), pa.int32()),
+        "name": [p.name for p in bank.prototypes],
+        "organs": [list(p.organs) for p in bank.prototypes],
+        "descriptions": [list(p.descriptions) for p in bank.prototypes],
+        "text_embedding": pa.FixedSizeListArray.from_arrays(
+            pa.array(text_prototypes.astype(np.float32).ravel()), text_prototypes.shape[1]),
+    })
 
 
 def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
@@ -96,176 +131,184 @@ def run_index(
     metadata_csv: str | Path | None = None,
     show_progress: bool = True,
 ) -> IndexReport:
-    """Index slides into ``out``; resumes and appends, skipping slides already indexed (same file hash).
+    """Index slides into ``out``: new and changed slides are encoded and committed as a new segment; slides
+    already committed with the same file and settings are skipped; staged work of a killed run is resumed.
 
     Args:
         inputs: slide files or directories.
         out: the index directory (created if missing).
         config: model, tiling, bank and index options.
-        metadata_csv: optional CSV of user columns joined to slides by slide_id or file name.
+        metadata_csv: optional CSV of user columns, merged into the stored metadata.
         show_progress: draw rich progress bars on stderr.
     """
     from indexer.bank import load_bank
     from indexer.encoders import load_encoder
     from indexer.prototypes import embed_prototypes
+    from indexer.store.compact import auto_merge
 
     # Every check comes before the first write: a refused run leaves the index as it was.
-    paths = collect_slides(inputs)
+    slides = [(check_slide_id(slide_id_from_name(p.name)), p) for p in collect_slides(inputs)]
     new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
-    index = IndexDir(out)
     timings: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()
     encoder = load_encoder(config.model, checkpoint=config.checkpoint, device=config.device, batch_size=config.batch_size)
     bank = load_bank(config.bank)
-    settings = index_settings(config, encoder, bank)
-    check_compatible(index, settings)
     text_prototypes = embed_prototypes(bank, encoder)
     timings["load model"] = time.perf_counter() - t0
-
-    index.root.mkdir(parents=True, exist_ok=True)
-    index.clean_temporaries()
-    metadata = stored_metadata(index.root, new_metadata)
-    report = IndexReport(out=index.root)
-
-    with StageProgress(enabled=show_progress) as progress:
-        progress.start_slides(len(paths))
-        for path in paths:
-            progress.next_slide(path.stem)
-            _index_one(index, path, config, encoder, metadata.get(path.stem), report, timings, progress)
-            progress.slide_done()
-
-    assembled = rebuild(index, text_prototypes, prototype_table(bank, text_prototypes), settings, metadata,
-                        config.aggregation, config.max_index_memory, run_timings=timings)
-    for stage, seconds in assembled.timings.items():
-        timings[stage] += seconds
+    report = IndexReport(out=Path(out))
+    with IndexWriter(out, wait=config.wait, create=True) as writer:
+        settings = writer.set_identity(settings_for(config, encoder, bank))
+        if new_metadata is not None:
+            writer.update_metadata(new_metadata)
+        run = _Run(writer, config, settings, encoder, report, timings, prototype_table(bank, text_prototypes),
+                   text_prototypes)
+        with StageProgress(enabled=show_progress) as progress:
+            progress.start_slides(len(slides))
+            for slide_id, path in slides:
+                progress.next_slide(slide_id)
+                run.index_one(slide_id, path, progress)
+                progress.slide_done()
+                run.commit_if_due()
+        run.adopt_leftovers({s for s, _ in slides})
+        run.commit()
+        auto_merge(writer)
+        report.counts, report.version = dict(writer.version.counts), writer.version.number
+        if new_metadata is not None:
+            report.notes.append(unmatched_summary(new_metadata, writer.live_slides))
     report.timings = dict(timings)
-    report.counts = assembled.counts
     return report
 
 
-def _index_one(index, path, config, encoder, meta_row, report, timings, progress) -> None:
-    """Index one slide into the staging area; a failure is recorded, never raised."""
-    slide_id = path.stem
-    if _already_indexed(index, path, slide_id):
-        report.skipped.append(slide_id)
-        return
-    record = _file_record(path, slide_id)
-    try:
-        staged = encode_slide(path, record, config, encoder, meta_row, timings, progress)
-    except UserError as exc:
-        _fail(index, report, record, str(exc))
-        return
-    except (ImportError, MemoryError):
-        raise  # a broken installation or machine is not a property of this slide
-    except Exception as exc:  # one slide's failure never stops the run
-        _fail(index, report, record, f"{type(exc).__name__}: {exc}")
-        return
-    t0 = time.perf_counter()
-    index.stage_slide(staged)
-    timings["stage"] += time.perf_counter() - t0
-    report.indexed.append(slide_id)
-    report.patches_encoded += len(staged.coords)
+class _Run:
+    """The slides of one run waiting for their commit, and the rules that decide each slide's fate."""
+
+    def __init__(self, writer: IndexWriter, config: IndexConfig, settings: IndexSettings, encoder, report: IndexReport,
+                 timings: dict[str, float], proto_table, text_prototypes: np.ndarray):
+        self.writer, self.config, self.settings, self.encoder = writer, config, settings, encoder
+        self.report, self.timings = report, timings
+        self.proto_table, self.text_prototypes = proto_table, text_prototypes
+        self.overrides = mpp_overrides(writer.metadata)
+        self.ok: list[str] = []
+        self.failed: list[dict[str, Any]] = []
+        self.replaced: list[str] = []
+        self.pending_patches = 0
+
+    def index_one(self, slide_id: str, path: Path, progress: StageProgress) -> None:
+        """Skip, resume, encode or fail one slide; a failure is recorded, never raised."""
+        mpp = self.config.mpp or self.overrides.get(slide_id)
+        fingerprint = self.settings.fingerprint(mpp)
+        facts = {"slide_id": slide_id, "path": str(path), **file_facts(path), "fingerprint": fingerprint,
+                 "mpp_override": mpp}
+        live = self.writer.live_slides.get(slide_id)
+        same_file = live is not None and _same_file(live, facts, path)
+        if live is not None and live["status"] == "ok":
+            if same_file and live["fingerprint"] == fingerprint:
+                self.report.skipped.append(slide_id)
+                return
+            if not same_file and live["path"] != str(path):
+                self.report.failed[slide_id] = (f"slide id {slide_id!r} is already indexed from {live['path']}; "
+                                                "remove it first (`slidesearch remove`) or rename this file")
+                return
+        staged = self.writer.staging.get(slide_id, with_features=False)
+        if staged is not None:
+            if staged.record.get("fingerprint") == fingerprint and _same_file(staged.record, facts, path):
+                self._pending_ok(slide_id, staged.record["n_patches"], live)
+                self.report.resumed.append(slide_id)
+                return
+            self.writer.staging.remove(slide_id)
+            self.report.notes.append(f"{slide_id}: staged with other settings or another file; encoded again")
+        record = {**facts, "sha256": facts.get("sha256") or file_sha256(path)}
+        try:
+            encoded = encode_slide(path, record, self.config, self.encoder, mpp, self.timings, progress)
+        except UserError as exc:
+            return self._fail(record, str(exc), live)
+        except ImportError:
+            raise  # a broken installation is not a property of this slide
+        except MemoryError:
+            return self._fail(record, "ran out of memory reading this slide (is it a decompression bomb?)", live)
+        except Exception as exc:  # one slide's failure never stops the run
+            return self._fail(record, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", live)
+        t0 = time.perf_counter()
+        self.writer.staging.put(encoded)
+        self.timings["stage"] += time.perf_counter() - t0
+        self.report.indexed.append(slide_id)
+        self.report.patches_encoded += len(encoded.coords)
+        self._pending_ok(slide_id, len(encoded.coords), live)
+
+    def _pending_ok(self, slide_id: str, n_patches: int, live: dict[str, Any] | None) -> None:
+        self.ok.append(slide_id)
+        self.pending_patches += int(n_patches)
+        if live is not None:
+            self.replaced.append(slide_id)
+
+    def _fail(self, record: dict[str, Any], reason: str, live: dict[str, Any] | None) -> None:
+        """Report a failed slide; record it in the index unless that would lose committed data or repeat itself."""
+        self.report.failed[record["slide_id"]] = reason
+        if live is not None and (live["status"] == "ok" or (live["error"] == reason and live["sha256"] == record["sha256"])):
+            return  # a slide that indexed fine keeps its committed data; the same failure is not recorded twice
+        self.failed.append({**record, "status": "error", "error": reason})
+        if live is not None:
+            self.replaced.append(record["slide_id"])
+
+    def adopt_leftovers(self, seen: set[str]) -> None:
+        """Commit slides an interrupted earlier run staged but this run was not given, when still valid."""
+        for slide_id in list(self.writer.staging.slide_ids()):
+            if slide_id in seen:
+                continue
+            staged = self.writer.staging.get(slide_id, with_features=False)
+            record = staged.record if staged else {}
+            if record.get("fingerprint") == self.settings.fingerprint(record.get("mpp_override")):
+                live = self.writer.live_slides.get(slide_id)
+                if live is None or live.get("sha256") != record.get("sha256") or live["fingerprint"] != record["fingerprint"]:
+                    self._pending_ok(slide_id, record["n_patches"], live)
+                    self.report.resumed.append(slide_id)
+                    continue
+            self.writer.staging.remove(slide_id)
+
+    def commit_if_due(self) -> None:
+        """Commit when ``commit_every`` slides or SEGMENT_MAX_PATCHES patches are waiting."""
+        every = self.config.commit_every
+        if (every and len(self.ok) + len(self.failed) >= every) or self.pending_patches >= SEGMENT_MAX_PATCHES:
+            self.commit()
+
+    def commit(self) -> None:
+        """Aggregate the waiting slides into one segment and publish a version."""
+        if not (self.ok or self.failed):
+            return
+        t0 = time.perf_counter()
+        prototypes = self.writer.fix_prototypes(self.proto_table, self._prototypes())
+        self.timings["prototypes"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        version = self.writer.commit_slides(self.ok, self.failed, self.replaced, prototypes, self.timings)
+        self.timings["commit"] += time.perf_counter() - t0
+        for stage in ("aggregate", "tables", "faiss"):
+            self.timings[stage] += version.timings.get(stage, 0.0)
+        self.ok, self.failed, self.replaced, self.pending_patches = [], [], [], 0
+
+    def _prototypes(self) -> np.ndarray:
+        """P for the first commit: the text prototypes, refined on this run's slides when alpha < 1 (DESIGN §3)."""
+        alpha, tau = self.settings.aggregation.alpha, self.settings.aggregation.tau
+        if alpha >= 1.0 or not self.ok or self.writer.version.number > 0:
+            return self.text_prototypes
+        from indexer.prototypes import refine_prototypes
+
+        per_slide = max(1, REFINE_SAMPLE // len(self.ok))  # an even share keeps memory flat on large collections
+        feats = [_evenly_spaced(self.writer.staging.get(s).features, per_slide) for s in self.ok]
+        return refine_prototypes(self.text_prototypes, np.concatenate(feats).astype(np.float32), alpha, tau)
 
 
-def _already_indexed(index: IndexDir, path: Path, slide_id: str) -> bool:
-    """True when ``slide_id`` is staged from the same file content (cheap size+mtime check first)."""
-    if not index.staged_path(slide_id).is_file():
-        return False
-    record = index.load_staged(slide_id, with_features=False).record
-    stat = path.stat()
-    if record.get("size_bytes") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns:
+def _same_file(record: dict[str, Any], facts: dict[str, Any], path: Path) -> bool:
+    """Same content as recorded: equal size and mtime, else equal sha256."""
+    if (record.get("size_bytes"), record.get("mtime_ns")) == (facts["size_bytes"], facts["mtime_ns"]):
         return True
-    return record.get("sha256") == file_sha256(path)
+    if record.get("size_bytes") != facts["size_bytes"]:
+        return False
+    facts.setdefault("sha256", file_sha256(path))
+    return record.get("sha256") == facts["sha256"]
 
 
-def _file_record(path: Path, slide_id: str) -> dict[str, Any]:
-    stat = path.stat()
-    sha = file_sha256(path) if path.is_file() else None
-    return {"slide_id": slide_id, "path": str(path), "sha256": sha, "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _fail(index: IndexDir, report: IndexReport, record: dict[str, Any], reason: str) -> None:
-    index.stage_error({**record, "status": "error", "error": reason, "n_patches": 0})
-    report.failed[record["slide_id"]] = reason
-
-
-def encode_slide(path, record, config, encoder, meta_row=None, timings=None, progress=None) -> StagedSlide:
-    """Open, detect tissue, tile and embed one slide (or import its features).
-
-    Args:
-        path: the slide file.
-        record: dict with at least ``slide_id``; slide facts are added to it.
-        config: tiling, sampling and loader options.
-        encoder: the image encoder.
-        meta_row: the slide's user metadata (for a per-slide ``mpp``).
-        timings: stage → seconds, accumulated in place.
-        progress: progress bars.
-
-    Raises:
-        UserError: unreadable slide, no MPP, or no tissue.
-    """
-    timings = timings if timings is not None else defaultdict(float)
-    progress = progress or StageProgress(enabled=False)
-    from indexer.embedding import iter_slide_embeddings
-    from indexer.slides import open_slide
-    from indexer.tiling import tile_slide
-    from indexer.tissue import detect_tissue
-
-    mpp = config.mpp or slide_mpp_override(meta_row)
-    t0 = time.perf_counter()
-    with open_slide(path, mpp=mpp, require_mpp=config.features_dir is None) as slide:
-        facts = slide.facts()
-        record.update(
-            vendor=slide.vendor, width=slide.dimensions[0], height=slide.dimensions[1], mpp=slide.mpp,
-            mpp_source=slide.mpp_source, magnification=slide.magnification, status="ok", error=None,
-        )
-        timings["open"] += time.perf_counter() - t0
-        if config.features_dir is not None:
-            return _import_features(record, config, encoder, slide, timings)
-        t0 = time.perf_counter()
-        mask = detect_tissue(slide)
-        timings["tissue"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        grid = tile_slide(slide, config.tiling, mask)
-        grid = subsample_grid(grid, config.max_patches, seed=record["slide_id"])
-        timings["tile"] += time.perf_counter() - t0
-    if len(grid) == 0:
-        raise UserError(f"no tissue found (0 patches at {config.tiling.magnification:g}x, min tissue {config.tiling.min_tissue})")
-    record["level"] = grid.level
-    t0 = time.perf_counter()
-    progress.start_patches(len(grid))
-    feats = np.zeros((len(grid), encoder.dim), np.float16)
-    # Starting reader processes costs more than reading a couple of batches in-process.
-    workers = config.num_workers if len(grid) > 2 * config.batch_size else 0
-    for rows, emb in iter_slide_embeddings(
-        path, grid, encoder, mpp=facts["mpp"], batch_size=config.batch_size, num_workers=workers
-    ):
-        feats[rows] = emb
-        progress.advance_patches(len(rows))
-    timings["embed"] += time.perf_counter() - t0
-    return StagedSlide(record, grid.coords, feats, grid.size)
-
-
-def _import_features(record, config, encoder, slide, timings) -> StagedSlide:
-    from indexer.features_import import find_features_file, read_features_h5
-    from indexer.tiling import patch_geometry
-
-    t0 = time.perf_counter()
-    coords, feats, size = read_features_h5(find_features_file(config.features_dir, record["slide_id"]), encoder.dim)
-    if size is None:
-        if slide.mpp is None:
-            raise UserError("features file has no patch size and the slide has no MPP; pass --mpp")
-        size = patch_geometry(slide, config.tiling)[0]
-    timings["import features"] += time.perf_counter() - t0
-    return StagedSlide(record, coords, feats.astype(np.float16), int(size))
-
-
-def subsample_grid(grid, max_patches: int | None, seed: str):
-    """Keep at most ``max_patches`` patches, a deterministic (per-slide) random subset in grid order."""
-    import dataclasses
-
-    if not max_patches or len(grid) <= max_patches:
-        return grid
-    rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:16], 16))
-    keep = np.sort(rng.choice(len(grid), size=max_patches, replace=False))
-    return dataclasses.replace(grid, coords=grid.coords[keep])
+def _evenly_spaced(rows: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` rows spread evenly over ``rows``."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).astype(np.int64)]

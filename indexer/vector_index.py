@@ -25,6 +25,7 @@ HNSW_EF_CONSTRUCTION = 40
 _GPU_MAX_K = 2048
 BITMAP_BITS_PER_ID = 128  # a bitmap is used while it costs at most ~16 bytes per allowed id
 EXACT_FILTER_FLOATS = 2**18  # allowed-set size × dim under which filtered search is exact
+ADD_CHUNK = 65_536  # rows converted and added to an index at a time
 _GPU_RESOURCES = None
 
 
@@ -156,65 +157,95 @@ def choice_for_kind(kind: str, count: int, dim: int, m: int | None = None) -> In
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice,
-                use_gpu: bool | None = None) -> faiss.Index:
+                use_gpu: bool | None = None, chunk: int = ADD_CHUNK) -> faiss.Index:
     """Build a CPU index holding ``vectors`` under explicit int64 ``ids``.
 
-    IVF kinds are trained on at most ``max(100,000, 40·nlist)`` sampled rows (seeded). Training and adding
-    run on the GPU when ``faiss.get_num_gpus() > 0`` and ``use_gpu`` is not False; the result is CPU.
+    ``vectors`` may be a memory map (float16 or float32): rows are converted and added ``chunk`` at a time,
+    so memory is the index itself plus one chunk. IVF kinds are trained on at most ``max(100,000, 40·nlist)``
+    sampled rows (seeded). Training and adding run on the GPU when ``faiss.get_num_gpus() > 0`` and ``use_gpu``
+    is not False; the result is CPU.
 
     Args:
-        vectors: float32 unit rows (n×d). ids: n distinct int64 ids (never file order by accident).
+        vectors: unit rows (n×d). ids: n distinct int64 ids (never file order by accident).
         choice: from :func:`choose_index`. use_gpu: None = when available, False = never.
+        chunk: rows converted and added at a time.
 
     Raises:
         IndexError_: on a shape, dtype, norm or id mismatch.
     """
     import faiss
 
-    x, ids = _check_vectors(vectors), np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    if len(ids) != len(x) or len(np.unique(ids)) != len(ids) or (ids < 0).any():
-        raise IndexError_(f"need {len(x)} distinct non-negative ids, got {len(ids)} ({len(np.unique(ids))} distinct)")
-    base = faiss.index_factory(x.shape[1], choice.describe(), faiss.METRIC_INNER_PRODUCT)
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        raise IndexError_(f"vectors must be a 2-D array of rows, got shape {vectors.shape}")
+    n, dim = vectors.shape
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) != n or len(np.unique(ids)) != len(ids) or (ids < 0).any():
+        raise IndexError_(f"need {n} distinct non-negative ids, got {len(ids)} ({len(np.unique(ids))} distinct)")
+    base = faiss.index_factory(dim, choice.describe(), faiss.METRIC_INNER_PRODUCT)
     if choice.kind == "ivf_pq":
         base.do_polysemous_training = False  # polysemous codes are unused and slow to train
     if choice.kind == "hnsw":
         base.hnsw.efConstruction, base.hnsw.efSearch = HNSW_EF_CONSTRUCTION, choice.ef_search
     if choice.kind in ("flat", "hnsw"):
-        index = faiss.IndexIDMap2(base)
-        index.add_with_ids(x, ids)  # the Python wrapper keeps `base` alive as a referenced object
+        index = faiss.IndexIDMap2(base)  # the Python wrapper keeps `base` alive as a referenced object
+        _add_chunks(index, vectors, ids, chunk)
         return index
-    if not 1 <= choice.nlist <= len(x):
-        raise IndexError_(f"{choice.describe()} needs 1 ≤ nlist ≤ {len(x)} (the number of vectors)")
+    if not 1 <= choice.nlist <= n:
+        raise IndexError_(f"{choice.describe()} needs 1 ≤ nlist ≤ {n} (the number of vectors)")
     work = to_gpu(base) if use_gpu is not False and faiss.get_num_gpus() > 0 else None
     target = work if work is not None else base
-    sample = train_sample_size(len(x), choice.nlist)
-    rows = np.sort(np.random.default_rng(0).choice(len(x), sample, replace=False))
+    sample = train_sample_size(n, choice.nlist)
+    rows = np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
     try:
-        target.train(x[rows])
+        target.train(_check_vectors(vectors[rows]))
     except RuntimeError as exc:
         raise IndexError_(f"cannot train {choice.describe()} on {sample} vectors: {_first_line(exc)}") from None
-    target.add_with_ids(x, ids)
+    _add_chunks(target, vectors, ids, chunk)
     index = faiss.index_gpu_to_cpu(target) if work is not None else target
-    faiss.downcast_index(index).nprobe = choice.nprobe or ivf_params(len(x))[1]
+    faiss.downcast_index(index).nprobe = choice.nprobe or ivf_params(n)[1]
     return index
+
+
+def _add_chunks(index, vectors, ids, chunk: int) -> None:
+    for start in range(0, len(ids), chunk):
+        index.add_with_ids(_check_vectors(vectors[start:start + chunk]), ids[start:start + chunk])
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = ADD_CHUNK) -> np.ndarray:
+    """Positions (n_queries × k) of the exact top-k inner products over ``vectors`` (may be a memory map).
+
+    >>> exact_search(np.eye(2, dtype=np.float32), np.array([[0, 1], [1, 0], [.6, .8]], np.float32), 2).tolist()
+    [[1, 2], [0, 2]]
+    """
+    q = np.ascontiguousarray(queries, np.float32)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start:start + chunk], np.float32)
+        scores = np.hstack([best_s, q @ block.T])
+        ids = np.hstack([best_i, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    return best_i
 
 
 def measure_recall(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, k: int = 10,
                    n_queries: int = 200, seed: int = 0) -> float:
     """Recall@k of ``index`` against exact inner-product search, with sampled database rows as queries.
 
+    ``vectors`` may be a memory map; the exact search reads it in chunks.
+
     Returns:
         Mean fraction of the exact top-k ids (over ``vectors``/``ids``) that the index returns; 1.0 if empty.
     """
-    import faiss
-
-    x, ids = _check_vectors(vectors), np.asarray(ids, dtype=np.int64)
-    k = min(k, len(x))
+    ids = np.asarray(ids, dtype=np.int64)
+    k = min(k, len(vectors))
     if k == 0:
         return 1.0
-    rows = np.random.default_rng(seed).choice(len(x), min(n_queries, len(x)), replace=False)
-    _, exact = faiss.knn(x[rows], x, k, metric=faiss.METRIC_INNER_PRODUCT)
-    _, found = search(index, x[rows], k)
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), min(n_queries, len(vectors)), replace=False))
+    queries = _check_vectors(vectors[rows])
+    exact = exact_search(queries, vectors, k)
+    _, found = search(index, queries, k)
     hits = [len(np.intersect1d(ids[e], f[f >= 0])) for e, f in zip(exact, found)]
     return float(np.mean(hits) / k)
 
@@ -275,6 +306,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     if k < 1:
         raise QueryError(f"k must be at least 1, got {k}")
     allowed = None if allowed_ids is None else _sorted_unique(allowed_ids)
+    if isinstance(index, SegmentedIndex):
+        return index.search(q, k, allowed)
     limit = min(index.ntotal, _GPU_MAX_K) if _is_gpu(index) else index.ntotal
     if limit == 0 or (allowed is not None and allowed.size == 0):
         return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
@@ -292,6 +325,63 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
         except RuntimeError:  # this index type does not accept search parameters
             pass
     return _search_overfetch(index, q, k, allowed, limit)
+
+
+class SegmentedIndex:
+    """Indexes over disjoint, increasing id ranges (one per segment) searched as one: each part is searched
+    with its share of the allowed ids and the results merged by score.
+
+    Args:
+        parts: the FAISS indexes, in id order. starts: the first id each part may hold.
+    """
+
+    def __init__(self, parts: list, starts: list[int]):
+        self.parts, self.starts = list(parts), np.asarray(starts, np.int64)
+        self.d = parts[0].d
+        self.ntotal = int(sum(p.ntotal for p in parts))
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` over every part (``allowed``: sorted unique ids or None)."""
+        scores, found = [], []
+        bounds = np.r_[self.starts[1:], np.iinfo(np.int64).max]
+        for part, lo, hi in zip(self.parts, self.starts, bounds):
+            share = None if allowed is None else allowed[np.searchsorted(allowed, lo):np.searchsorted(allowed, hi)]
+            if part.ntotal == 0 or (share is not None and share.size == 0):
+                continue
+            s, f = search(part, q, k, share)
+            scores.append(s)
+            found.append(f)
+        if not scores:
+            return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
+        s, f = np.hstack(scores), np.hstack(found)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return _pad(np.take_along_axis(s, top, 1), np.take_along_axis(f, top, 1), k)
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``ids``, each read from the part whose range holds it."""
+        which = np.searchsorted(self.starts, ids, side="right") - 1
+        out = np.zeros((len(ids), self.d), np.float32)
+        for i in np.unique(which):
+            mask = which == i
+            out[mask] = reconstruct(self.parts[i], ids[mask])
+        return out
+
+
+def combine(parts: list, starts: list[int]):
+    """One searchable index over the parts of several segments: the part itself when there is one, a single
+    exact index when all are exact (``IndexIDMap2`` over ``IndexFlat``: their vectors are moved into one, so a
+    search is one FAISS call), else a :class:`SegmentedIndex`."""
+    import faiss
+
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(_base(p), faiss.IndexFlat) and isinstance(faiss.downcast_index(p), faiss.IndexIDMap2)
+           for p in parts):
+        merged = faiss.IndexIDMap2(faiss.IndexFlatIP(parts[0].d))
+        for part in parts:
+            merged.merge_from(faiss.downcast_index(part))
+        return merged
+    return SegmentedIndex(parts, starts)
 
 
 def remove_ids(index: faiss.Index, ids: np.ndarray) -> int:
@@ -353,6 +443,8 @@ def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     import faiss
 
     ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if isinstance(index, SegmentedIndex):
+        return index.reconstruct(ids)
     try:
         return np.asarray(index.reconstruct_batch(ids), np.float32)
     except RuntimeError:

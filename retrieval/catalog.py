@@ -9,38 +9,66 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import QueryError
-from indexer.store import TABLES, IndexDir
+from indexer.store.reader import Snapshot
 
 ALLOWED_CACHE = 256  # distinct filters remembered per open index
 
 
 class Catalog:
-    """A read-only view of one index directory; open once, query many times.
+    """A read-only view of one version of an index; open once, query many times.
+
+    Opening reads ``CURRENT`` once; every later read uses only the files that version names, so a write
+    in progress (or finished) never changes what an open catalog answers.
 
     Attributes:
-        index: the directory.
-        manifest: its manifest.json content.
+        snapshot: the version it reads (:class:`indexer.store.reader.Snapshot`).
+        manifest: identity and version facts (encoder, tiling, bank, aggregation, counts, indexes).
     """
 
     def __init__(self, path: str | Path):
-        self.index = IndexDir(path)
-        self.manifest = self.index.read_manifest()
+        self.snapshot = Snapshot(path)
+        self.root = self.snapshot.paths.root
+        self.manifest = self.snapshot.manifest()
         self._allowed: dict[tuple, np.ndarray | None] = {}  # filter → allowed rows (repeated queries reuse it)
 
     @cached_property
     def db(self):
-        """A DuckDB connection with one view per Parquet table (slides, patches, prototypes, subvectors)."""
+        """A DuckDB connection with views slides (segment rows joined with user metadata), patches,
+        subvectors and prototypes; tombstoned slides and their rows are left out."""
         import duckdb
+        import pyarrow as pa
+
+        from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA
 
         con = duckdb.connect()
-        for name in TABLES:
-            path = str(self.index.table(name)).replace("'", "''")
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+        con.register("tombstones", pa.table({"slide_row": self.snapshot.tombstones}))
+        for name, schema in (("slides", SLIDE_SCHEMA), ("patches", PATCH_SCHEMA), ("subvectors", SUB_SCHEMA)):
+            files = self.snapshot.table_files(name)
+            if files:
+                source = f"read_parquet([{', '.join(_quote(f) for f in files)}])"
+            else:
+                con.register(f"empty_{name}", schema.empty_table())
+                source = f"empty_{name}"
+            con.execute(f"CREATE VIEW seg_{name} AS SELECT * FROM {source} "
+                        "WHERE slide_row NOT IN (SELECT slide_row FROM tombstones)")
+        meta = self.snapshot.metadata_file
+        if meta is None:
+            con.execute("CREATE VIEW slides AS SELECT * FROM seg_slides")
+        else:
+            import pyarrow.parquet as pq
+
+            user = [c for c in pq.read_schema(meta).names if c != "slide_id" and c not in SLIDE_SCHEMA.names]
+            cols = "".join(f', m."{c}"' for c in user)
+            con.execute(f"CREATE VIEW slides AS SELECT s.*{cols} FROM seg_slides s "
+                        f"LEFT JOIN read_parquet({_quote(meta)}) m ON s.slide_id = m.slide_id")
+        con.execute("CREATE VIEW patches AS SELECT * FROM seg_patches")
+        con.execute("CREATE VIEW subvectors AS SELECT * FROM seg_subvectors")
+        con.execute(f"CREATE VIEW prototypes AS SELECT * FROM read_parquet({_quote(self.snapshot.paths.prototypes)})")
         return con
 
     @cached_property
     def slides(self):
-        """slides.parquet as a pyarrow table."""
+        """Live slides (with their metadata) as a pyarrow table, by slide_row."""
         return self.db.sql("SELECT * FROM slides ORDER BY slide_row").to_arrow_table()
 
     @cached_property
@@ -58,13 +86,24 @@ class Catalog:
         return con
 
     def faiss(self, name: str):
-        """Load (once) the FAISS index ``name`` (slides, slides_mean, subvectors or patches)."""
+        """Load (once) FAISS index ``name`` (slides, slides_mean, subvectors or patches) over all live segments."""
         cache = self.__dict__.setdefault("_faiss", {})
         if name not in cache:
-            from indexer.vector_index import load_index
+            from indexer.vector_index import combine, load_index
 
-            cache[name] = load_index(self.index.faiss(name))
+            files, starts = self.snapshot.faiss_parts(name)
+            if not files:
+                import faiss
+
+                dim = self.manifest["encoder"]["dim"] * (self.manifest["bank"]["K"] if name == "slides" else 1)
+                cache[name] = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            else:
+                cache[name] = combine([load_index(f) for f in files], starts)
         return cache[name]
+
+    def is_current(self) -> bool:
+        """Whether a newer version has been committed since this catalog was opened."""
+        return self.snapshot.is_current()
 
     def allowed_slide_rows(
         self, where: str | None = None, exclude_row: int | None = None, exclude_same: str | None = None
@@ -88,8 +127,8 @@ class Catalog:
 
     def _allowed_rows(self, where: str | None, exclude_row: int | None, exclude_same: str | None) -> np.ndarray | None:
         has_where = where is not None and bool(where.strip())
-        if not has_where and exclude_row is None:
-            return None
+        if not has_where and exclude_row is None and len(self.snapshot.tombstones) == 0:
+            return None  # every vector in the FAISS indexes is a live slide's
         clauses, params = ["status = 'ok'"], []
         if has_where:
             validate_where(where)
@@ -134,18 +173,22 @@ def validate_where(where: str) -> None:
         raise QueryError(f"bad --where {where!r}: only a boolean expression is allowed")
 
 
+def _quote(path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
 def index_info(path: str | Path) -> dict[str, Any]:
-    """Counts, encoder, bank, tiling, FAISS indexes and failed slides of an index, as a dict."""
+    """Identity, version, counts, FAISS indexes, segments and failed slides of an index, as a dict."""
     catalog = Catalog(path)
     m = catalog.manifest
     failed = catalog.db.sql("SELECT slide_id, error FROM slides WHERE status <> 'ok' ORDER BY slide_id").fetchall()
     return {
-        "schema_version": m["schema_version"], "created": m["created"], "updated": m["updated"],
+        "schema_version": m["schema_version"], "created": m["created"], "updated": m["updated"], "version": m["version"],
         "encoder": m["encoder"], "bank": m["bank"], "tiling": m["tiling"], "aggregation": m["aggregation"],
-        "counts": m["counts"], "indexes": m["indexes"], "timings": m.get("timings", {}),
+        "counts": m["counts"], "segments": m["segments"], "indexes": m["indexes"], "timings": m.get("timings", {}),
         "failed": [{"slide_id": s, "error": e} for s, e in failed],
     }

@@ -53,6 +53,15 @@ class SlideSearcher:
         self._encoder = encoder
         self._device = device
 
+    def refresh(self) -> bool:
+        """Move to the newest committed version (the encoder stays loaded); True when there was one."""
+        if self.catalog.is_current():
+            return False
+        self.catalog = Catalog(self.catalog.root)
+        for name in ("arrays", "bank", "_composition", "_derived"):
+            self.__dict__.pop(name, None)
+        return True
+
     @cached_property
     def encoder(self):
         """The index's encoder (checked against the manifest's weights fingerprint)."""
@@ -217,7 +226,8 @@ class SlideSearcher:
 
     def _embed_new_slide(self, path: Path):
         from indexer.aggregate import AggregationConfig, aggregate_slide
-        from indexer.pipeline import IndexConfig, encode_slide
+        from indexer.encode import encode_slide
+        from indexer.pipeline import IndexConfig
         from indexer.tiling import TilingConfig
 
         m = self.catalog.manifest

@@ -87,7 +87,8 @@ class IndexArrays:
     mass: np.ndarray  # (max slide_row + 1, K)
     metadata: list[dict[str, Any] | None]  # slide_row → slides.parquet row
     ids: dict[str, int]  # slide_id → slide_row (indexed slides only)
-    patches: np.ndarray  # patch_row → PATCH_FIELDS record (slide_row, level-0 x, y, size, prototype, similarity)
+    patches: np.ndarray  # patch_row → PATCH_FIELDS record (slide_row, level-0 x, y, size, prototype, similarity);
+    # slide -1 marks ids no live patch holds (ids are never reused, so removals leave gaps)
     slide_patches: np.ndarray  # slide_row → (first patch_row, number of patches), (0, 0) for slides not indexed
     _representatives: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -136,10 +137,12 @@ class IndexArrays:
         sub = db.sql("SELECT slide_row, proto_id, mass FROM subvectors").fetchnumpy()
         mass[sub["slide_row"], sub["proto_id"]] = sub["mass"]
         columns = ("slide_row", "x", "y", "size", "proto", "proto_sim")  # in PATCH_FIELDS order
-        values = db.sql(f"SELECT {', '.join(columns)} FROM patches ORDER BY patch_row").fetchnumpy()
-        patches = np.zeros(len(values["slide_row"]), PATCH_FIELDS)
+        values = db.sql(f"SELECT patch_row, {', '.join(columns)} FROM patches ORDER BY patch_row").fetchnumpy()
+        rows = np.asarray(values["patch_row"], np.int64)
+        patches = np.zeros(int(rows[-1]) + 1 if len(rows) else 0, PATCH_FIELDS)
+        patches["slide"] = -1  # ids of removed or compacted-away patches stay unused
         for field, column in zip(PATCH_FIELDS.names, columns):
-            patches[field] = values[column]
+            patches[field][rows] = values[column]
         metadata: list[dict[str, Any] | None] = [None] * n_rows
         slide_patches = np.zeros((n_rows, 2), np.int64)
         for s in slides:
@@ -170,6 +173,7 @@ class IndexArrays:
             k = self.n_prototypes
             group = self.patch_slide.astype(np.int64) * k + self.patch_proto
             order = np.argsort(group * 4.0 + (1.0 - self.patch_proto_sim), kind="stable")  # 1 − sim ∈ [0, 2] < 4
+            order = order[self.patch_slide[order] >= 0]  # unused ids belong to no slide
             group = group[order]
             starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
             rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))

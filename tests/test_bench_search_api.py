@@ -59,7 +59,7 @@ def test_report_files_and_fields(run):
     assert calls["text"] == 2 and calls["patch"] == 1  # sub-vectors + patches; patches
     assert calls["slide"] == 1  # the slides search; explanations reconstruct all hits' vectors at once
     markdown = (tmp / "out" / "bench_search_api.md").read_text()
-    assert "| 500 | auto | slide | `label = 'c3'` |" in markdown and "--sizes 500" in markdown
+    assert "| 500 | auto | 1 | slide | `label = 'c3'` |" in markdown and "--sizes 500" in markdown
 
 
 def test_synthetic_index_follows_the_contract(bench, run):
@@ -104,11 +104,11 @@ def test_bare_call_matches_a_filtered_search(bench, run):
 
 def test_kept_indexes_are_reused_and_reported_so(bench, run):
     _, tmp = run
-    before = (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "manifest.json").read_text()
+    before = (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "CURRENT").read_text()
     again = bench.main(["--sizes", "500", "--queries", "2", "--warmup", "1", "--flat-at", "", "--encoder", "none",
                         "--keep", str(tmp / "indexes"), "--out", str(tmp / "again")])
     assert again["indexes"]["500/auto"]["reused"] is True
-    assert (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "manifest.json").read_text() == before
+    assert (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "CURRENT").read_text() == before
     assert "| reused (--keep) |" in (tmp / "again" / "bench_search_api.md").read_text()
 
 

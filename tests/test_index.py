@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -20,7 +18,8 @@ import planted  # noqa: F401  (registers the planted encoder used below)
 from indexer.pipeline import IndexConfig, run_index
 from indexer.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
 from indexer.tiling import TilingConfig
-from indexer.vector_index import load_index
+from indexer.vector_index import reconstruct
+from retrieval.catalog import Catalog, index_info
 from retrieval.cli import app
 from assertions import one_error_line
 
@@ -29,11 +28,17 @@ FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
 FAST_TILING = TilingConfig(magnification=10, patch_px=64)
 
 
+def slides_of(index_dir: Path) -> list[dict]:
+    """The live slides (with metadata) of an index's current version."""
+    return Catalog(index_dir).slides.to_pylist()
+
+
 def slide_vectors(index_dir: Path, name: str = "slides") -> dict[str, np.ndarray]:
-    """slide_id → stored vector, read back from the FAISS file by explicit slide_row id."""
-    slides = pq.read_table(index_dir / "slides.parquet").to_pylist()
-    index = load_index(index_dir / f"{name}.faiss")
-    return {s["slide_id"]: index.reconstruct(s["slide_row"]) for s in slides if s["status"] == "ok"}
+    """slide_id → stored vector, read back from the FAISS indexes by explicit slide_row id."""
+    catalog = Catalog(index_dir)
+    ok = [s for s in catalog.slides.to_pylist() if s["status"] == "ok"]
+    vectors = reconstruct(catalog.faiss(name), np.array([s["slide_row"] for s in ok], np.int64))
+    return {s["slide_id"]: v for s, v in zip(ok, vectors)}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,7 @@ def test_cohort_with_broken_slides_exits_3_and_lists_them(cohort, tmp_path):
     result = CliRunner().invoke(app, ["index", str(folder), *extra, "--out", str(out), "--metadata", str(csv), *FAST])
     assert result.exit_code == 3, result.output
     assert "failed corrupt" in result.output.replace("\n", " ")
-    slides = pq.read_table(out / "slides.parquet").to_pylist()
+    slides = slides_of(out)
     ok = {s["slide_id"] for s in slides if s["status"] == "ok"}
     assert ok == {p.stem for p in folder.glob("*.tif")} and len(ok) == 20
     failed = {s["slide_id"]: s["error"] for s in slides if s["status"] != "ok"}
@@ -84,12 +89,12 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     proc = _run_cli([*args, "--out", str(killed)])
     deadline = time.time() + 240
-    while not list((killed / "features").glob("*.npz")) and time.time() < deadline and proc.poll() is None:
+    while not list((killed / "staging").glob("*.npz")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    staged = len(list((killed / "features").glob("*.npz")))
-    assert 1 <= staged < 8 and not (killed / "manifest.json").exists(), "the kill must land mid-way"
+    staged = len(list((killed / "staging").glob("*.npz")))
+    assert 1 <= staged < 8 and not (killed / "CURRENT").exists(), "the kill must land mid-way"
 
     assert _run_cli([*args, "--out", str(killed)]).wait(timeout=300) == 0
     for name in ("slides", "slides_mean"):
@@ -97,9 +102,9 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
         assert set(ref) == set(got) and len(ref) == 8
         for slide_id in ref:
             np.testing.assert_array_equal(ref[slide_id], got[slide_id])
-    ref_rows = pq.read_table(reference / "slides.parquet", columns=["slide_id", "slide_row", "n_patches"])
-    assert ref_rows.equals(pq.read_table(killed / "slides.parquet", columns=["slide_id", "slide_row", "n_patches"]))
-    assert not list(killed.rglob(".*.tmp"))
+    columns = ("slide_id", "slide_row", "n_patches", "patch_row_start")
+    assert [[s[c] for c in columns] for s in slides_of(reference)] == [[s[c] for c in columns] for s in slides_of(killed)]
+    assert not list(killed.rglob(".*.tmp")) and not list((killed / "staging").iterdir())
 
 
 def _small_slide(path: Path, tissue: str, seed: int) -> Path:
@@ -131,20 +136,20 @@ def test_rerun_skips_append_adds_change_reindexes_remove_deletes(tmp_path, monke
     os.utime(folder / "A1.tif", ns=(1, 1))  # same content, new mtime: hashed, still skipped
     appended = run_index([folder], out, config, show_progress=False)
     assert appended.indexed == ["A3"] and sorted(appended.skipped) == ["A0", "A1", "A2"]
-    rows = {r["slide_id"]: r["slide_row"] for r in pq.read_table(out / "slides.parquet").to_pylist()}
+    rows = {r["slide_id"]: r["slide_row"] for r in slides_of(out)}
     assert [rows[f"A{i}"] for i in range(4)] == [0, 1, 2, 3]
 
-    _small_slide(folder / "A0.tif", "adipose", 9)  # changed content
+    _small_slide(folder / "A0.tif", "adipose", 9)  # changed content: a new row replaces the old one
     changed = run_index([folder], out, config, show_progress=False)
     assert changed.indexed == ["A0"]
     after = slide_vectors(out)
     assert not np.allclose(after["A0"], before["A0"]) and np.array_equal(after["A2"], before["A2"])
+    assert {r["slide_id"]: r["slide_row"] for r in slides_of(out)} == {"A0": 4, "A1": 1, "A2": 2, "A3": 3}
 
     result = CliRunner().invoke(app, ["remove", str(out), "A1", "A2"])
     assert result.exit_code == 0, result.output
     assert set(slide_vectors(out)) == {"A0", "A3"}
-    assert load_index(out / "patches.faiss").ntotal == sum(
-        r["n_patches"] for r in pq.read_table(out / "slides.parquet").to_pylist())
+    assert index_info(out)["counts"]["patches"] == sum(r["n_patches"] for r in slides_of(out))
     missing = CliRunner().invoke(app, ["remove", str(out), "nope"])
     assert missing.exit_code == 2 and "nope" in one_error_line(missing)
 
@@ -216,22 +221,22 @@ def test_trident_h5_import_gives_the_same_slide_vectors(tmp_path):
     assert set(encoded) == set(imported) == {"H0", "H1"}
     for slide_id in encoded:
         np.testing.assert_allclose(imported[slide_id], encoded[slide_id], atol=2e-3)
-    manifest = json.loads((tmp_path / "imported" / "manifest.json").read_text())
-    assert manifest["features_imported"] is True
+    identity = json.loads((tmp_path / "imported" / "index.json").read_text())
+    assert identity["features_imported"] is True
 
 
-def test_manifest_records_index_choice_and_stage_timings(tmp_path):
+def test_version_records_index_choice_and_stage_timings(tmp_path):
     folder = tmp_path / "slides"
     folder.mkdir()
     _small_slide(folder / "M0.tif", "stroma", 0)
     out = tmp_path / "idx"
     run_index([folder], out, IndexConfig(model="tiny", tiling=FAST_TILING, num_workers=0), show_progress=False)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["encoder"]["name"] == "tiny"
-    assert manifest["bank"]["name"] == "general" and manifest["bank"]["K"] >= 16
-    assert all(entry["factory"] == "Flat" and entry["recall_at_10"] == 1.0 for entry in manifest["indexes"].values())
-    assert {"load model", "open", "tissue", "tile", "embed", "aggregate", "tables", "faiss"} <= set(manifest["timings"])
-    shutil.rmtree(out / "features")  # the index stays readable: features are only needed to rebuild
+    info = index_info(out)
+    assert info["schema_version"] == 2 and info["encoder"]["name"] == "tiny" and info["version"] == 1
+    assert info["bank"]["name"] == "general" and info["bank"]["K"] >= 16
+    assert all(entry["factory"] == "Flat" and entry["recall_at_10"] == 1.0 for entry in info["indexes"].values())
+    assert {"load model", "open", "tissue", "tile", "embed", "aggregate", "tables", "faiss"} <= set(info["timings"])
+    assert not list((out / "staging").iterdir())  # a commit takes its slides out of staging
     assert CliRunner().invoke(app, ["info", str(out)]).exit_code == 0
 
 
@@ -241,7 +246,7 @@ def test_memory_budget_switches_to_approximate_indexes_with_measured_recall(coho
     result = CliRunner().invoke(app, ["index", str(folder), "--out", str(out), "--metadata", str(csv),
                                       "--max-index-memory", "200KB", *FAST])
     assert result.exit_code == 0, result.output
-    entries = json.loads((out / "manifest.json").read_text())["indexes"]
+    entries = index_info(out)["indexes"]
     assert entries["patches"]["kind"] == "ivf_pq" and entries["patches"]["nbytes"] < 200 * 1024
     assert 0.0 < entries["patches"]["recall_at_10"] < 1.0  # measured against exact search, not assumed
     hits = CliRunner().invoke(app, ["search", "slide", str(out), "P000-S1", "-k", "3", "--json"])

@@ -1,4 +1,4 @@
-"""`slidesearch index`, `info` and `remove`: build, describe and edit an index directory."""
+"""`slidesearch index`, `info`, `remove`, `metadata`, `compact` and `migrate`: build, describe and edit an index."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def index_command(
     alpha: Optional[float] = typer.Option(None, help="Prototype refinement weight (1 = text prototypes only)."),
     max_index_memory: Optional[str] = typer.Option(None, help="Memory budget per FAISS index, e.g. 4GB."),
     features: Optional[Path] = typer.Option(None, help="Import TRIDENT/CLAM .h5 features from this folder instead of encoding."),
+    commit_every: Optional[int] = typer.Option(None, help="Commit a version every N slides (searchable while it runs)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer of the index instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -72,11 +74,12 @@ def index_command(
         model=model, checkpoint=checkpoint, device=device, batch_size=batch_size, num_workers=workers,
         tiling=TilingConfig(magnification=mag, patch_px=patch, min_tissue=min_tissue), max_patches=max_patches,
         mpp=mpp, bank=bank, aggregation=aggregation, max_index_memory=parse_bytes(max_index_memory),
-        features_dir=str(features) if features else None,
+        features_dir=str(features) if features else None, wait=wait, commit_every=commit_every,
     )
     report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json))
     summary = {
-        "out": str(report.out), "indexed": report.indexed, "skipped": report.skipped, "failed": report.failed,
+        "out": str(report.out), "version": report.version, "indexed": report.indexed, "resumed": report.resumed,
+        "skipped": report.skipped, "failed": report.failed, "notes": report.notes,
         "patches_encoded": report.patches_encoded, "counts": report.counts,
         "timings_s": {k: round(v, 3) for k, v in report.timings.items()},
     }
@@ -92,12 +95,15 @@ def _print_summary(summary: dict) -> None:
 
     console = Console()
     console.print(
-        f"[bold]{summary['out']}[/]: {len(summary['indexed'])} indexed, {len(summary['skipped'])} already indexed, "
+        f"[bold]{summary['out']}[/] (version {summary['version']}): {len(summary['indexed'])} indexed, "
+        f"{len(summary['resumed'])} resumed, {len(summary['skipped'])} already indexed, "
         f"{len(summary['failed'])} failed; {summary['patches_encoded']:,} patches encoded; "
         f"{summary['counts'].get('slides_ok', 0)} slides / {summary['counts'].get('patches', 0):,} patches in the index"
     )
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items())
     console.print(f"time by stage: {timing}")
+    for note in summary["notes"]:
+        console.print(note, highlight=False, markup=False)
     for slide_id, reason in summary["failed"].items():
         console.print(f"[red]failed[/] {slide_id}: {reason}", highlight=False)
 
@@ -108,7 +114,7 @@ def info_command(
     index: Path = typer.Argument(..., help="Index directory."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Describe an index: counts, encoder, bank, FAISS index types and sizes, failed slides."""
+    """Describe an index: version, counts, encoder, bank, segments, FAISS index types and sizes, failed slides."""
     from retrieval.catalog import index_info
 
     info = index_info(index)
@@ -120,10 +126,12 @@ def info_command(
 
     console = Console()
     enc, bank, counts = info["encoder"], info["bank"], info["counts"]
-    console.print(f"[bold]{index}[/] (schema {info['schema_version']}, updated {info['updated']})")
+    console.print(f"[bold]{index}[/] (schema {info['schema_version']}, version {info['version']}, "
+                  f"{info['segments']} segments, updated {info['updated']})")
     console.print(f"encoder {enc['name']} (dim {enc['dim']}, weights {enc['weights_sha256'][:12]}); "
                   f"bank {bank['name']} (K={bank['K']}); tiling {info['tiling']}")
-    console.print(f"{counts['slides_ok']} slides indexed, {counts['slides_failed']} failed, {counts['patches']:,} patches")
+    console.print(f"{counts['slides_ok']} slides indexed, {counts['slides_failed']} failed, {counts['patches']:,} patches"
+                  + (f", {counts['tombstoned']} removed (space freed by `slidesearch compact`)" if counts.get("tombstoned") else ""))
     table = Table("index", "type", "vectors", "dim", "recall@10", "size")
     for name, entry in info["indexes"].items():
         table.add_row(name, entry["factory"], f"{entry['count']:,}", str(entry["dim"]),
@@ -137,10 +145,67 @@ def info_command(
 @guarded
 def remove_command(
     index: Path = typer.Argument(..., help="Index directory."),
-    slide_ids: List[str] = typer.Argument(..., help="slide_id values to delete."),
+    slide_ids: List[str] = typer.Argument(..., help="slide_id values to remove."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of refusing."),
 ) -> None:
-    """Delete slides from an index and rewrite its tables and FAISS indexes."""
-    from indexer.assemble import remove_slides
+    """Remove slides (tombstones: they vanish from every query at once; `compact` frees their space)."""
+    from indexer.store.writer import IndexWriter
 
-    assembled = remove_slides(index, slide_ids)
-    typer.echo(f"removed {len(slide_ids)} slide(s); {assembled.counts['slides_ok']} slides remain in {index}")
+    with IndexWriter(index, wait=wait) as writer:
+        version = writer.remove(slide_ids)
+    typer.echo(f"removed {len(set(slide_ids))} slide(s); {version.counts['slides_ok']} slides remain in {index} "
+               f"(version {version.number})")
+
+
+@app.command("metadata")
+@guarded
+def metadata_command(
+    index: Path = typer.Argument(..., help="Index directory."),
+    csv: Path = typer.Argument(..., help="CSV with slide_id (or filename/path) and columns; `name:int` declares a type."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of refusing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Merge metadata into an index without encoding: columns are added, values updated, other slides keep theirs."""
+    from indexer.metadata import read_metadata_csv, unmatched_summary
+    from indexer.store.writer import IndexWriter
+
+    table = read_metadata_csv(csv)
+    with IndexWriter(index, wait=wait) as writer:
+        version = writer.update_metadata(table)
+        line = unmatched_summary(table, writer.live_slides)
+    if as_json:
+        print_json({"version": version.number, "columns": table.column_names[1:], "rows": table.num_rows, "summary": line})
+    else:
+        typer.echo(f"{line} (version {version.number})")
+
+
+@app.command("compact")
+@guarded
+def compact_command(
+    index: Path = typer.Argument(..., help="Index directory."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of refusing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Merge all segments into one, dropping removed slides; then delete files no version in use names."""
+    from indexer.store.compact import compact
+
+    summary = compact(index, wait=wait)
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(f"{index}: {summary['segments_before']} segments -> {summary['segments_after']} (version "
+                   f"{summary['version']}); removed {summary['removed']['segments']} old segments and "
+                   f"{summary['removed']['versions']} old versions")
+
+
+@app.command("migrate")
+@guarded
+def migrate_command(
+    index: Path = typer.Argument(..., help="A version 1 index directory."),
+) -> None:
+    """Convert a version 1 index to version 2 in place, reusing its stored features (encodes nothing)."""
+    from indexer.store.migrate import migrate
+
+    version = migrate(index)
+    typer.echo(f"{index}: migrated to schema version 2 (version {version.number}, "
+               f"{version.counts['slides_ok']} slides, {version.counts['patches']:,} patches)")

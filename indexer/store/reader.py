@@ -1,0 +1,125 @@
+"""A reader's view of an index: one version, read once from ``CURRENT`` and held with a shared lock on its
+version file (so vacuum never deletes it underneath); never touches the writer's lock or staging."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import IndexError_
+from indexer.store.identity import IndexSettings
+from indexer.store.layout import IndexPaths
+from indexer.store.versions import Version, read_tombstones
+from indexer.store.writer import read_identity
+
+_ATTEMPTS = 5  # CURRENT may move (and vacuum delete the version it named) between two reads
+
+
+class Snapshot:
+    """The files of one committed version of an index.
+
+    Args:
+        root: the index directory.
+
+    Raises:
+        IndexError_: no such directory, not an index, nothing committed yet, or a version 1 index.
+    """
+
+    _fd: int | None = None
+
+    def __init__(self, root: str | Path):
+        self.paths = IndexPaths(Path(root))
+        root = self.paths.root
+        if not root.is_dir():
+            raise IndexError_(f"{root}: no such index directory")
+        if self.paths.legacy_manifest.is_file():
+            raise IndexError_(f"{root} is a version 1 index; convert it with `slidesearch migrate {root}` "
+                              "(reuses the stored features, encodes nothing)")
+        self.settings: IndexSettings | None = read_identity(self.paths)
+        if self.settings is None:
+            raise IndexError_(f"{root}: not a slidesearch index (no index.json); build one with `slidesearch index`")
+        self.version = self._open_current()
+
+    def _open_current(self) -> Version:
+        for _ in range(_ATTEMPTS):
+            if not self.paths.current.is_file():
+                raise IndexError_(f"{self.paths.root}: no committed version yet (an `index` run is in progress "
+                                  "or was interrupted; re-run it to finish)")
+            name = self.paths.current.read_text().strip()
+            try:
+                fd = os.open(self.paths.versions / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                version = Version.from_json(json.loads(os.pread(fd, 1 << 26, 0).decode()))
+            except (ValueError, TypeError) as exc:
+                os.close(fd)
+                raise IndexError_(f"{self.paths.root}: version file {name} is unreadable ({exc})") from None
+            self._fd = fd
+            return version
+        raise IndexError_(f"{self.paths.root}: CURRENT keeps naming missing versions")
+
+    def is_current(self) -> bool:
+        """Whether this snapshot is still the live version."""
+        try:
+            return self.paths.current.read_text().strip() == f"v{self.version.number:06d}.json"
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Release the version (vacuum may then delete its files once it is no longer live)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    @cached_property
+    def tombstones(self) -> np.ndarray:
+        """Sorted removed slide_rows."""
+        return read_tombstones(self.paths, self.version)
+
+    def segment_dirs(self) -> list[Path]:
+        return [self.paths.segment(s["id"]) for s in self.version.segments]
+
+    def table_files(self, name: str) -> list[str]:
+        """The ``<name>.parquet`` file of every live segment."""
+        return [str(d / f"{name}.parquet") for d in self.segment_dirs()]
+
+    @property
+    def metadata_file(self) -> str | None:
+        return None if self.version.metadata is None else str(self.paths.root / self.version.metadata)
+
+    def faiss_parts(self, name: str) -> tuple[list[Path], list[int]]:
+        """FAISS files of index ``name`` per segment and the first id each may hold."""
+        k = int(self.settings.bank["K"])
+        key = "patch_rows" if name == "patches" else "slide_rows"
+        scale = k if name == "subvectors" else 1
+        return ([d / f"{name}.faiss" for d in self.segment_dirs()],
+                [int(s[key][0]) * scale for s in self.version.segments])
+
+    def manifest(self) -> dict:
+        """Identity and version facts in one dict (what `slidesearch info` shows)."""
+        indexes: dict[str, dict] = {}
+        for segment in self.version.segments:
+            for name, entry in segment["faiss"].items():
+                agg = indexes.setdefault(name, {"kind": set(), "factory": set(), "count": 0, "dim": entry["dim"],
+                                                "nbytes": 0, "recall_at_10": 1.0, "segments": 0})
+                agg["kind"].add(entry["kind"])
+                agg["factory"].add(entry["factory"])
+                agg["count"] += entry["count"]
+                agg["nbytes"] += entry["nbytes"]
+                agg["segments"] += 1
+                agg["recall_at_10"] = min(agg["recall_at_10"], entry["recall_at_10"])
+        for agg in indexes.values():
+            agg["kind"], agg["factory"] = "+".join(sorted(agg["kind"])), "+".join(sorted(agg["factory"]))
+        v = self.version
+        return {**self.settings.to_json(), "version": v.number, "updated": v.created, "counts": v.counts,
+                "segments": len(v.segments), "indexes": indexes, "timings": v.timings, "operation": v.operation}
