@@ -72,18 +72,11 @@ class Catalog:
         return self.db.sql("SELECT * FROM slides ORDER BY slide_row").to_arrow_table()
 
     @cached_property
-    def _filter_db(self):
-        """A sandboxed DuckDB holding only the slides table: no files, no settings changes, so any
-        user-written filter expression is harmless."""
-        import duckdb
+    def filters(self):
+        """The slides table in a sandboxed DuckDB that evaluates parsed ``--where`` filters (retrieval/filters.py)."""
+        from retrieval.filters import FilterEngine
 
-        con = duckdb.connect()
-        con.register("slides_arrow", self.slides)
-        con.execute("CREATE TABLE slides AS SELECT * FROM slides_arrow")
-        con.unregister("slides_arrow")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        return con
+        return FilterEngine(self.slides)
 
     def faiss(self, name: str):
         """Load (once) FAISS index ``name`` (slides, slides_mean, subvectors or patches) over all live segments."""
@@ -129,10 +122,8 @@ class Catalog:
         has_where = where is not None and bool(where.strip())
         if not has_where and exclude_row is None and len(self.snapshot.tombstones) == 0:
             return None  # every vector in the FAISS indexes is a live slide's
+        parsed = self.filters.parse(where) if has_where else None  # QueryError for anything but one expression
         clauses, params = ["status = 'ok'"], []
-        if has_where:
-            validate_where(where)
-            clauses.append(f"({where})")
         if exclude_row is not None:
             clauses.append("slide_row <> ?")
             params.append(int(exclude_row))
@@ -142,35 +133,9 @@ class Catalog:
                 column = '"' + exclude_same.replace('"', '""') + '"'
                 clauses.append(f"{column} IS DISTINCT FROM (SELECT {column} FROM slides WHERE slide_row = ?)")
                 params.append(int(exclude_row))
-        return self._select_rows(" AND ".join(clauses), params, where)
-
-    def _select_rows(self, condition: str, params: list, where: str | None) -> np.ndarray:
-        import duckdb
-
-        try:
-            rows = self._filter_db.execute(f"SELECT slide_row FROM slides WHERE {condition}", params).fetchall()
-        except duckdb.BinderException as exc:
-            columns = ", ".join(self.slides.column_names)
-            raise QueryError(f"bad --where {where!r}: {_first_line(exc)} (columns: {columns})") from None
-        except duckdb.Error as exc:
-            raise QueryError(f"bad --where {where!r}: {_first_line(exc)}") from None
-        allowed = np.asarray([r[0] for r in rows], dtype=np.int64)
+        allowed = self.filters.rows(parsed, " AND ".join(clauses), params)
         allowed.flags.writeable = False  # shared by every query with the same filter
         return allowed
-
-
-def validate_where(where: str) -> None:
-    """Accept only one boolean expression: no statements, semicolons or comments."""
-    import duckdb
-
-    if ";" in where or "--" in where or "/*" in where:
-        raise QueryError(f"bad --where {where!r}: only a boolean expression is allowed (no ';' or comments)")
-    try:
-        statements = duckdb.extract_statements(f"SELECT 1 FROM slides WHERE ({where})")
-    except duckdb.Error as exc:
-        raise QueryError(f"bad --where {where!r}: {_first_line(exc)}") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise QueryError(f"bad --where {where!r}: only a boolean expression is allowed")
 
 
 def _quote(path) -> str:
