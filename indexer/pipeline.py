@@ -99,16 +99,26 @@ def prototype_table(bank, text_prototypes: np.ndarray):
 
 
 def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand files and directories (searched recursively) into slide files, sorted, without duplicates."""
+    """Expand files and directories (searched recursively) into slide inputs, sorted, without duplicates.
+
+    A folder holding DICOM files (``.dcm``, or no suffix and the DICOM preamble) is one DICOM-WSI slide,
+    as is a ``.dcm`` file given by name (its folder is the slide); its slide id is the folder's name.
+    """
+    from indexer.slides.dicom import dicom_folder, is_dicom_file
+
     found: dict[Path, None] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
+                if not child.is_file():
+                    continue
+                if is_dicom_file(child):
+                    found[child.parent.resolve()] = None
+                elif child.suffix.lower() in SLIDE_SUFFIXES:
                     found[child.resolve()] = None
         elif path.exists():
-            found[path.resolve()] = None
+            found[(dicom_folder(path) or path).resolve()] = None
         else:
             raise UserError(f"{path}: no such file or directory")
     if not found:
@@ -116,7 +126,7 @@ def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
     paths = list(found)
     ids = defaultdict(list)
     for p in paths:
-        ids[p.stem].append(p)
+        ids[slide_id_from_name(p.name)].append(p)
     dupes = {k: v for k, v in ids.items() if len(v) > 1}
     if dupes:
         name, where = next(iter(dupes.items()))

@@ -9,7 +9,10 @@ from PIL import Image
 
 from indexer.errors import SlideError
 from indexer.slides import Slide
+from indexer.slides.limits import MAX_READ_PIXELS
 from indexer.tissue import TissueMask, detect_tissue
+
+_GRID_CHUNK = 1 << 20  # grid cells scored per pass
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ def patch_geometry(slide: Slide, config: TilingConfig) -> tuple[int, int, int]:
     size = max(1, round(config.patch_px * target_mpp / slide.mpp))
     level = slide.best_level_for_downsample(size / config.patch_px)
     read_px = max(1, round(size / slide.level_downsamples[level]))
+    if read_px * read_px > MAX_READ_PIXELS:
+        raise SlideError(f"{slide.path}: {config.patch_px}-px patches at {config.magnification:g}x need "
+                         f"{read_px}x{read_px}-px reads from level {level} (the slide has no level near that "
+                         f"magnification; limit {MAX_READ_PIXELS:,} px); use a higher --mag")
     return size, level, read_px
 
 
@@ -78,11 +85,14 @@ def tile_slide(slide: Slide, config: TilingConfig = TilingConfig(), mask: Tissue
     width, height = slide.dimensions
     xs = np.arange(0, width, size, dtype=np.int64)
     ys = np.arange(0, height, size, dtype=np.int64)
-    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-    coords = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
-    fractions = mask.fraction(coords[:, 0], coords[:, 1], size) if len(coords) else np.zeros(0)
-    keep = np.asarray(fractions) >= config.min_tissue
-    return TileGrid(np.ascontiguousarray(coords[keep]), size, level, read_px, config.patch_px)
+    kept = [np.zeros((0, 2), np.int64)]
+    rows = max(1, _GRID_CHUNK // max(1, len(xs)))  # grid rows per pass: memory bounded by the kept patches
+    for start in range(0, len(ys), rows):
+        grid_y, grid_x = np.meshgrid(ys[start:start + rows], xs, indexing="ij")
+        coords = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+        fractions = mask.fraction(coords[:, 0], coords[:, 1], size) if len(coords) else np.zeros(0)
+        kept.append(coords[np.asarray(fractions) >= config.min_tissue])
+    return TileGrid(np.ascontiguousarray(np.concatenate(kept)), size, level, read_px, config.patch_px)
 
 
 def read_patch(slide: Slide, grid: TileGrid, index: int) -> Image.Image:

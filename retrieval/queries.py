@@ -79,22 +79,43 @@ def parse_region(text: str) -> Region | None:
 
 
 def load_query_image(path: str | Path):
-    """Open an image file as RGB, with a one-line error when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    """Open an image file as RGB, with a one-line error when it cannot be read or is too large.
+
+    The file may have at most ``MAX_QUERY_BYTES`` bytes and its header at most ``MAX_QUERY_PIXELS``
+    px (``indexer.slides.limits``; env ``SLIDESEARCH_MAX_QUERY_BYTES`` / ``_PIXELS``), checked before
+    any pixel is decoded.
+    """
+    from PIL import Image
+
+    from indexer.slides.limits import ENV, limit, over_limit, pil_pixel_limit
 
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"{path}: no such image file")
+    size, cap = path.stat().st_size, limit("MAX_QUERY_BYTES")
+    if size > cap:
+        raise QueryError(f"{path}: {size:,} bytes is over the limit of {cap:,} bytes for a query image; "
+                         f"set {ENV['MAX_QUERY_BYTES']} to raise it")
     try:
-        with Image.open(path) as img:
+        with pil_pixel_limit(limit("MAX_QUERY_PIXELS")), Image.open(path) as img:
+            why = over_limit(*img.size, "MAX_QUERY_PIXELS")
+            if why:
+                raise QueryError(f"{path}: query image of {why}")
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except QueryError:
+        raise
+    except Image.DecompressionBombError:
+        raise QueryError(f"{path}: query image is over the limit of {limit('MAX_QUERY_PIXELS'):,} px") from None
+    except MemoryError:
+        raise QueryError(f"{path}: out of memory decoding the query image") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds of errors for corrupt files
         raise QueryError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
 def read_region_image(slide_path: str, slide_mpp: float, region: Region, magnification: float):
-    """Read ``region`` of a slide at the index's magnification (RGB PIL image)."""
+    """Read ``region`` of a slide at the index's magnification (RGB PIL image), within ``MAX_QUERY_PIXELS``."""
     from indexer.slides import open_slide
+    from indexer.slides.limits import over_limit
 
     with open_slide(slide_path, mpp=slide_mpp) as slide:
         width, height = slide.dimensions
@@ -104,6 +125,9 @@ def read_region_image(slide_path: str, slide_mpp: float, region: Region, magnifi
         level = slide.best_level_for_downsample(downsample)
         level_ds = slide.level_downsamples[level]
         size = (max(1, round(region.w / level_ds)), max(1, round(region.h / level_ds)))
+        why = over_limit(*size, "MAX_QUERY_PIXELS")
+        if why:
+            raise QueryError(f"region {region}: its read at level {level}, {why}; choose a smaller region")
         img = slide.read_region((region.x, region.y), level, size)
     target = (max(1, round(region.w / downsample)), max(1, round(region.h / downsample)))
     return img if img.size == target else img.resize(target)

@@ -13,7 +13,7 @@ from retrieval.cli_app import app, guarded, print_json
 @app.command()
 @guarded
 def tiles(
-    slide: Path = typer.Argument(..., help="Slide file (SVS, NDPI, MRXS, tiled TIFF …) or plain image."),
+    slide: Path = typer.Argument(..., help="Slide file (SVS, NDPI, MRXS, tiled TIFF …), DICOM-WSI folder, or plain image."),
     mag: float = typer.Option(20.0, "--mag", min=0.1, help="Target magnification (10 / microns per pixel)."),
     patch: int = typer.Option(224, "--patch", min=8, help="Patch side in pixels at the target magnification."),
     mpp: Optional[float] = typer.Option(
@@ -42,8 +42,8 @@ def tiles(
                 from indexer.thumbnail import render_tiling_thumbnail
 
                 render_tiling_thumbnail(opened, grid, mask, thumbnail)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise SlideError(f"{slide}: cannot tile: {exc}") from exc
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            raise SlideError(f"{slide}: cannot tile: {str(exc).strip() or type(exc).__name__}") from None
         result: dict[str, Any] = {
             **opened.facts(),
             "tiling": {"magnification": mag, "patch_px": patch, "min_tissue": min_tissue,
