@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class Catalog:
         from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA
 
         con = duckdb.connect()
+        con.execute(f"SET temp_directory = {_quote(tempfile.gettempdir())}")  # never spill into the user's folder
         con.register("tombstones", pa.table({"slide_row": self.snapshot.tombstones}))
         for name, schema in (("slides", SLIDE_SCHEMA), ("patches", PATCH_SCHEMA), ("subvectors", SUB_SCHEMA)):
             files = self.snapshot.table_files(name)

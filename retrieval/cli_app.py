@@ -27,7 +27,7 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors (and unreadable files) into one stderr line and a non-zero exit."""
+    """Turn user errors, failures of the file system and interrupts into one stderr line and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -35,10 +35,13 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except UserError as exc:
             fail(str(exc), exc.exit_code)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except OSError as exc:  # disk full, permission denied, a name too long: never a traceback
+            where = f": {str(exc.filename)[:200]}" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where} (an index keeps its last committed version)")
+        except MemoryError:
+            fail("out of memory (an index keeps its last committed version)")
         except KeyboardInterrupt:
-            fail("interrupted; re-run the same command to resume", 130)
+            fail("interrupted; re-run the same command to resume (an index keeps its last committed version)", 130)
 
     return wrapper
 

@@ -208,14 +208,15 @@ class SlideSearcher:
         if row is not None:
             proto_vec = self.arrays.slide_vector(self.catalog, row, "slides")
             query_vec = proto_vec if mode == "proto" else self.arrays.slide_vector(self.catalog, row, "slides_mean")
-        elif Path(slide).is_file():
+        elif _is_file(slide):
             if exclude_same:
                 raise QueryError("--exclude-same needs an indexed slide_id (a new slide file has no metadata)")
             emb = self._embed_new_slide(Path(slide))
             proto_vec = emb.slide_vector
             query_vec = proto_vec if mode == "proto" else emb.mean_vector
         else:
-            raise QueryError(f"unknown slide {slide!r}: not a slide_id of this index nor a slide file")
+            shown = repr(str(slide)[:80]) + ("..." if len(str(slide)) > 80 else "")
+            raise QueryError(f"unknown slide {shown}: not a slide_id of this index nor a slide file")
         allowed = self.catalog.allowed_slide_rows(where, exclude_row=row if exclude_same else None, exclude_same=exclude_same)
         name = "slides" if mode == "proto" else "slides_mean"
         sims, rows = vi.search(self.catalog.faiss(name), query_vec[None], k, allowed)
@@ -320,6 +321,14 @@ class SlideSearcher:
             meta = arrays.metadata[row]
             hits.append(SearchHit(rank, meta["slide_id"], row, score, meta, tuple(shown_protos), tuple(shown_patches)))
         return tuple(hits)
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file (False for names the OS cannot even look up)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _check_k(k: int) -> None:
