@@ -21,7 +21,8 @@ from indexer.encoders import file_sha256
 from indexer.errors import UserError
 from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
 from indexer.progress import StageProgress
-from indexer.slide_ids import SLIDE_SUFFIXES, check_slide_id, slide_id_from_name
+from indexer.slide_ids import SLIDE_SUFFIXES, check_slide_id
+from indexer.slides import slide_id as slide_id_of
 from indexer.store.identity import IndexSettings
 from indexer.store.writer import IndexWriter
 from indexer.tiling import TilingConfig
@@ -126,7 +127,7 @@ def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
     paths = list(found)
     ids = defaultdict(list)
     for p in paths:
-        ids[slide_id_from_name(p.name)].append(p)
+        ids[slide_id_of(p)].append(p)
     dupes = {k: v for k, v in ids.items() if len(v) > 1}
     if dupes:
         name, where = next(iter(dupes.items()))
@@ -157,7 +158,7 @@ def run_index(
     from indexer.store.compact import auto_merge
 
     # Every check comes before the first write: a refused run leaves the index as it was.
-    slides = [(check_slide_id(slide_id_from_name(p.name)), p) for p in collect_slides(inputs)]
+    slides = [(check_slide_id(slide_id_of(p)), p) for p in collect_slides(inputs)]
     new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
     timings: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()

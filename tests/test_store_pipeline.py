@@ -230,3 +230,35 @@ def test_disk_full_stops_the_run_with_one_line_and_keeps_the_last_version(tmp_pa
     assert result.exit_code != 0 and result.stderr.count("\n") == 1 and "No space left" in result.stderr
     monkeypatch.undo()
     assert live(out) == before and not list(out.rglob("*.tmp"))
+
+
+def test_an_interrupt_stops_the_run_with_one_line_at_the_last_version(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "idx"
+    first = subprocess.run([sys.executable, "-c", RUN, "index", str(slides(tmp_path / "first", ("Z",), ("stroma",))),
+                            "--out", str(out), *FAST], capture_output=True, timeout=300)
+    assert first.returncode == 0
+    before = live(out)
+    folder = slides(tmp_path / "s", ("A", "B", "C", "D", "E", "F"), ("tumour", "mucin") * 3)
+    proc = subprocess.Popen([sys.executable, "-c", RUN, "index", str(folder), "--out", str(out), *FAST],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((out / "staging").glob("*.npz")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and err.count("\n") == 1 and "interrupted" in err, err
+    assert live(out) == before  # nothing of the interrupted run is visible, nothing indexed is lost
+
+
+def test_multi_dot_names_and_text_ids_match_the_metadata(tmp_path, run_cli):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    write_slide(folder / "A.ome.tiff", SyntheticSlideSpec(1024, 1024, (Region(0, 0, 1024, 1024, "tumour"),), seed=0))
+    csv = tmp_path / "m.csv"
+    csv.write_text("filename,patient_id\nA.ome.tiff,007\n")
+    result = run_cli("index", folder, "--out", tmp_path / "idx", "--metadata", csv, *FAST)
+    assert result.exit_code == 0, result.output
+    assert live(tmp_path / "idx")["A"]["patient_id"] == "007" and "1 rows matched" in result.stdout
