@@ -79,6 +79,17 @@ def test_ids_are_stable_across_adds_removals_and_compaction(tmp_path):
     assert rows_of(root)["A2"][0] == 8  # a new id, never a removed one (A was 0, F was 5)
 
 
+def test_patch_features_of_a_slide_are_its_staged_features_after_removal_and_compaction(tmp_path):
+    root = built(tmp_path, "base", "add")
+    with IndexWriter(root) as writer:
+        writer.remove(["A", "D"])
+    compact(root)
+    catalog = Catalog(root)
+    for s in catalog.slides.to_pylist():
+        got = catalog.snapshot.patch_features(s["slide_row"], s["patch_row_start"], s["n_patches"])
+        np.testing.assert_array_equal(got, scenario.staged(s["slide_id"]).features)
+
+
 def test_a_reader_keeps_its_version_until_refresh(tmp_path):
     root = built(tmp_path, "base")
     searcher = SlideSearcher(root, encoder=VectorEncoder())

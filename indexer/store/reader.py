@@ -105,6 +105,23 @@ class Snapshot:
         return ([d / f"{name}.faiss" for d in self.segment_dirs()],
                 [int(s[key][0]) * scale for s in self.version.segments])
 
+    def patch_features(self, slide_row: int, patch_row_start: int, n_patches: int) -> np.ndarray:
+        """The float16 patch features (n_patches, d) of one live slide, read through the segment's memory map."""
+        from indexer.store.segments import SegmentFiles
+
+        for segment, folder in zip(self.version.segments, self.segment_dirs()):
+            lo, hi = segment["slide_rows"]
+            if lo <= slide_row < hi:
+                files = self._segment_files.setdefault(segment["id"], SegmentFiles(folder))
+                rows = files.patch_rows()
+                start = int(np.searchsorted(rows, patch_row_start))
+                return files.features[start:start + n_patches]
+        raise IndexError_(f"slide_row {slide_row} is in no live segment of {self.paths.root}")
+
+    @cached_property
+    def _segment_files(self) -> dict:
+        return {}
+
     def manifest(self) -> dict:
         """Identity and version facts in one dict (what `slidesearch info` shows)."""
         indexes: dict[str, dict] = {}

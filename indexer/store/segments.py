@@ -210,7 +210,10 @@ class SegmentFiles:
         return np.load(self.folder / "vector_rows.npy")
 
     def patch_rows(self) -> np.ndarray:
-        return self.table("patches", ["patch_row"]).column("patch_row").to_numpy().astype(np.int64)
+        """patch_row of each features row (read once)."""
+        if "_patch_rows" not in self.__dict__:
+            self._patch_rows = self.table("patches", ["patch_row"]).column("patch_row").to_numpy().astype(np.int64)
+        return self._patch_rows
 
     def faiss_path(self, name: str) -> Path:
         return self.folder / f"{name}.faiss"
