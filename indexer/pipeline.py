@@ -155,7 +155,7 @@ def run_index(
     from indexer.bank import load_bank
     from indexer.encoders import load_encoder
     from indexer.prototypes import embed_prototypes
-    from indexer.store.compact import auto_merge
+    from indexer.store.compact import auto_merge, vacuum
 
     # Every check comes before the first write: a refused run leaves the index as it was.
     slides = [(check_slide_id(slide_id_of(p)), p) for p in collect_slides(inputs)]
@@ -182,7 +182,8 @@ def run_index(
                 run.commit_if_due()
         run.adopt_leftovers({s for s, _ in slides})
         run.commit()
-        auto_merge(writer)
+        if auto_merge(writer):
+            vacuum(writer.paths, writer.version)  # merged-away segments, unless an open searcher still reads them
         report.counts, report.version = dict(writer.version.counts), writer.version.number
         if new_metadata is not None:
             report.notes.append(unmatched_summary(new_metadata, writer.live_slides))

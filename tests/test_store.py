@@ -251,6 +251,22 @@ def test_vacuum_keeps_the_files_an_open_reader_uses(tmp_path):
     assert len(list((root / "segments").iterdir())) == 1
 
 
+def test_ten_small_commits_are_merged_automatically_without_changing_answers(tmp_path):
+    from indexer.store.compact import auto_merge, vacuum
+
+    root = tmp_path / "idx"
+    for i in range(10):
+        scenario.add(root, [f"S{i}"])
+    assert len(Catalog(root).snapshot.version.segments) == 10
+    before = answers(SlideSearcher(root, encoder=VectorEncoder()))
+    with IndexWriter(root) as writer:
+        assert auto_merge(writer) == 1
+        vacuum(writer.paths, writer.version)
+    assert len(Catalog(root).snapshot.version.segments) == 1 and len(list((root / "segments").iterdir())) == 1
+    after = answers(SlideSearcher(root, encoder=VectorEncoder()))
+    assert [[s for s, _ in r] for r in after] == [[s for s, _ in r] for r in before]
+
+
 def test_merge_policy_merges_ten_segments_of_one_tier():
     segments = tuple({"id": f"s{i}", "patches": 1000 + i} for i in range(9)) + ({"id": "new", "patches": 50},)
     assert merge_candidates(segments) is None  # the small newcomer is another tier
