@@ -38,7 +38,8 @@ start = time.perf_counter()
 proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 err = proc.stderr.read().decode()
 _, status, usage = os.wait4(proc.pid, 0)
-print(json.dumps({"wall_s": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024,
+print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_mb": usage.ru_maxrss / 1024,
                   "code": os.waitstatus_to_exitcode(status), "err": err[-400:]}))
 """
 
@@ -58,7 +59,8 @@ def record(slide_id: str, n: int) -> dict:
 
 
 def build_v2(root: Path, n_slides: int, patches: int) -> float:
-    """A version 2 base index of synthetic slides, written through the store's writer; returns seconds."""
+    """A version 2 base index of synthetic slides, written through the store's writer (resumed where an
+    earlier, interrupted build stopped); returns seconds."""
     from indexer.aggregate import aggregate_slide
     from indexer.bank import load_bank
     from indexer.encoders import load_encoder
@@ -83,7 +85,8 @@ def build_v2(root: Path, n_slides: int, patches: int) -> float:
             return SlideRows(rec, coords, feats, emb.patch_proto, emb.patch_proto_sim, emb.slide_vector,
                              emb.mean_vector, emb.subvectors, emb.mass)
 
-        for lo in range(0, n_slides, SEGMENT_SLIDES):
+        done = sum(s.startswith("B") for s in writer.live_slides)
+        for lo in range(done, n_slides, SEGMENT_SLIDES):
             records = [{**record(f"B{i:06d}", patches), "n_patches": patches, "patch_size": 448,
                         "fingerprint": settings.fingerprint(None)} for i in range(lo, min(n_slides, lo + SEGMENT_SLIDES))]
             writer.append_segment(records, rows_of, prototypes.shape, faiss_kind="flat")
@@ -133,21 +136,20 @@ def timed(tree: Path, args: list[str]) -> dict:
 
 def run(sizes, patches, repeats, v1_tree, work: Path, v1_repeats: int | None = None) -> dict:
     v1_repeats = repeats if v1_repeats is None else v1_repeats
-    slides = new_slides(work / "new", repeats * 2)
-    rows = []
-    for n in sizes:
-        base = {"v2": work / f"v2_n{n}", "v1": work / f"v1_n{n}"}
-        built = {}
-        if not (base["v2"] / "CURRENT").is_file():
-            built["v2"] = build_v2(base["v2"], n, patches)
-        if v1_tree and not (base["v1"] / "features").is_dir():
-            built["v1"] = build_v1(base["v1"], n, patches)
+    slides = new_slides(work / "new", repeats * 2 * len(sizes))
+    rows, bases = [], {}
+    for n in sizes:  # every base first, then the adds, round-robin over N, so drift in load hits every N alike
+        bases[n] = {"v2": work / f"v2_n{n}", "v1": work / f"v1_n{n}"}
+        built = {"v2": build_v2(bases[n]["v2"], n, patches)}
+        if v1_tree and not (bases[n]["v1"] / "features").is_dir():
+            built["v1"] = build_v1(bases[n]["v1"], n, patches)
         print(f"N={n}: bases ready {built}", file=sys.stderr, flush=True)
-        for rep in range(repeats):
+    for rep in range(repeats):
+        for n in sizes:
             for store in ("v2", "v1") if v1_tree and rep < v1_repeats else ("v2",):
                 tree = ROOT if store == "v2" else Path(v1_tree)
-                slide = slides[2 * rep + (store == "v1")]
-                args = ["index", str(slide), "--out", str(base[store]), "--model", "tiny", "--quiet"]
+                slide = slides[len(sizes) * 2 * rep + 2 * sizes.index(n) + (store == "v1")]
+                args = ["index", str(slide), "--out", str(bases[n][store]), "--model", "tiny", "--quiet"]
                 try:
                     rows.append({"store": store, "n_slides": n, "repeat": rep, **timed(tree, args)})
                 except (RuntimeError, subprocess.CalledProcessError) as exc:  # e.g. killed for memory
@@ -164,6 +166,7 @@ def medians(rows: list[dict]) -> list[dict]:
             if cell:
                 out.append({"store": store, "n_slides": n, "runs": len(cell),
                             "wall_s": float(np.median([r["wall_s"] for r in cell])),
+                            "cpu_s": float(np.median([r.get("cpu_s", np.nan) for r in cell])),
                             "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in cell]))})
     return out
 
@@ -172,14 +175,16 @@ def markdown(result: dict) -> str:
     m = result["medians"]
     lines = [f"Command: `{result['command']}`", "", f"Machine: {result['machine']}", "",
              f"{result['patches']} patches per base slide; medians of {result['repeats']} runs per cell.", "",
-             "| store | N slides | runs | add one slide: wall s | peak RSS MB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['store']} | {r['n_slides']:,} | {r['runs']} | {r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} |" for r in m]
-    lines += [f"| {r['store']} | {r['n_slides']:,} | failed | {r['error']} | |" for r in result["rows"] if "error" in r]
+             "| store | N slides | runs | add one slide: wall s | CPU s (user + sys) | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['store']} | {r['n_slides']:,} | {r['runs']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
+              f"| {r['peak_rss_mb']:.0f} |" for r in m]
+    lines += [f"| {r['store']} | {r['n_slides']:,} | failed | {r['error']} | | |" for r in result["rows"] if "error" in r]
     v2 = {r["n_slides"]: r for r in m if r["store"] == "v2"}
     if len(v2) > 1:
         lo, hi = min(v2), max(v2)
-        lines += ["", f"v2 at N={hi:,} against N={lo:,}: time {v2[hi]['wall_s'] / v2[lo]['wall_s']:.2f}×, "
-                  f"peak RSS {v2[hi]['peak_rss_mb'] / v2[lo]['peak_rss_mb']:.2f}×."]
+        lines += ["", f"v2 at N={hi:,} against N={lo:,}: wall time {v2[hi]['wall_s'] / v2[lo]['wall_s']:.2f}×, "
+                  f"CPU time {v2[hi]['cpu_s'] / v2[lo]['cpu_s']:.2f}×, peak RSS {v2[hi]['peak_rss_mb'] / v2[lo]['peak_rss_mb']:.2f}×."]
     return "\n".join(lines) + "\n"
 
 
