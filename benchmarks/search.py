@@ -138,13 +138,19 @@ def recorded_searches():
     seconds it took there).
 
     Arguments are kept by reference (the API builds fresh arrays per call), so recording costs ~1 µs a call.
+    Calls made inside another recorded call (a segmented index's per-segment searches) are not kept.
     """
-    calls, original = [], vi.search
+    calls, original, depth = [], vi.search, [0]
 
     def record(index, queries, k, allowed_ids=None):
+        depth[0] += 1  # a segmented index searches its parts through vi.search too: keep the outer call only
         start = time.perf_counter()
-        scores, ids = original(index, queries, k, allowed_ids)
-        calls.append((index, queries, k, allowed_ids, ids, time.perf_counter() - start))
+        try:
+            scores, ids = original(index, queries, k, allowed_ids)
+        finally:
+            depth[0] -= 1
+        if depth[0] == 0:
+            calls.append((index, queries, k, allowed_ids, ids, time.perf_counter() - start))
         return scores, ids
 
     vi.search = record
