@@ -6,8 +6,9 @@ to 7 records per hit, a measurable share of its sub-millisecond latency.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 
 @dataclass(slots=True)
@@ -62,3 +63,21 @@ class SearchResult:
     def slide_ids(self) -> list[str]:
         """The hit slide_ids in rank order."""
         return [h.slide_id for h in self.hits]
+
+
+def result_json(result: SearchResult, thumbnails: Iterable[Any] = ()) -> dict[str, Any]:
+    """The JSON shape of a search result, shared by ``search --json`` and the HTTP API."""
+    return {**result.to_dict(), "thumbnails": [str(p) for p in thumbnails]}
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """JSON text of ``obj``: numpy scalars and arrays become numbers and lists, anything else unknown a string."""
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
