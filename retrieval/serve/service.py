@@ -84,7 +84,7 @@ class Service:
             self.slide_row(searcher, query or "")
             with self.slot():
                 return searcher.search_slide(query, k=k, where=where, exclude_same=exclude_same, mode=mode)
-        patch = image if image is not None else self._region(query)
+        patch = image if image is not None else self._region(searcher, query)
         self._need_encoder()
         with self.slot():
             return searcher.search_patch(patch, k=k, where=where, exclude_same=exclude_same)
@@ -97,7 +97,7 @@ class Service:
             row = self.slide_row(searcher, query or "")
             return searcher.arrays.slide_vector(searcher.catalog, row, "slides_mean")
         if kind == "patch":
-            patch = image if image is not None else self._region(query)
+            patch = image if image is not None else self._region(searcher, query)
             self._need_encoder()
             with self.slot():
                 return searcher.patch_vector(patch)[0]
@@ -117,13 +117,13 @@ class Service:
                 self._text_vectors.popitem(last=False)
         return value
 
-    def _region(self, query: str | None) -> str:
+    def _region(self, searcher, query: str | None) -> str:
         from retrieval.queries import parse_region
 
         region = parse_region(query or "")
         if region is None:
             raise QueryError("a patch query is a region SLIDE_ID@x,y,w,h (level-0 px), or an uploaded image")
-        check_slide_id(region.slide_id)
+        self.slide_row(searcher, region.slide_id)
         return query
 
     def _need_encoder(self) -> None:
