@@ -145,6 +145,12 @@ function openViewer(slideId, hit) {
 
 function outline(hit) {
   viewer.clearOverlays();
+  const region = state.mode === "patch" && /^(.+)@(\d+),(\d+),(\d+),(\d+)$/.exec(state.q);
+  if (region && region[1] === state.open) {  // the query region itself, dashed
+    const [x, y, w, h] = region.slice(2).map(Number);
+    viewer.addOverlay({ element: el("div", { class: "region-outline", title: "query region" }),
+      location: viewer.viewport.imageToViewportRectangle(x, y, w, h) });
+  }
   if (!hit) return;
   for (const p of hit.patches) {
     const rect = viewer.viewport.imageToViewportRectangle(p.x, p.y, p.size, p.size);
