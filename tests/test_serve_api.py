@@ -173,7 +173,8 @@ def test_uploads_over_the_byte_or_pixel_limit_get_413(server, monkeypatch):
     big.crop((0, 0, 60, 60)).save(buffer, "PNG")  # ~10 kB: over the image limit, within the body's slack
     response = server.post("/api/search/patch", files={"image": ("big.png", buffer.getvalue(), "image/png")})
     assert response.status_code == 413 and "1,000 bytes" in response.json()["error"]
-    huge = b"\0" * (2 << 20)  # over the limit plus the multipart slack, streamed without a length
+    head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    huge = head + b"\0" * (2 << 20)  # over the limit plus the multipart slack, streamed without a length
     response = server.post("/api/search/patch", content=iter([huge[i:i + 65536] for i in range(0, len(huge), 65536)]),
                            headers={"content-type": "multipart/form-data; boundary=x"})
     assert response.status_code == 413 and "request body" in response.json()["error"]

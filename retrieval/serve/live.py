@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retrieval.search import EXPLAIN, SlideSearcher
 
 CHECK_EVERY_S = 1.0
@@ -14,11 +16,17 @@ CHECK_EVERY_S = 1.0
 
 def warm(searcher: SlideSearcher) -> SlideSearcher:
     """Load every lazy part of a searcher now (arrays, FAISS indexes, filters, explanations), not in a request."""
-    catalog = searcher.catalog
-    for name in ("slides", "slides_mean", "subvectors", "patches"):
-        catalog.faiss(name)
+    from indexer import vector_index as vi
+
+    catalog, arrays = searcher.catalog, searcher.arrays
     catalog.filters  # noqa: B018 - cached properties
-    arrays = searcher.arrays
+    rows = sorted(arrays.ids.values())[:1]
+    first = {"slides": rows, "slides_mean": rows, "subvectors": [r * arrays.n_prototypes for r in rows],
+             "patches": [int(arrays.patch_start[r]) for r in rows if arrays.patch_count[r]]}
+    for name, ids in first.items():
+        index = catalog.faiss(name)
+        if ids:
+            vi.reconstruct(index, np.asarray(ids))  # IVF indexes build their direct map here, not in a request
     arrays.representative_patches(EXPLAIN)
     searcher._composition  # noqa: B018
     searcher.bank  # noqa: B018

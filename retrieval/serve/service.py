@@ -18,7 +18,7 @@ import numpy as np
 
 from indexer.errors import ModelError, QueryError, UserError
 from indexer.slide_ids import check_slide_id
-from retrieval.results import SearchResult
+from retrieval.results import SearchResult, hit_json
 from retrieval.serve.batching import TextBatcher
 from retrieval.serve.images import SlideImages
 from retrieval.serve.live import LiveIndex
@@ -158,7 +158,7 @@ class Service:
         if kind:
             only = "slide_id = '" + slide_id.replace("'", "''") + "'"
             result = self.search(kind, query, k=1, where=only, mode=mode, expand=expand)
-            detail["hit"] = _hit_json(result.hits[0]) if result.hits else None
+            detail["hit"] = hit_json(result.hits[0]) if result.hits else None
         return detail
 
     def heatmap(self, slide_id: str, kind: str, query: str | None, expand: bool = True, image=None
@@ -180,10 +180,7 @@ class Service:
         with self._lock:  # the catalog's DuckDB connection is not thread-safe
             info = index_info(searcher.catalog)
         encoder = None if self.encoder is None else self.encoder.name
-        return {**info, "served": {"version": info["version"], "encoder": encoder, "encoder_error": self.encoder_error}}
-
-
-def _hit_json(hit) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(hit)
+        batcher = self.encoder
+        return {**info, "served": {"version": info["version"], "encoder": encoder, "encoder_error": self.encoder_error,
+                                   "text_batches": batcher.batches if batcher else 0,
+                                   "texts_encoded": batcher.texts if batcher else 0}}
