@@ -35,12 +35,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 KINDS = ("text", "slide", "patch")
+FILTER = "label = 'c3'"  # about 10 % of the synthetic slides
 WORDS = ("adenocarcinoma", "necrosis", "stroma", "mucin", "lymphocytes", "glands", "poorly", "differentiated",
          "tumour", "fibrosis", "inflammation", "squamous", "keratin", "vessels", "fat", "nuclei")
 
 
 def serve(index: str, port: int) -> None:
     """The server process: the synthetic index served with the ``tiny`` encoder on 127.0.0.1:``port``."""
+    from retrieval.serve import one_thread_per_request
+
+    one_thread_per_request()  # as `slidesearch serve` does
     import uvicorn
 
     from indexer.encoders import load_encoder
@@ -167,22 +171,43 @@ def load_level(port: int, pid: int, clients: int, seconds: float, max_requests: 
             "text_batches": batches, "texts_per_batch": texts / batches if batches else None}
 
 
-def in_process_slide(index: Path, n_slides: int, n: int = 2000) -> dict:
-    """p50/p99 of ``SlideSearcher.search_slide`` (k = 10) in this process, on the same random slide ids."""
+def slide_ids(n_slides: int, n: int, seed: int = 0) -> list[str]:
+    return [f"S{int(r):06d}" for r in np.random.default_rng(seed).integers(n_slides, size=n)]
+
+
+def http_slide(port: int, n_slides: int, where: str | None = None, n: int = 300) -> dict:
+    """p50 of sequential slide queries (k = 10) over HTTP: one client, nothing else running, the in-process ids."""
+    from urllib.parse import quote
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = []
+    for i, slide in enumerate(slide_ids(n_slides, n + 20, seed=1 if where else 0)):
+        start = time.perf_counter()
+        conn.request("GET", f"/api/search/slide?slide_id={slide}&k=10" + (f"&where={quote(where)}" if where else ""))
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"filtered slide query failed: {response.status}")
+        if i >= 20:
+            times.append(time.perf_counter() - start)
+    return {"n": n, "where": where, "p50_ms": float(np.percentile(np.asarray(times) * 1000, 50))}
+
+
+def in_process_slide(index: Path, n_slides: int, n: int = 2000, where: str | None = None) -> dict:
+    """p50/p99 of ``SlideSearcher.search_slide`` (k = 10) in this process, on random slide ids."""
     from retrieval.search import SlideSearcher
     from retrieval.serve.live import warm
 
     searcher = warm(SlideSearcher(index))
-    rng = np.random.default_rng(0)
-    ids = [f"S{int(r):06d}" for r in rng.integers(n_slides, size=n + 100)]
+    ids = slide_ids(n_slides, n + 100, seed=1 if where else 0)
     for slide in ids[:100]:
-        searcher.search_slide(slide, k=10)
+        searcher.search_slide(slide, k=10, where=where)
     from retrieval.results import dumps, result_json
 
     times, with_json = [], []
     for slide in ids[100:]:
         start = time.perf_counter()
-        result = searcher.search_slide(slide, k=10)
+        result = searcher.search_slide(slide, k=10, where=where)
         searched = time.perf_counter()
         dumps(result_json(result))
         times.append(searched - start)
@@ -210,6 +235,14 @@ def markdown(result: dict) -> str:
               f"{http1['p50_ms']:.2f} ms = **{http1['p50_ms'] / ip['p50_ms']:.2f}×** the search, "
               f"**{http1['p50_ms'] / ip['with_json_p50_ms']:.2f}×** search + JSON. Warm-up ({warm['requests']} requests, "
               f"4 clients, not in the table): {warm['errors']} errors."]
+    alone = result["slide_alone"]["http"]
+    lines += ["", f"Slide queries alone (one client, {alone['n']} sequential, the in-process ids): HTTP p50 "
+              f"{alone['p50_ms']:.2f} ms = **{alone['p50_ms'] / ip['p50_ms']:.2f}×** the search, "
+              f"**{alone['p50_ms'] / ip['with_json_p50_ms']:.2f}×** search + JSON."]
+    f_http, f_ip = result["filtered_slide"]["http"], result["filtered_slide"]["in_process"]
+    lines += ["", f"Slide queries with `--where \"{f_http['where']}\"`, one client alone: HTTP p50 {f_http['p50_ms']:.2f} ms, "
+              f"in-process {f_ip['p50_ms']:.2f} ms (with JSON {f_ip['with_json_p50_ms']:.2f}) = "
+              f"**{f_http['p50_ms'] / f_ip['p50_ms']:.2f}×**."]
     return "\n".join(lines) + "\n"
 
 
@@ -248,13 +281,16 @@ def main(argv: list[str] | None = None) -> dict:
         warmup = load_level(port, server.pid, 4, 3.0, 1000, args.slides)  # not in the table; its errors count
         levels = [load_level(port, server.pid, int(c), args.seconds, args.max_requests, args.slides)
                   for c in args.clients.split(",")]
+        alone, filtered = http_slide(port, args.slides, n=1000), http_slide(port, args.slides, FILTER)
     finally:
         server.terminate()
         server.wait(30)
     result = {"machine": machine_description(), "slides": args.slides, "patches": manifest["counts"]["patches"],
               "factories": ", ".join(f"{k} {v['factory']}" for k, v in manifest["indexes"].items()),
               "config": {"clients": args.clients, "seconds": args.seconds, "max_requests": args.max_requests},
-              "warmup": warmup, "levels": levels, "in_process_slide": in_process_slide(index, args.slides)}
+              "warmup": warmup, "levels": levels, "in_process_slide": in_process_slide(index, args.slides),
+              "slide_alone": {"http": alone},
+              "filtered_slide": {"http": filtered, "in_process": in_process_slide(index, args.slides, 300, FILTER)}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_serve.md").write_text(markdown(result))
