@@ -218,6 +218,7 @@ def test_serve_binds_loopback_unless_told_and_warns(index, monkeypatch):
 
     bound = []
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: bound.append((host, port)))
+    monkeypatch.setattr("retrieval.commands.serve.one_thread_per_request", lambda: None)  # keeps this process's env
     result = CliRunner().invoke(cli_app, ["serve", str(index), "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert bound[-1] == ("127.0.0.1", 8123) and "WARNING" not in result.stderr

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any
 
 from indexer.errors import LimitError, QueryError
+from indexer.slides.limits import over_limit
 
 TILE_SIZE, OVERLAP = 254, 1
 MAX_THUMBNAIL_PX = 1024
@@ -108,8 +109,9 @@ class SlideImages:
             level = source.get_best_level_for_downsample(max(1.0, downsample))
             ds = source.level_downsamples[level]
             size = (max(1, round(w / ds)), max(1, round(h / ds)))
-            if size[0] * size[1] > 4 * MAX_CROP_PX * MAX_CROP_PX * 16:
-                raise LimitError(f"region {x},{y},{w},{h} is too large to crop; choose a smaller one")
+            why = over_limit(*size, "MAX_QUERY_PIXELS")  # a slide without a fitting pyramid level
+            if why:
+                raise LimitError(f"region {x},{y},{w},{h}: its read at level {level}, {why}")
             image = source.read_region((x, y), level, size).convert("RGB")
             image.thumbnail((max_px, max_px))
             return _encode(image, "JPEG")
