@@ -227,3 +227,18 @@ def test_serve_binds_loopback_unless_told_and_warns(index, monkeypatch):
     assert result.exit_code == 0 and bound[-1][0] == "0.0.0.0" and "WARNING: binding 0.0.0.0" in result.stderr
     help_text = CliRunner().invoke(cli_app, ["serve", "--help"]).stdout
     assert "--host" in help_text and "--port" in help_text
+
+
+@pytest.mark.parametrize("fmt", ["png", "svs"])
+def test_deepzoom_and_crops_of_other_formats(make_slide, fmt):
+    from openslide.deepzoom import DeepZoomGenerator  # noqa: F401 - the generator the server wraps
+
+    from retrieval.serve.images import SlideImages
+
+    path = make_slide(width=1024, height=768, fmt=fmt)
+    images, meta = SlideImages(), {"path": str(path), "mpp": 0.25}
+    assert 'Width="1024" Height="768"' in images.dzi(meta)
+    tile = Image.open(io.BytesIO(images.tile(meta, 10, 1, 1)))  # level 10 = full size; tiles of 254 + overlap
+    assert tile.size == (256, 256) and np.asarray(tile).std() > 1  # tissue, not a blank tile
+    assert Image.open(io.BytesIO(images.crop(meta, 0, 0, 512, 512, 64))).size == (64, 64)
+    assert max(Image.open(io.BytesIO(images.thumbnail(meta, 100))).size) == 100
