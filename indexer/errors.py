@@ -24,3 +24,7 @@ class IndexError_(UserError):
 
 class QueryError(UserError):
     """A query, filter expression or region is malformed."""
+
+
+class LimitError(QueryError):
+    """A query input is over a size limit (bytes or pixels); the HTTP API answers 413."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -434,6 +435,9 @@ def _sorted_unique(ids) -> np.ndarray:
     return ids
 
 
+_DIRECT_MAP_LOCK = threading.Lock()
+
+
 def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Stored vectors of ``ids`` (len(ids), d); IVF indexes get a hash-table direct map on first use.
 
@@ -449,9 +453,11 @@ def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
         return np.asarray(index.reconstruct_batch(ids), np.float32)
     except RuntimeError:
         ivf = faiss.try_extract_index_ivf(index)
-        if ivf is None or ivf.direct_map.type == faiss.DirectMap.Hashtable:
+        if ivf is None:
             raise
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        with _DIRECT_MAP_LOCK:  # another thread may be building it: wait, then look again
+            if ivf.direct_map.type != faiss.DirectMap.Hashtable:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         return np.asarray(index.reconstruct_batch(ids), np.float32)
 
 

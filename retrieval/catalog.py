@@ -148,9 +148,9 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def index_info(path: str | Path) -> dict[str, Any]:
-    """Identity, version, counts, FAISS indexes, segments and failed slides of an index, as a dict."""
-    catalog = Catalog(path)
+def index_info(path: str | Path | Catalog) -> dict[str, Any]:
+    """Identity, version, counts, FAISS indexes, segments and failed slides of an index (or an open catalog)."""
+    catalog = path if isinstance(path, Catalog) else Catalog(path)
     m = catalog.manifest
     failed = catalog.db.sql("SELECT slide_id, error FROM slides WHERE status <> 'ok' ORDER BY slide_id").fetchall()
     return {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from typing import Any, Callable
 
@@ -48,12 +47,6 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_json(obj: Any) -> None:
     """Write ``obj`` as JSON on stdout (numpy scalars and paths converted)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    from retrieval.results import dumps
 
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
+    sys.stdout.write(dumps(obj, indent=2) + "\n")

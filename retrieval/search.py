@@ -88,13 +88,17 @@ class SlideSearcher:
     # -- text → slide ---------------------------------------------------------------------
     def search_text(self, query: str, k: int = 10, where: str | None = None, expand: bool = True) -> SearchResult:
         """Slides matching a free-text description (see the module docstring for the fusion)."""
+        q, details = self.text_vector(query, where, expand)
+        return self.search_text_vector(q, k, where, query=query, details=details)
+
+    def text_vector(self, query: str, where: str | None = None, expand: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+        """The unit query vector (d,) of a text and how it was built; a bad ``where`` fails before the model loads."""
         from retrieval.queries import embed_text_query
 
         if not (query or "").strip():
             raise QueryError("empty text query")
-        self.catalog.allowed_slide_rows(where)  # a bad filter fails before the model loads (the result is cached)
-        q, details = embed_text_query(self.encoder, query, self.bank, expand)
-        return self.search_text_vector(q, k, where, query=query, details=details)
+        self.catalog.allowed_slide_rows(where)  # the result is cached for the search that follows
+        return embed_text_query(self.encoder, query, self.bank, expand)
 
     def search_text_vector(self, q: np.ndarray, k: int = 10, where: str | None = None, query: str = "",
                            details: dict[str, Any] | None = None) -> SearchResult:
@@ -263,20 +267,20 @@ class SlideSearcher:
         return which, chosen[which, column]
 
     # -- patch → slide --------------------------------------------------------------------
-    def search_patch(self, image, k: int = 10, where: str | None = None) -> SearchResult:
-        """Slides containing tissue like ``image``: an image path, a PIL image, or ``SLIDE_ID@x,y,w,h``."""
-        from retrieval.queries import load_query_image, parse_region, read_region_image
+    def search_patch(self, image, k: int = 10, where: str | None = None, exclude_same: str | None = None) -> SearchResult:
+        """Slides containing tissue like ``image``: an image path, a PIL image, or ``SLIDE_ID@x,y,w,h``.
 
+        Args:
+            exclude_same: for a region query, a column (e.g. patient_id, or slide_id for the region's slide
+                only): drop the region's slide and every slide sharing its value.
+        """
         _check_k(k)
         label = image if isinstance(image, str) else getattr(image, "filename", "image")
-        if isinstance(image, (str, Path)):
-            region = parse_region(str(image))
-            if region is not None:
-                image = self._region_image(region, read_region_image)
-            else:
-                image = load_query_image(image)
-        allowed = self.catalog.allowed_slide_rows(where)
-        q = self.encoder.encode_images([image])[0]
+        q, region_row = self.patch_vector(image)
+        if exclude_same and region_row is None:
+            raise QueryError("--exclude-same needs a region of an indexed slide (SLIDE_ID@x,y,w,h) as the query")
+        allowed = self.catalog.allowed_slide_rows(where, exclude_row=region_row if exclude_same else None,
+                                                  exclude_same=exclude_same)
         sims, ids = self._nearest_patches(q, k, allowed)
         slides = self.arrays.patch_slide[ids]
         rows, score = group_top_m(slides, sims, TOP_M)
@@ -288,6 +292,19 @@ class SlideSearcher:
         protos = (which[first], patch_protos[first], sims[entries][first])  # each shown patch's prototype, once
         hits = self._hits(rows[top], score[top], protos, (which, ids[entries], sims[entries]))
         return SearchResult("patch", str(label), hits, {"top_m": TOP_M, "candidates": int(len(ids))})
+
+    def patch_vector(self, image) -> tuple[np.ndarray, int | None]:
+        """The embedding (d,) of a query patch (as ``search_patch`` takes it) and its slide_row when it is a region."""
+        from retrieval.queries import load_query_image, parse_region, read_region_image
+
+        row = None
+        if isinstance(image, (str, Path)):
+            region = parse_region(str(image))
+            if region is not None:
+                image, row = self._region_image(region, read_region_image), self.arrays.row_of(region.slide_id)
+            else:
+                image = load_query_image(image)
+        return self.encoder.encode_images([image])[0], row
 
     def _region_image(self, region, read_region_image):
         row = self.arrays.row_of(region.slide_id)

@@ -8,4 +8,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# The page's front-end libraries (OpenSeadragon), pinned by package-lock.json, served from node_modules/.
+if command -v npm >/dev/null && [ ! -f node_modules/.package-lock.json -o package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+# Debian's chromium for the page's browser test (Playwright drives it; no browser download), when we may install it.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null \
+        || echo "warning: could not install chromium; the browser test will be skipped" >&2
+fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -33,6 +33,7 @@ def test_demo_output_names_random_weights_chance_rate_and_real_weights(demo):
     for mode in ("proto", "mean", "patch-vote", "random ranking"):
         assert mode in text
     assert "16 slides indexed now" in text and str(out / "index") in text
+    assert f"slidesearch serve {out / 'index'}" in text and "http://127.0.0.1:8000/" in text
 
 
 def test_demo_writes_benchmark_reports_and_thumbnails(demo):

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from retrieval.cli_app import app, guarded, print_json
+from retrieval.serve import url as serve_url
 
 
 @app.command("demo")
@@ -79,6 +80,7 @@ def _print_result(console, result, warning: str, real_weights: str) -> None:
         console.print(f"  {ext:<10} {path}")
     for kind, paths in result.thumbnails.items():
         console.print(f"  thumbnails ({kind} hits) " + ", ".join(str(p) for p in paths))
+    console.print(f"Search it in your browser: [bold]slidesearch serve {result.index}[/], then open {serve_url()}")
     console.print(f"[yellow]{warning}[/]")
     console.print(f"To index your own slides with real weights, change one line:\n  {real_weights}")
     console.print(f"demo finished in {result.timings['total']:.0f} s "
@@ -92,5 +94,6 @@ def _summary(result, warning: str, real_weights: str) -> dict:
         "queries": {kind: r.to_dict() | {"note": result.query_notes[kind]} for kind, r in result.queries.items()},
         "thumbnails": {kind: [str(p) for p in paths] for kind, paths in result.thumbnails.items()},
         "benchmark": result.bench, "benchmark_files": {ext: str(p) for ext, p in result.bench_files.items()},
+        "serve": {"command": f"slidesearch serve {result.index}", "url": serve_url()},
         "note": warning, "real_weights": real_weights, "timings_s": result.timings,
     }

@@ -83,7 +83,9 @@ def _show(result, as_json: bool, thumbnails: Path | None) -> None:
 
         written = write_hit_thumbnails(result, thumbnails)
     if as_json:
-        print_json({**result.to_dict(), "thumbnails": [str(p) for p in written]})
+        from retrieval.results import result_json
+
+        print_json(result_json(result, written))
         return
     from rich.console import Console
     from rich.table import Table

@@ -1,0 +1,302 @@
+"""`slidesearch serve` under load: 1, 4 and 16 concurrent clients against a 100k-slide index, over loopback.
+
+Usage: python benchmarks/serve.py [--slides 100000] [--clients 1,4,16] [--seconds 30] [--max-requests 20000]
+       [--keep DIR] [--out out/bench-serve]
+
+The index is ``benchmarks/search.py``'s ``synthetic_index`` (10 patches per slide, 128-d, K = 8). Its encoder
+is named "synthetic", so the server is given the ``tiny`` encoder (random weights, 128-d, the same space size)
+through ``create_app(index, encoder=...)``: text queries run its real text tower behind the server's batching
+queue, and patch queries upload a 64² PNG that its image tower embeds (the synthetic slides have no pixels, so
+region queries are not part of the mix). The server runs in its own process; each client is a thread with
+one keep-alive ``http.client`` connection, cycling text (unique strings), slide (random ids) and patch
+queries, for ``--seconds`` or ``--max-requests``, whichever comes first. The server's RSS is sampled every
+0.25 s. In-process figures: the same slide queries through ``SlideSearcher.search_slide`` in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+KINDS = ("text", "slide", "patch")
+FILTER = "label = 'c3'"  # about 10 % of the synthetic slides
+WORDS = ("adenocarcinoma", "necrosis", "stroma", "mucin", "lymphocytes", "glands", "poorly", "differentiated",
+         "tumour", "fibrosis", "inflammation", "squamous", "keratin", "vessels", "fat", "nuclei")
+
+
+def serve(index: str, port: int) -> None:
+    """The server process: the synthetic index served with the ``tiny`` encoder on 127.0.0.1:``port``."""
+    from retrieval.serve import one_thread_per_request
+
+    one_thread_per_request()  # as `slidesearch serve` does
+    import uvicorn
+
+    from indexer.encoders import load_encoder
+    from retrieval.serve.app import create_app
+
+    app = create_app(index, encoder=load_encoder("tiny", device="cpu"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def patch_png(seed: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"patch.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Client(threading.Thread):
+    """One keep-alive connection sending a cycle of text, slide and patch queries until told to stop."""
+
+    def __init__(self, port: int, seed: int, n_slides: int, stop: threading.Event, budget: list):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.budget = port, stop, budget
+        self.rng = np.random.default_rng(seed)
+        self.n_slides = n_slides
+        self.uploads = [multipart(patch_png(seed * 100 + i)) for i in range(8)]
+        self.times: dict[str, list[float]] = {k: [] for k in KINDS}
+        self.errors: list[str] = []
+
+    def request(self, kind: str) -> tuple[str, str, bytes | None, dict]:
+        if kind == "text":
+            words = " ".join(self.rng.choice(WORDS, 4))
+            return "GET", f"/api/search/text?q={words.replace(' ', '+')}+{uuid.uuid4().hex[:6]}&k=10", None, {}
+        if kind == "slide":
+            return "GET", f"/api/search/slide?slide_id=S{int(self.rng.integers(self.n_slides)):06d}&k=10", None, {}
+        body, ctype = self.uploads[int(self.rng.integers(len(self.uploads)))]
+        return "POST", "/api/search/patch?k=10", body, {"Content-Type": ctype}
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        i = 0
+        while not self.stop.is_set():
+            with lock:
+                if self.budget[0] <= 0:
+                    return
+                self.budget[0] -= 1
+            kind = KINDS[i % 3]
+            i += 1
+            method, url, body, headers = self.request(kind)
+            start = time.perf_counter()
+            try:
+                conn.request(method, url, body=body, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                elapsed = time.perf_counter() - start
+                if response.status != 200 or not payload.startswith(b'{"kind"'):
+                    self.errors.append(f"{response.status} {payload[:200]!r}")
+                else:
+                    self.times[kind].append(elapsed)
+            except (OSError, http.client.HTTPException) as exc:
+                self.errors.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.close()
+
+
+lock = threading.Lock()
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
+def server_info(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/api/info")
+    return json.loads(conn.getresponse().read())
+
+
+def load_level(port: int, pid: int, clients: int, seconds: float, max_requests: int, n_slides: int) -> dict:
+    """``clients`` concurrent clients for ``seconds`` (or ``max_requests`` in all): per-kind figures, errors, RSS."""
+    stop, budget = threading.Event(), [max_requests]
+    before = server_info(port)["served"]
+    threads = [Client(port, 1000 * clients + i, n_slides, stop, budget) for i in range(clients)]
+    rss = [rss_mb(pid)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    while time.perf_counter() - start < seconds and any(t.is_alive() for t in threads):
+        time.sleep(0.25)
+        rss.append(rss_mb(pid))
+    stop.set()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    after = server_info(port)["served"]
+    kinds = {}
+    for kind in KINDS:
+        times = np.asarray([x for t in threads for x in t.times[kind]]) * 1000
+        kinds[kind] = {"n": int(len(times)), "qps": len(times) / wall,
+                       "p50_ms": float(np.percentile(times, 50)) if len(times) else None,
+                       "p99_ms": float(np.percentile(times, 99)) if len(times) else None}
+    batches = after["text_batches"] - before["text_batches"]
+    texts = after["texts_encoded"] - before["texts_encoded"]
+    errors = [e for t in threads for e in t.errors]
+    return {"clients": clients, "seconds": wall, "requests": sum(k["n"] for k in kinds.values()) + len(errors),
+            "qps": sum(k["n"] for k in kinds.values()) / wall, "kinds": kinds, "errors": len(errors),
+            "error_examples": errors[:3], "rss_mb": {"start": rss[0], "max": max(rss), "end": rss[-1]},
+            "text_batches": batches, "texts_per_batch": texts / batches if batches else None}
+
+
+def slide_ids(n_slides: int, n: int, seed: int = 0) -> list[str]:
+    return [f"S{int(r):06d}" for r in np.random.default_rng(seed).integers(n_slides, size=n)]
+
+
+def http_slide(port: int, n_slides: int, where: str | None = None, n: int = 300) -> dict:
+    """p50 of sequential slide queries (k = 10) over HTTP: one client, nothing else running, the in-process ids."""
+    from urllib.parse import quote
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = []
+    for i, slide in enumerate(slide_ids(n_slides, n + 20, seed=1 if where else 0)):
+        start = time.perf_counter()
+        conn.request("GET", f"/api/search/slide?slide_id={slide}&k=10" + (f"&where={quote(where)}" if where else ""))
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"filtered slide query failed: {response.status}")
+        if i >= 20:
+            times.append(time.perf_counter() - start)
+    return {"n": n, "where": where, "p50_ms": float(np.percentile(np.asarray(times) * 1000, 50))}
+
+
+def in_process_slide(index: Path, n_slides: int, n: int = 2000, where: str | None = None) -> dict:
+    """p50/p99 of ``SlideSearcher.search_slide`` (k = 10) in this process, on random slide ids."""
+    from retrieval.search import SlideSearcher
+    from retrieval.serve.live import warm
+
+    searcher = warm(SlideSearcher(index))
+    ids = slide_ids(n_slides, n + 100, seed=1 if where else 0)
+    for slide in ids[:100]:
+        searcher.search_slide(slide, k=10, where=where)
+    from retrieval.results import dumps, result_json
+
+    times, with_json = [], []
+    for slide in ids[100:]:
+        start = time.perf_counter()
+        result = searcher.search_slide(slide, k=10, where=where)
+        searched = time.perf_counter()
+        dumps(result_json(result))
+        times.append(searched - start)
+        with_json.append(time.perf_counter() - start)
+    times, with_json = np.asarray(times) * 1000, np.asarray(with_json) * 1000
+    return {"n": n, "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "with_json_p50_ms": float(np.percentile(with_json, 50))}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Machine: {result['machine']}. Index: {result['slides']:,} slides, {result['patches']:,} patches "
+             f"({result['factories']}).", "",
+             "| clients | kind | requests | QPS | p50 ms | p99 ms | errors | server RSS MB start → max → end | texts per batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for level in result["levels"]:
+        rss = level["rss_mb"]
+        for kind, k in level["kinds"].items():
+            lines.append(f"| {level['clients']} | {kind} | {k['n']} | {k['qps']:.1f} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} | "
+                         f"{level['errors']} | {rss['start']:.0f} → {rss['max']:.0f} → {rss['end']:.0f} | "
+                         f"{level['texts_per_batch'] or 0:.1f} |")
+    ip, http1 = result["in_process_slide"], result["levels"][0]["kinds"]["slide"]
+    warm = result["warmup"]
+    lines += ["", f"In-process `search_slide` (k = 10) p50 {ip['p50_ms']:.2f} ms (p99 {ip['p99_ms']:.2f}), "
+              f"{ip['with_json_p50_ms']:.2f} ms with its JSON (`result_json` + `dumps`); HTTP slide p50 with 1 client "
+              f"{http1['p50_ms']:.2f} ms = **{http1['p50_ms'] / ip['p50_ms']:.2f}×** the search, "
+              f"**{http1['p50_ms'] / ip['with_json_p50_ms']:.2f}×** search + JSON. Warm-up ({warm['requests']} requests, "
+              f"4 clients, not in the table): {warm['errors']} errors."]
+    alone = result["slide_alone"]["http"]
+    lines += ["", f"Slide queries alone (one client, {alone['n']} sequential, the in-process ids): HTTP p50 "
+              f"{alone['p50_ms']:.2f} ms = **{alone['p50_ms'] / ip['p50_ms']:.2f}×** the search, "
+              f"**{alone['p50_ms'] / ip['with_json_p50_ms']:.2f}×** search + JSON."]
+    f_http, f_ip = result["filtered_slide"]["http"], result["filtered_slide"]["in_process"]
+    lines += ["", f"Slide queries with `--where \"{f_http['where']}\"`, one client alone: HTTP p50 {f_http['p50_ms']:.2f} ms, "
+              f"in-process {f_ip['p50_ms']:.2f} ms (with JSON {f_ip['with_json_p50_ms']:.2f}) = "
+              f"**{f_http['p50_ms'] / f_ip['p50_ms']:.2f}×**."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slides", type=int, default=100_000)
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--max-requests", type=int, default=20_000)
+    parser.add_argument("--keep", type=Path, default=None, help="Folder for the synthetic index (reused).")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-serve"))
+    parser.add_argument("--serve", nargs=2, metavar=("INDEX", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]))
+        return {}
+    from search import SyntheticSpec, synthetic_index
+
+    from retrieval.bench_search import machine_description
+
+    work = args.keep or Path(f"/tmp/slidesearch-bench-serve-{args.slides}")
+    index = work / f"n{args.slides}"
+    manifest = synthetic_index(index, SyntheticSpec(args.slides))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(index), str(port)])
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                server_info(port)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.5)
+        warmup = load_level(port, server.pid, 4, 3.0, 1000, args.slides)  # not in the table; its errors count
+        levels = [load_level(port, server.pid, int(c), args.seconds, args.max_requests, args.slides)
+                  for c in args.clients.split(",")]
+        alone, filtered = http_slide(port, args.slides, n=1000), http_slide(port, args.slides, FILTER)
+    finally:
+        server.terminate()
+        server.wait(30)
+    result = {"machine": machine_description(), "slides": args.slides, "patches": manifest["counts"]["patches"],
+              "factories": ", ".join(f"{k} {v['factory']}" for k, v in manifest["indexes"].items()),
+              "config": {"clients": args.clients, "seconds": args.seconds, "max_requests": args.max_requests},
+              "warmup": warmup, "levels": levels, "in_process_slide": in_process_slide(index, args.slides),
+              "slide_alone": {"http": alone},
+              "filtered_slide": {"http": filtered, "in_process": in_process_slide(index, args.slides, 300, FILTER)}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "bench_serve.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""`slidesearch serve`: a read-only HTTP API (FastAPI on uvicorn) and a web page over one live index."""
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+
+
+def url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """The page's address for a bind address and port.
+
+    >>> url(), url("::1", 9000)
+    ('http://127.0.0.1:8000/', 'http://[::1]:9000/')
+    """
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def one_thread_per_request() -> None:
+    """Run FAISS and torch single-threaded in this process unless ``OMP_NUM_THREADS`` says otherwise.
+
+    A server's parallelism is its concurrent requests; an OpenMP team per request thread only adds wake-ups
+    (measured: slide queries 1.7 ms instead of 2.3 ms p50 over HTTP, filtered ones 6.4 instead of 7.8). It must
+    run before FAISS or torch is imported, as the OpenMP runtime reads the variable once.
+    """
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
