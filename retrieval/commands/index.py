@@ -126,8 +126,9 @@ def info_command(
 
     console = Console()
     enc, bank, counts = info["encoder"], info["bank"], info["counts"]
-    console.print(f"[bold]{index}[/] (schema {info['schema_version']}, version {info['version']}, "
-                  f"{info['segments']} segments, updated {info['updated']})")
+    segments = f"{info['segments']} segment" + ("" if info["segments"] == 1 else "s")
+    console.print(f"[bold]{index}[/] (schema {info['schema_version']}, version {info['version']}, {segments}, "
+                  f"updated {info['updated']})")
     console.print(f"encoder {enc['name']} (dim {enc['dim']}, weights {enc['weights_sha256'][:12]}); "
                   f"bank {bank['name']} (K={bank['K']}); tiling {info['tiling']}")
     console.print(f"{counts['slides_ok']} slides indexed, {counts['slides_failed']} failed, {counts['patches']:,} patches"
