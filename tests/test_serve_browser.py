@@ -33,7 +33,9 @@ def browser_context():
 
 
 def test_search_open_heatmap_and_region_query_in_the_page(planted_index, browser_context, tmp_path):
-    from retrieval.serve.app import create_app
+    from retrieval.serve.app import NODE_MODULES, create_app
+
+    assert (NODE_MODULES / "openseadragon").is_dir(), f"no OpenSeadragon in {NODE_MODULES}: run `npm ci` (scripts/env.sh does)"
 
     with running(create_app(planted_index[0])) as base:
         page = browser_context.new_page()
