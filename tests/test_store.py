@@ -47,14 +47,14 @@ def rows_of(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def answers(searcher: SlideSearcher) -> list:
-    """Slide, patch and text answers (ids and scores) for fixed queries."""
+    """Slide, text and patch answers (ids and scores) for fixed queries."""
     out = []
     for slide_id in ("A", "C"):
         if searcher.arrays.row_of(slide_id) is not None:
             out.append([(h.slide_id, round(h.score, 6)) for h in searcher.search_slide(slide_id, 5).hits])
     for q in scenario.unit(np.random.default_rng(3).standard_normal((2, scenario.DIM))):
-        out.append([(h.slide_id, round(h.score, 6)) for h in searcher.search_patch(list(q), 5).hits]
-                   if False else [(h.slide_id, round(h.score, 6)) for h in searcher.search_text_vector(q, 5).hits])
+        out.append([(h.slide_id, round(h.score, 6)) for h in searcher.search_text_vector(q, 5).hits])
+        out.append([(h.slide_id, round(h.score, 6)) for h in searcher.search_patch(list(q), 5).hits])
     return out
 
 

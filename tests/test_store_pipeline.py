@@ -125,7 +125,7 @@ def write_v1(v2: Path, v1: Path) -> None:
             np.savez(fh, coords=np.stack([part["x"].to_numpy(), part["y"].to_numpy()], 1),
                      features=seg.features[start:start + len(part)], patch_size=np.int64(r["patch_size"]),
                      record=np.frombuffer(json.dumps(record).encode(), np.uint8))
-    user = [c for c in catalog.slides.column_names if c not in SegmentFiles.__dict__ and c in ("label", "patient_id")]
+    user = [c for c in ("label", "patient_id") if c in catalog.slides.column_names]
     pq.write_table(catalog.slides.select(["slide_row", "slide_id", "path", "sha256", "size_bytes", "mtime_ns", "vendor",
                                           "width", "height", "mpp", "mpp_source", "magnification", "n_patches",
                                           "patch_row_start", "patch_size", "status", "error", "entropy", "max_mass", *user]),

@@ -133,12 +133,11 @@ def vacuum(paths: IndexPaths, current: Version) -> dict[str, int]:
         removed["versions"] += 1
     keep_segments = {s["id"] for v in held for s in v.segments}
     keep_files = {p for v in held for p in (v.metadata, v.tombstones) if p}
-    for folder in (paths.segments,):
-        for seg in folder.iterdir() if folder.is_dir() else ():
-            if seg.name not in keep_segments and not seg.name.startswith("."):
-                crash.point("vacuum.segment")
-                shutil.rmtree(seg)
-                removed["segments"] += 1
+    for seg in paths.segments.iterdir() if paths.segments.is_dir() else ():
+        if seg.name not in keep_segments and not seg.name.startswith("."):
+            crash.point("vacuum.segment")
+            shutil.rmtree(seg)
+            removed["segments"] += 1
     for folder in (paths.metadata, paths.tombstones):
         for file in folder.iterdir() if folder.is_dir() else ():
             if str(file.relative_to(paths.root)) not in keep_files and not file.name.startswith("."):

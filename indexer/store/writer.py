@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import sys
 import time
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -137,8 +139,6 @@ class IndexWriter:
 
     def fix_prototypes(self, table: pa.Table, prototypes: np.ndarray) -> np.ndarray:
         """Write prototypes.parquet (P) before the first commit; afterwards P is fixed and the stored one is returned."""
-        import hashlib
-
         if self.version.number > 0 and self.paths.prototypes.is_file():
             return read_prototypes(self.paths)[1]
         column = pa.FixedSizeListArray.from_arrays(pa.array(prototypes.astype(np.float32).ravel()), prototypes.shape[1])
@@ -146,8 +146,6 @@ class IndexWriter:
         with atomic_path(self.paths.prototypes) as tmp:
             pq.write_table(table.append_column("embedding", column), tmp)
         digest = hashlib.sha256(np.ascontiguousarray(prototypes, np.float32).tobytes()).hexdigest()
-        from dataclasses import replace
-
         self.settings = replace(self.settings, prototypes_sha256=digest)
         self._write_identity()
         return prototypes.astype(np.float32)
@@ -265,7 +263,7 @@ class IndexWriter:
         rows = np.union1d(self.tombstones, np.asarray(dead_rows, np.int64))
         counts["tombstoned"] = int(len(rows))
         path = write_tombstones(self.paths, new.number, rows) if len(dead_rows) else new.tombstones
-        return Version.from_json({**new.to_json(), "tombstones": path, "counts": counts})
+        return replace(new, tombstones=path, counts=counts)
 
     def remove(self, slide_ids: Iterable[str]) -> Version:
         """Tombstone live slides (their rows vanish from every query at once); unknown ids are refused."""
@@ -284,7 +282,7 @@ class IndexWriter:
         """Merge a metadata table (``slide_id`` + columns) into the stored one and commit it."""
         merged = merge_metadata(self.metadata, table)
         new = self.version.successor(operation="metadata", timings={})
-        new = Version.from_json({**new.to_json(), "metadata": write_metadata(self.paths, new.number, merged)})
+        new = replace(new, metadata=write_metadata(self.paths, new.number, merged))
         return self._publish(new)
 
     def replace_segments(self, old_ids: list[str], entry: dict[str, Any], dropped_rows: np.ndarray,
@@ -299,4 +297,4 @@ class IndexWriter:
                                      operation=operation, timings={})
         counts = {**new.counts, "tombstoned": int(len(rows))}
         tomb = write_tombstones(self.paths, new.number, rows) if len(rows) else None
-        return self._publish(Version.from_json({**new.to_json(), "tombstones": tomb, "counts": counts}))
+        return self._publish(replace(new, tombstones=tomb, counts=counts))
