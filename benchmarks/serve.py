@@ -1,11 +1,12 @@
 """`slidesearch serve` under load: 1, 4 and 16 concurrent clients against a 100k-slide index, over loopback.
 
-Usage: python benchmarks/serve.py [--slides 100000] [--clients 1,4,16] [--seconds 30] [--max-requests 20000]
-       [--keep DIR] [--out out/bench-serve]
+Usage: python benchmarks/serve.py [--slides 100000] [--dim 128 --k 8 | --dim 512 --k 16] [--clients 1,4,16]
+       [--seconds 30] [--max-requests 20000] [--keep DIR] [--out out/bench-serve]
 
-The index is ``benchmarks/search.py``'s ``synthetic_index`` (10 patches per slide, 128-d, K = 8). Its encoder
-is named "synthetic", so the server is given the ``tiny`` encoder (random weights, 128-d, the same space size)
-through ``create_app(index, encoder=...)``: text queries run its real text tower behind the server's batching
+The index is ``benchmarks/search.py``'s ``synthetic_index`` (10 patches per slide, ``--dim``-d, ``--k``
+prototypes). Its encoder is named "synthetic", so the server is given a real encoder of the same space size with
+random weights through ``create_app(index, encoder=...)``: ``tiny`` for 128-d, open_clip ViT-B-32 (CONCH's size)
+for 512-d. Text queries run its real text tower behind the server's batching
 queue, and patch queries upload a 64² PNG that its image tower embeds (the synthetic slides have no pixels, so
 region queries are not part of the mix). The server runs in its own process; each client is a thread with
 one keep-alive ``http.client`` connection, cycling text (unique strings), slide (random ids) and patch
@@ -33,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the in-process figures run FAISS as the server does (one_thread_per_request)
 
 KINDS = ("text", "slide", "patch")
 FILTER = "label = 'c3'"  # about 10 % of the synthetic slides
@@ -40,8 +42,11 @@ WORDS = ("adenocarcinoma", "necrosis", "stroma", "mucin", "lymphocytes", "glands
          "tumour", "fibrosis", "inflammation", "squamous", "keratin", "vessels", "fat", "nuclei")
 
 
-def serve(index: str, port: int) -> None:
-    """The server process: the synthetic index served with the ``tiny`` encoder on 127.0.0.1:``port``."""
+ENCODERS = {128: ("tiny", None), 512: ("openclip:ViT-B-32", "random")}  # real towers, random weights, by dim
+
+
+def serve(index: str, port: int, dim: int) -> None:
+    """The server process: the synthetic index served with a ``dim``-d encoder on 127.0.0.1:``port``."""
     from retrieval.serve import one_thread_per_request
 
     one_thread_per_request()  # as `slidesearch serve` does
@@ -50,7 +55,8 @@ def serve(index: str, port: int) -> None:
     from indexer.encoders import load_encoder
     from retrieval.serve.app import create_app
 
-    app = create_app(index, encoder=load_encoder("tiny", device="cpu"))
+    name, checkpoint = ENCODERS[dim]
+    app = create_app(index, encoder=load_encoder(name, checkpoint=checkpoint, device="cpu"))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -218,8 +224,8 @@ def in_process_slide(index: Path, n_slides: int, n: int = 2000, where: str | Non
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}. Index: {result['slides']:,} slides, {result['patches']:,} patches "
-             f"({result['factories']}).", "",
+    lines = [f"Machine: {result['machine']}. Index: {result['slides']:,} slides, {result['patches']:,} patches, "
+             f"d = {result['dim']}, K = {result['k']} ({result['factories']}); queries embedded by {result['encoder']}.", "",
              "| clients | kind | requests | QPS | p50 ms | p99 ms | errors | server RSS MB start → max → end | texts per batch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for level in result["levels"]:
@@ -249,25 +255,28 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=128, choices=sorted(ENCODERS))
+    parser.add_argument("--k", type=int, default=8, help="Prototypes (slide vectors are k·dim).")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-requests", type=int, default=20_000)
     parser.add_argument("--keep", type=Path, default=None, help="Folder for the synthetic index (reused).")
     parser.add_argument("--out", type=Path, default=Path("out/bench-serve"))
-    parser.add_argument("--serve", nargs=2, metavar=("INDEX", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=3, metavar=("INDEX", "PORT", "DIM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
+        serve(args.serve[0], int(args.serve[1]), int(args.serve[2]))
         return {}
     from search import SyntheticSpec, synthetic_index
 
     from retrieval.bench_search import machine_description
 
     work = args.keep or Path(f"/tmp/slidesearch-bench-serve-{args.slides}")
-    index = work / f"n{args.slides}"
-    manifest = synthetic_index(index, SyntheticSpec(args.slides))
+    spec = SyntheticSpec(args.slides, dim=args.dim, k=args.k)
+    index = work / (f"n{args.slides}" if (args.dim, args.k) == (128, 8) else f"n{args.slides}_d{args.dim}_k{args.k}")
+    manifest = synthetic_index(index, spec)
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(index), str(port)])
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(index), str(port), str(args.dim)])
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -285,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.terminate()
         server.wait(30)
-    result = {"machine": machine_description(), "slides": args.slides, "patches": manifest["counts"]["patches"],
+    result = {"machine": machine_description(), "slides": args.slides, "dim": args.dim, "k": args.k,
+              "encoder": ENCODERS[args.dim][0], "patches": manifest["counts"]["patches"],
               "factories": ", ".join(f"{k} {v['factory']}" for k, v in manifest["indexes"].items()),
               "config": {"clients": args.clients, "seconds": args.seconds, "max_requests": args.max_requests},
               "warmup": warmup, "levels": levels, "in_process_slide": in_process_slide(index, args.slides),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import unicodedata
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,6 +15,7 @@ SLIDE_SUFFIXES = frozenset({
 })
 COMPOUND_SUFFIXES = (".ome.tiff", ".ome.tif")
 MAX_ID_LENGTH = 200
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode categories Cc and Cs, exactly
 RULE = (f"a slide id is 1-{MAX_ID_LENGTH} characters, not '.' or '..', without '/', '\\' or control characters")
 
 
@@ -41,7 +42,7 @@ def check_slide_id(slide_id: str) -> str:
     """
     text = str(slide_id)
     bad = (not text or len(text) > MAX_ID_LENGTH or text in (".", "..") or "/" in text or "\\" in text
-           or any(unicodedata.category(c) in ("Cc", "Cs") for c in text))
+           or _CONTROL.search(text) is not None)
     if bad:
         shown = repr(text[:60]) + ("..." if len(text) > 60 else "")
         raise UserError(f"invalid slide id {shown}: {RULE}")

@@ -96,10 +96,14 @@ class BodyLimit:
         from indexer.slides.limits import limit
 
         cap = limit("MAX_QUERY_BYTES") + BODY_SLACK
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_large = JSONResponse({"error": f"request body is over the limit of {cap:,} bytes"}, status_code=413)
+
+        async def too_large() -> None:
+            response = JSONResponse({"error": f"request body is over the limit of {cap:,} bytes"}, status_code=413)
+            await response(scope, receive, send)
+
+        declared = next((value for name, value in scope.get("headers") or () if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            return await too_large(scope, receive, send)
+            return await too_large()
         seen = 0
 
         async def counted() -> dict:
@@ -117,6 +121,6 @@ class BodyLimit:
             if seen <= cap:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await too_large(scope, receive, send)
+                await too_large()
 
         await self.app(scope, counted, replaced)

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
-from retrieval.results import dumps, result_json
+from retrieval.results import dumps_bytes, result_json
 from retrieval.serve.service import Service
 
 router = APIRouter()
@@ -34,7 +34,7 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return dumps(content).encode()
+        return dumps_bytes(content)
 
 
 def _service(request: Request) -> Service:
