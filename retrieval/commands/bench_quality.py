@@ -26,6 +26,8 @@ def retrieval(
     max_query_patches: int = typer.Option(64, help="patch-vote: at most this many evenly spaced patches per query slide."),
     patch_neighbours: int = typer.Option(32, help="patch-vote: nearest patches fetched per query patch."),
     out: Path = typer.Option(Path("bench-retrieval"), "--out", help="Folder for bench_retrieval.json, .md and .png."),
+    convention: str = typer.Option(
+        "slidesearch", "--convention", help="Metric convention: slidesearch (default) or sish (SISH's eval.py)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON instead of the table."),
 ) -> None:
     """Leave-one-patient-out retrieval over the whole index: mMV@k, mAP@k, Acc@k per mode, with the chance rate."""
@@ -39,7 +41,7 @@ def retrieval(
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task("queries", total=None)
         result = run_retrieval_benchmark(index, label, ks, exclude, modes, max_query_patches=max_query_patches,
-                                         patch_neighbours=patch_neighbours,
+                                         patch_neighbours=patch_neighbours, convention=convention,
                                          on_query=lambda s: progress.update(task, advance=1, description=f"queried {s}"))
     command = _command_line()
     paths = write_retrieval_report(result, out, command=command)
