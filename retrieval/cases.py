@@ -122,8 +122,10 @@ class CaseSearcher:
         return at, t["case_ids"][t["case"][at[0]]]
 
     def search(self, query: str, k: int = 10, where: str | None = None, exclude_same: str | None = None,
-               target_stain: str | None = None, fusion: str = DEFAULT_FUSION, space: str = "proto") -> CaseResult:
-        """Cases like a case (by case_id) or a slide (by slide_id); the query's own case is never returned.
+               target_stain: str | None = None, fusion: str = DEFAULT_FUSION, space: str = "proto",
+               query_stain: str | None = None, include_own_case: bool = False) -> CaseResult:
+        """Cases like a case (by case_id) or a slide (by slide_id); the query's own case is left out unless
+        ``include_own_case`` (a slide query may then find its own case through another stain).
 
         Args:
             query: a case_id, or an indexed slide_id.
@@ -133,6 +135,8 @@ class CaseSearcher:
             target_stain: represent candidate cases by their slides of this stain only (cross-stain search).
             fusion: ``concat``, ``mean`` or ``max`` (module docstring).
             space: the slide space (``proto``, ``mean`` or an imported slide-encoder name).
+            query_stain: use only the query's slides of this stain (e.g. an H&E-only baseline).
+            include_own_case: keep the query's case among the candidates (never the query slides themselves).
         """
         if k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
@@ -140,7 +144,11 @@ class CaseSearcher:
             raise QueryError(f"unknown fusion {fusion!r}: use {', '.join(FUSIONS)}")
         t = self.table
         q_at, q_case = self.query_rows(query)
-        allowed = self._allowed(where, exclude_same, q_at, target_stain)
+        if query_stain is not None:
+            q_at = q_at[[t["stain"][i] == query_stain for i in q_at]]
+            if len(q_at) == 0:
+                raise QueryError(f"{query!r} has no slide of stain {query_stain!r}")
+        allowed = self.allowed_mask(where, exclude_same, q_at, target_stain, include_own_case)
         vectors = self.vectors(space)
         one_key = target_stain is not None or fusion != "concat"
         keys = np.zeros(len(t["rows"]), np.int64) if one_key else np.asarray([t["stains"].index(s) for s in t["stain"]])
@@ -153,13 +161,16 @@ class CaseSearcher:
                                                           for i in q_at]}
         return CaseResult("case", str(query), hits, details)
 
-    def _allowed(self, where, exclude_same, q_at, target_stain) -> np.ndarray:
+    def allowed_mask(self, where, exclude_same, q_at, target_stain, include_own_case: bool = False) -> np.ndarray:
         """Boolean mask (table order) of candidate slides: filter, not the query's case, exclusions, stain."""
         t = self.table
         catalog = self.searcher.catalog
         rows = catalog.allowed_slide_rows(where)
         allowed = np.ones(len(t["rows"]), bool) if rows is None else np.isin(t["rows"], rows)
-        allowed &= ~np.isin(t["case"], t["case"][q_at])
+        if include_own_case:
+            allowed[q_at] = False
+        else:
+            allowed &= ~np.isin(t["case"], t["case"][q_at])
         if exclude_same:
             if exclude_same not in catalog.slides.column_names:
                 raise QueryError(f"--exclude-same {exclude_same!r}: no such column (columns: "
