@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=48)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--k", default="1,5,10")
+    parser.add_argument("--concentration", type=float, default=None, help="per-case mixture jitter (see the cohort script)")
+    parser.add_argument("--ihc-section", choices=("same", "serial"), default="same")
     args = parser.parse_args()
     from indexer.pipeline import IndexConfig, run_index
     from indexer.synthetic_multistain import write_multistain_cohort
@@ -80,7 +82,8 @@ def main() -> None:
     tiling = TilingConfig(magnification=10, patch_px=64)
     timings = {}
     t0 = time.perf_counter()
-    csv_path = write_multistain_cohort(args.work / "cohort", n_patients=args.patients, size=(args.size, args.size))
+    csv_path = write_multistain_cohort(args.work / "cohort", n_patients=args.patients, size=(args.size, args.size),
+                                       concentration=args.concentration, ihc_section=args.ihc_section)
     timings["cohort"] = time.perf_counter() - t0
     timings["slide features"] = write_standin_slide_features(args.work / "cohort", args.work / "slide_features", tiling)
     t0 = time.perf_counter()
@@ -97,7 +100,9 @@ def main() -> None:
     timings["benchmark"] = time.perf_counter() - t0
     result |= {"machine": machine_description(), "stain_detection": detection,
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    command = f"python benchmarks/multistain.py --work {args.work} --out {args.out} --patients {args.patients} --size {args.size} --k {args.k}"
+    command = (f"python benchmarks/multistain.py --work {args.work} --out {args.out} --patients {args.patients} "
+               f"--size {args.size} --k {args.k} --ihc-section {args.ihc_section}"
+               + (f" --concentration {args.concentration:g}" if args.concentration else ""))
     write_case_report(result, args.out, command=command)
     print(markdown_case_report(result))
     print(json.dumps({"stain_detection": detection, "timings_s": result["timings_s"], "machine": result["machine"]}))

@@ -311,3 +311,21 @@ def test_bench_retrieval_case_level(index, tmp_path, run_cli):
                               "--fusion", "mean", "--space", "proto", "--convention", "sish", "--out", tmp_path,
                               "--json").stdout)
     assert sish["convention"] == "sish" and list(sish["results"]) == ["proto/mean"]
+
+
+def test_segments_written_before_stain_detection_still_read(planted_index, tmp_path, make_slide):
+    """An index whose segments predate the stain columns gets a new segment with them: both read as one table."""
+    import pyarrow.parquet as pq
+
+    root, _, config = planted_index
+    copy = tmp_path / "index"
+    shutil.copytree(root, copy)
+    for table in copy.glob("segments/*/slides.parquet"):  # as written before this change
+        pq.write_table(pq.read_table(table).drop_columns(["stain_detected", "stain_eosin_share"]), table)
+    report = run_index([make_slide(name="NEW")], copy, config, show_progress=False)
+    assert report.indexed == ["NEW"]
+    slides = slides_of(copy)
+    assert slides["NEW"]["stain"] == "H&E" and slides["NEW"]["stain_source"] == "detected"
+    assert slides["S01"]["stain"] is None and slides["S01"]["stain_source"] is None
+    assert slides["S01"]["case_id"] == "P1" and slides["NEW"]["case_id"] == "NEW"
+    assert CaseSearcher(SlideSearcher(copy)).search("P1", k=2).hits
