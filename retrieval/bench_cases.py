@@ -12,7 +12,6 @@ Protocol.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from indexer.errors import QueryError
-from retrieval.bench_retrieval import convention_line
+from retrieval.bench_retrieval import convention_line, write_report
 from retrieval.cases import FUSIONS, CaseSearcher
 from retrieval.metrics import DEFAULT_CONVENTION, check_convention, recall_at_k, retrieval_report
 from retrieval.search import SlideSearcher
@@ -187,16 +186,7 @@ def markdown_case_report(result: dict[str, Any]) -> str:
 
 def write_case_report(result: dict[str, Any], out: str | Path, command: str = "") -> dict[str, Path]:
     """Write ``bench_cases.json``, ``.md`` and ``.png`` into ``out``."""
-    from indexer.store import atomic_write_bytes
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out / f"bench_cases.{ext}" for ext in ("json", "md", "png")}
-    body = result | ({"command": command} if command else {})
-    atomic_write_bytes(paths["json"], (json.dumps(body, indent=2, default=str) + "\n").encode())
-    atomic_write_bytes(paths["md"], (markdown_case_report(result) + (f"\nCommand: `{command}`\n" if command else "")).encode())
-    plot_cases(result, paths["png"])
-    return paths
+    return write_report(result, out, "bench_cases", markdown_case_report, plot_cases, command)
 
 
 def plot_cases(result: dict[str, Any], path: str | Path) -> Path:

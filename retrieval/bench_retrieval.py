@@ -230,16 +230,22 @@ def convention_line(convention: str) -> str:
 
 def write_retrieval_report(result: dict[str, Any], out: str | Path, command: str = "") -> dict[str, Path]:
     """Write ``bench_retrieval.json``, ``.md`` and ``.png`` (per-class mMV@5 by mode) into ``out``."""
+    return write_report(result, out, "bench_retrieval", markdown_report, plot_per_class, command)
+
+
+def write_report(result: dict[str, Any], out: str | Path, stem: str, markdown: Callable[[dict], str],
+                 plot: Callable[[dict, Path], Path], command: str = "") -> dict[str, Path]:
+    """Write ``<stem>.json`` (the result and the command), ``.md`` (``markdown(result)``) and ``.png`` (``plot``)."""
     from indexer.store import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out / f"bench_retrieval.{ext}" for ext in ("json", "md", "png")}
+    paths = {ext: out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
     body = result | ({"command": command} if command else {})
     atomic_write_bytes(paths["json"], (json.dumps(body, indent=2, default=str) + "\n").encode())
-    text = markdown_report(result) + (f"\nCommand: `{command}`\n" if command else "")
+    text = markdown(result) + (f"\nCommand: `{command}`\n" if command else "")
     atomic_write_bytes(paths["md"], text.encode())
-    plot_per_class(result, paths["png"])
+    plot(result, paths["png"])
     return paths
 
 

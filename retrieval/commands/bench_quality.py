@@ -52,12 +52,17 @@ def retrieval(
         result = run_retrieval_benchmark(index, label, ks, exclude, modes, max_query_patches=max_query_patches,
                                          patch_neighbours=patch_neighbours, convention=convention,
                                          on_query=lambda s: progress.update(task, advance=1, description=f"queried {s}"))
+    _report(result, out, as_json, write_retrieval_report, markdown_report)
+
+
+def _report(result, out, as_json: bool, write, markdown) -> None:
+    """Write the report files, then print the result as JSON or Markdown."""
     command = _command_line()
-    paths = write_retrieval_report(result, out, command=command)
+    paths = write(result, out, command=command)
     if as_json:
         print_json(result | {"command": command, "files": {ext: str(p) for ext, p in paths.items()}})
         return
-    typer.echo(markdown_report(result))
+    typer.echo(markdown(result))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -72,13 +77,7 @@ def _case_level(index, label, ks, exclude, fusions, spaces, convention, out, as_
         task = progress.add_task("case queries", total=None)
         result = run_case_benchmark(index, label, ks, exclude, tuple(fusions or FUSIONS), spaces or None, convention,
                                     on_query=lambda s: progress.update(task, advance=1, description=f"ran {s}"))
-    command = _command_line()
-    paths = write_case_report(result, out, command=command)
-    if as_json:
-        print_json(result | {"command": command, "files": {ext: str(p) for ext, p in paths.items()}})
-        return
-    typer.echo(markdown_case_report(result))
-    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _report(result, out, as_json, write_case_report, markdown_case_report)
 
 
 @bench_app.command("index")
