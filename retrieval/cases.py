@@ -62,7 +62,7 @@ class CaseResult:
         """Plain JSON-able dict (the ``--json`` shape: kind, query, hits, details, like slide results)."""
         return {"kind": self.kind, "query": self.query, "details": dict(self.details), "hits": [
             {"rank": h.rank, "case_id": h.case_id, "score": h.score,
-             "stains": _by_stain(h.slides), "slides": list(h.slides),
+             "stains": slides_by_stain(h.slides), "slides": list(h.slides),
              "matched": {**hit_json(h.matched), "stain": h.matched_stain}} for h in self.hits]}
 
     @property
@@ -70,7 +70,8 @@ class CaseResult:
         return [h.case_id for h in self.hits]
 
 
-def _by_stain(slides) -> dict[str, list[str]]:
+def slides_by_stain(slides) -> dict[str, list[str]]:
+    """stain → slide ids, from a case hit's ``slides`` (best first)."""
     out: dict[str, list[str]] = {}
     for s in slides:
         out.setdefault(s["stain"], []).append(s["slide_id"])
@@ -225,7 +226,8 @@ def fused_scores(vectors: np.ndarray, case: np.ndarray, keys: np.ndarray, q_at: 
     q_norm = np.linalg.norm(q_blocks, axis=1)
     present = q_norm > 0
     q_blocks[present] /= q_norm[present, None]
-    sims = np.where(allowed, (vectors.astype(np.float64) @ q_blocks.T)[np.arange(len(keys)), keys], 0.0)
+    sims = (vectors @ q_blocks.T.astype(vectors.dtype))[np.arange(len(keys)), keys].astype(np.float64)
+    sims = np.where(allowed, sims, 0.0)  # float32 product: no float64 copy of every slide vector per query
     score = np.full(n_cases, -np.inf)
     has = np.zeros(n_cases, bool)
     has[case[allowed]] = True

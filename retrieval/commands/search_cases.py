@@ -48,13 +48,15 @@ def show_cases(result, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from retrieval.cases import slides_by_stain
+
     d = result.details
     title = f"case query: {result.query} (case {d['query_case']}; fusion {d['fusion']}, space {d['space']}" + \
         (f", target stain {d['target_stain']})" if d.get("target_stain") else ")")
     table = Table("rank", "case_id", "score", "slides by stain", "matched slide (stain, sim)", "why: prototypes (mass, term)",
                   title=title)
     for hit in result.hits:
-        stains = "; ".join(f"{stain}: {', '.join(ids)}" for stain, ids in result.to_dict()["hits"][hit.rank - 1]["stains"].items())
+        stains = "; ".join(f"{stain}: {', '.join(ids)}" for stain, ids in slides_by_stain(hit.slides).items())
         why = "; ".join(f"{p.name} ({p.mass:.2f}, {p.similarity:.2f})" for p in hit.matched.prototypes)
         table.add_row(str(hit.rank), hit.case_id, f"{hit.score:.3f}", stains,
                       f"{hit.matched.slide_id} ({hit.matched_stain}, {hit.matched.score:.3f})", why)
