@@ -9,7 +9,7 @@ import typer
 
 from retrieval.cli_app import app, guarded, print_json
 
-search_app = typer.Typer(help="Search an index by text, slide or patch.", no_args_is_help=True)
+search_app = typer.Typer(help="Search an index by text, slide, patch or case.", no_args_is_help=True)
 app.add_typer(search_app, name="search")
 
 K_OPTION = typer.Option(10, "-k", "--k", help="Number of slides to return.")
