@@ -50,6 +50,11 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
     from indexer.tiling import tile_slide
     from indexer.tissue import detect_tissue
 
+    if config.slide_features_dir is not None:  # before any pixel is read: a missing file fails the slide at once
+        from indexer.slide_features import RECORD_KEY, read_slide_embedding
+
+        vector = read_slide_embedding(config.slide_features_dir, record["slide_id"])
+        record[RECORD_KEY] = {config.slide_encoder: vector.tolist()}
     t0 = time.perf_counter()
     with open_slide(path, mpp=mpp, require_mpp=config.features_dir is None) as slide:
         facts = slide.facts()
@@ -59,10 +64,12 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
         )
         timings["open"] += time.perf_counter() - t0
         if config.features_dir is not None:
+            _detect_stain(slide, None, record, timings)
             return _import_features(record, config, encoder, slide, timings)
         t0 = time.perf_counter()
         mask = detect_tissue(slide)
         timings["tissue"] += time.perf_counter() - t0
+        _detect_stain(slide, mask, record, timings)
         t0 = time.perf_counter()
         grid = tile_slide(slide, config.tiling, mask)
         grid = subsample_grid(grid, config.max_patches, seed=record["slide_id"])
@@ -82,6 +89,15 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
         progress.advance_patches(len(rows))
     timings["embed"] += time.perf_counter() - t0
     return StagedSlide(record, grid.coords, feats, grid.size)
+
+
+def _detect_stain(slide, mask, record, timings) -> None:
+    """Record the detected stain (H&E or IHC) of the slide (``indexer/stain.py``)."""
+    from indexer.stain import detect_slide_stain, stain_record
+
+    t0 = time.perf_counter()
+    record.update(stain_record(detect_slide_stain(slide, mask)))
+    timings["stain"] += time.perf_counter() - t0
 
 
 def _import_features(record, config, encoder, slide, timings) -> StagedSlide:

@@ -49,6 +49,8 @@ class IndexConfig:
     features_dir: str | None = None
     wait: bool = False
     commit_every: int | None = None
+    slide_features_dir: str | None = None  # TRIDENT slide-encoder .h5 files (indexer/slide_features.py)
+    slide_encoder: str | None = None  # the slide space they fill
 
 
 @dataclass

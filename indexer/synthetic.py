@@ -50,6 +50,29 @@ ARTEFACTS: dict[str, TissueClass] = {
 }
 """Pen marks a tissue detector must ignore; usable as a ``Region.tissue`` like the tissue classes."""
 
+IHC_SUFFIX = "@ihc"
+_IHC_COLOURS = {  # (base, feature): haematoxylin counterstain, brown DAB where the marker is (tumour cells)
+    "tumour": ((0.80, 0.64, 0.50), (0.50, 0.32, 0.16)),
+    "stroma": ((0.84, 0.82, 0.92), (0.60, 0.58, 0.80)),
+    "lymphocytes": ((0.76, 0.74, 0.90), (0.30, 0.28, 0.56)),
+    "necrosis": ((0.80, 0.72, 0.64), (0.62, 0.50, 0.42)),
+    "adipose": ((0.84, 0.84, 0.96), (0.52, 0.52, 0.80)),
+    "mucin": ((0.74, 0.76, 0.92), (0.56, 0.58, 0.84)),
+}
+IHC_CLASSES: dict[str, TissueClass] = {
+    name + IHC_SUFFIX: TissueClass(name + IHC_SUFFIX, base, feature, TISSUE_CLASSES[name].recipe,
+                                   TISSUE_CLASSES[name].scale, TISSUE_CLASSES[name].density)
+    for name, (base, feature) in _IHC_COLOURS.items()
+}
+"""DAB-IHC renderings of the tissue classes (``"tumour@ihc"``): the same texture (same morphology, same seed),
+recoloured as haematoxylin counterstain with DAB-positive tumour cells; no eosin anywhere."""
+
+
+def ihc(regions: tuple[Region, ...]) -> tuple[Region, ...]:
+    """The same layout rendered as DAB-IHC (artefacts stay as they are)."""
+    return tuple(Region(r.x0, r.y0, r.x1, r.y1, r.tissue + IHC_SUFFIX if r.tissue in TISSUE_CLASSES else r.tissue)
+                 for r in regions)
+
 
 @dataclass(frozen=True)
 class Region:
@@ -148,13 +171,14 @@ def _bank(name: str, downsample: int) -> np.ndarray:
         full = _bank(name, 1).astype(np.float32)
         side = BANK_PX // downsample
         return full.reshape(side, downsample, side, downsample, 3).mean(axis=(1, 3)).round().astype(np.uint8)
-    rng = np.random.default_rng(sum(map(ord, name)) * 7919 + len(name))
+    texture = name.removesuffix(IHC_SUFFIX)  # a stained rendering shares its class's texture
+    rng = np.random.default_rng(sum(map(ord, texture)) * 7919 + len(texture))
     if name == "background":
         rgb = np.asarray(_BACKGROUND, np.float32) + 0.004 * rng.standard_normal((BANK_PX, BANK_PX, 1))
         return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
-    cls = TISSUE_CLASSES.get(name) or ARTEFACTS.get(name)
+    cls = TISSUE_CLASSES.get(name) or ARTEFACTS.get(name) or IHC_CLASSES.get(name)
     if cls is None:
-        known = ", ".join([*TISSUE_CLASSES, *ARTEFACTS])
+        known = ", ".join([*TISSUE_CLASSES, *ARTEFACTS, *IHC_CLASSES])
         raise ValueError(f"unknown tissue class {name!r}; known: {known}")
     mask = _feature_mask(cls, rng)[..., None]
     rgb = (1 - mask) * np.asarray(cls.base, np.float32) + mask * np.asarray(cls.feature, np.float32)

@@ -33,7 +33,7 @@ import numpy as np
 
 from indexer import vector_index as vi
 from indexer.errors import QueryError
-from retrieval.metrics import retrieval_report
+from retrieval.metrics import DEFAULT_CONVENTION, check_convention, retrieval_report
 from retrieval.search import SlideSearcher
 
 MODES = ("proto", "mean", "patch-vote")
@@ -48,7 +48,8 @@ PLOT_K = 5
 def run_retrieval_benchmark(index: str | Path, label: str, ks: Sequence[int] = (1, 5, 10),
                             exclude_same: str | None = "patient_id", modes: Sequence[str] = MODES, *,
                             max_query_patches: int = MAX_QUERY_PATCHES, patch_neighbours: int = PATCH_NEIGHBOURS,
-                            seed: int = 0, on_query: Callable[[str], None] | None = None) -> dict[str, Any]:
+                            seed: int = 0, on_query: Callable[[str], None] | None = None,
+                            convention: str = DEFAULT_CONVENTION) -> dict[str, Any]:
     """Leave-one-out retrieval of every labelled slide of an index, in each mode (see the module docstring).
 
     Args:
@@ -61,6 +62,7 @@ def run_retrieval_benchmark(index: str | Path, label: str, ks: Sequence[int] = (
         patch_neighbours: patch-vote: nearest patches fetched per query patch.
         seed: seed of the random-ranking baseline.
         on_query: called with the query's slide_id after it ran in every mode (progress).
+        convention: metric convention, ``slidesearch`` or ``sish`` (see :mod:`retrieval.metrics`).
 
     Returns:
         A JSON-able dict: settings, counts (queries, skipped, classes), ``chance``, ``random`` baseline
@@ -72,6 +74,7 @@ def run_retrieval_benchmark(index: str | Path, label: str, ks: Sequence[int] = (
     """
     ks = _check_ks(ks)
     modes = _check_modes(modes)
+    check_convention(convention)
     if max_query_patches < 1 or patch_neighbours < 1:
         raise QueryError("max_query_patches and patch_neighbours must be at least 1")
     searcher = SlideSearcher(index)
@@ -113,14 +116,16 @@ def run_retrieval_benchmark(index: str | Path, label: str, ks: Sequence[int] = (
             on_query(slide_id(row))
     results = {}
     for mode in modes:
-        report = retrieval_report([[label_of[h] for h in hits] for hits in ranked[mode]], labels, ks, n_relevant)
+        report = retrieval_report([[label_of[h] for h in hits] for hits in ranked[mode]], labels, ks, n_relevant,
+                                  convention)
         results[mode] = {"metrics": report["metrics"], "per_class": report["per_class"], "seconds": round(seconds[mode], 3),
                          "hits": {slide_id(r): [slide_id(h) for h in hits] for r, hits in zip(rows, ranked[mode])}}
     classes = {c: labels.count(c) for c in sorted(set(labels), key=str)}
-    random_reports = [retrieval_report([[label_of[h] for h in hits] for hits in rep], labels, ks, n_relevant)
+    random_reports = [retrieval_report([[label_of[h] for h in hits] for hits in rep], labels, ks, n_relevant, convention)
                       for rep in random_ranked]
     return {
         "index": str(Path(index)), "label": label, "exclude_same": exclude_same, "ks": list(ks), "modes": list(modes),
+        "convention": convention,
         "n_slides": len(arrays.ids), "n_queries": len(rows), "skipped_unlabelled": skipped, "classes": classes,
         "n_relevant_mean": float(np.mean(n_relevant)),
         "chance": {"mMV": 1.0 / len(classes), "definition": (
@@ -194,6 +199,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"{len(result['classes'])} classes ({', '.join(f'{c}: {n}' for c, n in result['classes'].items())}); "
         f"{result['n_relevant_mean']:.1f} same-label slides left per query on average.",
         "",
+        convention_line(result.get("convention", DEFAULT_CONVENTION)),
+        "",
         "| mode | " + " | ".join(names) + " | seconds |",
         "|---" * (len(names) + 2) + "|",
     ]
@@ -213,18 +220,32 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def convention_line(convention: str) -> str:
+    """The sentence every report carries about how mMV@k and mAP@k were counted."""
+    how = {"slidesearch": "votes over the results present; AP@k divided by min(k, relevant items); mAP over queries",
+           "sish": "SISH eval.py: a vote counts only in a full list or with ≥ ⌈k/2⌉ votes; AP@k divided by k; "
+                   "mMV and mAP averaged over classes"}[convention]
+    return f"Metric convention: `{convention}` ({how})."
+
+
 def write_retrieval_report(result: dict[str, Any], out: str | Path, command: str = "") -> dict[str, Path]:
     """Write ``bench_retrieval.json``, ``.md`` and ``.png`` (per-class mMV@5 by mode) into ``out``."""
+    return write_report(result, out, "bench_retrieval", markdown_report, plot_per_class, command)
+
+
+def write_report(result: dict[str, Any], out: str | Path, stem: str, markdown: Callable[[dict], str],
+                 plot: Callable[[dict, Path], Path], command: str = "") -> dict[str, Path]:
+    """Write ``<stem>.json`` (the result and the command), ``.md`` (``markdown(result)``) and ``.png`` (``plot``)."""
     from indexer.store import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out / f"bench_retrieval.{ext}" for ext in ("json", "md", "png")}
+    paths = {ext: out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
     body = result | ({"command": command} if command else {})
     atomic_write_bytes(paths["json"], (json.dumps(body, indent=2, default=str) + "\n").encode())
-    text = markdown_report(result) + (f"\nCommand: `{command}`\n" if command else "")
+    text = markdown(result) + (f"\nCommand: `{command}`\n" if command else "")
     atomic_write_bytes(paths["md"], text.encode())
-    plot_per_class(result, paths["png"])
+    plot(result, paths["png"])
     return paths
 
 

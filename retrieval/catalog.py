@@ -40,6 +40,7 @@ class Catalog:
         import pyarrow as pa
 
         from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA
+        from retrieval.case_columns import derived_select
 
         con = duckdb.connect()
         con.execute(f"SET temp_directory = {_quote(tempfile.gettempdir())}")  # never spill into the user's folder
@@ -47,7 +48,7 @@ class Catalog:
         for name, schema in (("slides", SLIDE_SCHEMA), ("patches", PATCH_SCHEMA), ("subvectors", SUB_SCHEMA)):
             files = self.snapshot.table_files(name)
             if files:
-                source = f"read_parquet([{', '.join(_quote(f) for f in files)}])"
+                source = f"read_parquet([{', '.join(_quote(f) for f in files)}], union_by_name = true)"
             else:
                 con.register(f"empty_{name}", schema.empty_table())
                 source = f"empty_{name}"
@@ -55,14 +56,16 @@ class Catalog:
                         "WHERE slide_row NOT IN (SELECT slide_row FROM tombstones)")
         meta = self.snapshot.metadata_file
         if meta is None:
-            con.execute("CREATE VIEW slides AS SELECT * FROM seg_slides")
+            con.execute("CREATE VIEW slides_joined AS SELECT * FROM seg_slides")
         else:
             import pyarrow.parquet as pq
 
             user = [c for c in pq.read_schema(meta).names if c != "slide_id" and c not in SLIDE_SCHEMA.names]
             cols = "".join(f', m."{c}"' for c in user)
-            con.execute(f"CREATE VIEW slides AS SELECT s.*{cols} FROM seg_slides s "
+            con.execute(f"CREATE VIEW slides_joined AS SELECT s.*{cols} FROM seg_slides s "
                         f"LEFT JOIN read_parquet({_quote(meta)}) m ON s.slide_id = m.slide_id")
+        joined = [r[0] for r in con.execute("DESCRIBE slides_joined").fetchall()]
+        con.execute(f"CREATE VIEW slides AS SELECT {derived_select(joined)} FROM slides_joined")  # case_id, stain
         con.execute("CREATE VIEW patches AS SELECT * FROM seg_patches")
         con.execute("CREATE VIEW subvectors AS SELECT * FROM seg_subvectors")
         con.execute(f"CREATE VIEW prototypes AS SELECT * FROM read_parquet({_quote(self.snapshot.paths.prototypes)})")

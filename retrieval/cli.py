@@ -8,7 +8,7 @@ import os
 from retrieval.cli_app import app
 
 # Each module adds its commands to `app` when imported; heavy libraries load inside commands.
-_COMMAND_MODULES = ("tiles", "models", "index", "search", "bench", "bench_quality", "demo", "serve")
+_COMMAND_MODULES = ("tiles", "models", "index", "search", "search_cases", "bench", "bench_quality", "demo", "serve")
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"retrieval.commands.{_name}")
 

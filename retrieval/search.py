@@ -256,6 +256,11 @@ class SlideSearcher:
         which, patch_rows = self._representatives(hit_rows, order, terms > 1e-6)
         return protos, (which, patch_rows, arrays.patch_proto_sim[patch_rows])
 
+    def slide_hits(self, rows, scores, query_vec: np.ndarray) -> tuple[SearchHit, ...]:
+        """Hits for slide ``rows`` (rank order) explained against a ProAlign vector, as slide → slide explains them."""
+        rows = np.asarray(rows, np.int64)
+        return self._hits(rows, np.asarray(scores, np.float64), *self._explain_pairs(np.asarray(query_vec, np.float32), rows))
+
     def _representatives(self, rows: np.ndarray, ranked: np.ndarray,
                          usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each slide row, the representative patches of the first prototype in its row of ``ranked``

@@ -113,6 +113,7 @@ def test_cli_writes_json_markdown_and_png(index, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["modes"] == list(MODES) and data["exclude_same"] == "patient_id"
+    assert data["convention"] == "slidesearch"
     assert json.loads((out / "bench_retrieval.json").read_text())["results"]["mean"]["metrics"]["mMV@5"] == 0.5
     markdown = (out / "bench_retrieval.md").read_text()
     assert "Chance rate (mMV): 0.500" in markdown and "| patch-vote |" in markdown and "Per-class mMV@5" in markdown
@@ -121,6 +122,24 @@ def test_cli_writes_json_markdown_and_png(index, tmp_path):
     table = CliRunner().invoke(app, ["bench", "retrieval", str(index), "--label", "label", "--exclude-same", "none",
                                      "--mode", "mean", "--out", str(out)])
     assert table.exit_code == 0 and "| mean | 1.000 |" in table.stdout and "| proto |" not in table.stdout
+    assert "Metric convention: `slidesearch`" in markdown
+
+
+def test_sish_convention_is_stated_and_changes_short_lists(index, tmp_path):
+    # leave-one-patient-out over 8 slides leaves 6 candidates: at k=10 every list is short, so SISH counts a
+    # vote only with >= 5 same-label hits (a colon query keeps 4 colon slides, a lymph-node query none)
+    result = CliRunner().invoke(app, ["bench", "retrieval", str(index), "--label", "organ", "--k", "10",
+                                      "--mode", "mean", "--convention", "sish", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["convention"] == "sish"
+    assert data["results"]["mean"]["metrics"]["mMV@10"] == 0.0
+    assert "Metric convention: `sish`" in (tmp_path / "bench_retrieval.md").read_text()
+    default = run_retrieval_benchmark(index, "organ", ks=(10,), modes=("mean",))
+    assert default["results"]["mean"]["metrics"]["mMV@10"] > 0.0
+    bad = CliRunner().invoke(app, ["bench", "retrieval", str(index), "--label", "organ", "--convention", "trec",
+                                   "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "convention" in one_error_line(bad)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -157,3 +157,94 @@ def test_metrics_accept_non_string_labels():
     labels = [2, 1, (3, "x")]
     assert m.mmv_at_k(retrieved, labels, 3) == 1.0
     assert list(m.per_class([1, 0, 1], labels)) == [2, 1, (3, "x")]
+
+
+# --- the SISH convention (SISH's eval.py): full-list-or-⌈k/2⌉ votes, AP over k, means over classes --------
+
+def oracle_sish_class_scores(retrieved, labels, k):
+    """Per class (SISH's metric_dict): mean vote hit and mean AP, written from SISH's eval.py definitions."""
+    out = {}
+    for c in dict.fromkeys(labels):
+        hits, aps = [], []
+        for ranked, label in zip(retrieved, labels):
+            if label != c:
+                continue
+            top = list(ranked[:k])
+            if not top:  # a query that retrieved nothing counts, and scores 0
+                hits.append(0.0)
+                aps.append(0.0)
+                continue
+            precisions = [top[: i + 1].count(c) / (i + 1) for i in range(len(top)) if top[i] == c]
+            aps.append(sum(precisions) / k)
+            counts = {x: top.count(x) for x in top}
+            winner = max(counts, key=lambda x: (counts[x], -top.index(x)))
+            full_or_strong = len(top) == k or counts[winner] >= math.ceil(k / 2)
+            hits.append(float(winner == c and full_or_strong))
+        out[c] = (sum(hits) / len(hits), sum(aps) / len(aps))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sish_convention_matches_its_oracle_on_random_cases(seed):
+    retrieved, labels, _ = random_case(random.Random(300 + seed), max_len=7)
+    for k in (1, 3, 5, 10):
+        classes = oracle_sish_class_scores(retrieved, labels, k)
+        report = m.retrieval_report(retrieved, labels, ks=(k,), convention="sish")
+        assert report["convention"] == "sish"
+        assert report["per_class"][f"mMV@{k}"] == pytest.approx({c: v[0] for c, v in classes.items()})
+        assert report["per_class"][f"mAP@{k}"] == pytest.approx({c: v[1] for c, v in classes.items()})
+        assert report["metrics"][f"mMV@{k}"] == pytest.approx(sum(v[0] for v in classes.values()) / len(classes))
+        assert report["metrics"][f"mAP@{k}"] == pytest.approx(sum(v[1] for v in classes.values()) / len(classes))
+
+
+def test_sish_hand_worked_short_lists():
+    k = 5
+    # full list, plain majority: both conventions count it
+    assert m.vote_counts(["a", "b", "a", "c", "d"], "a", k, "sish")
+    # short list of 3 with 2 votes for a: the default counts it, SISH does not (2 < ceil(5/2) = 3)
+    assert m.vote_counts(["a", "a", "b"], "a", k)
+    assert not m.vote_counts(["a", "a", "b"], "a", k, "sish")
+    # short list of 4 with 3 votes: SISH counts it
+    assert m.vote_counts(["a", "b", "a", "a"], "a", k, "sish")
+    # one result: counts under the default, never under SISH at k=5; at k=1 a list of one is full
+    assert m.vote_counts(["a"], "a", k) and not m.vote_counts(["a"], "a", k, "sish")
+    assert m.vote_counts(["a"], "a", 1, "sish")
+    # k = 4: ceil(4/2) = 2 votes suffice in a short list
+    assert m.vote_counts(["a", "a", "b"], "a", 4, "sish")
+    # ties go to the earliest-ranked label in both (SISH: Counter.most_common keeps first-seen order)
+    assert not m.vote_counts(["b", "a", "a", "b", "c"], "a", k, "sish")
+    assert m.vote_counts(["b", "a", "a", "b", "c"], "b", k, "sish")
+    # no results: a miss
+    assert not m.vote_counts([], "a", k, "sish")
+
+
+def test_sish_hand_worked_average_precision_divides_by_k():
+    ranked = ["x", "a", "a"]  # precision at ranks 2, 3: 1/2, 2/3
+    assert m.average_precision_at_k(ranked, "a", 5, None, "sish") == pytest.approx((1 / 2 + 2 / 3) / 5)
+    # the default divides by min(k, n_relevant) = 2: a short list that found both relevant items
+    assert m.average_precision_at_k(ranked, "a", 5, n_relevant=2) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # a perfect list of 2 in a database with 2 relevant: 1.0 by default, 2/5 under SISH
+    assert m.average_precision_at_k(["a", "a"], "a", 5, n_relevant=2) == 1.0
+    assert m.average_precision_at_k(["a", "a"], "a", 5, None, "sish") == pytest.approx(0.4)
+    assert m.average_precision_at_k([], "a", 5, None, "sish") == 0.0
+
+
+def test_sish_mmv_hand_worked_macro():
+    retrieved = [["a", "a", "a", "b", "b"], ["a", "a"], ["b", "b", "b"], ["b", "a"]]
+    labels = ["a", "a", "b", "b"]
+    # class a: full list hit, short list 2 < 3 votes miss -> 1/2; class b: 3 votes hit, short tie (b first) miss -> 1/2
+    assert m.mmv_at_k(retrieved, labels, 5, "sish") == pytest.approx(0.5)
+    assert m.mmv_at_k(retrieved, labels, 5) == pytest.approx(1.0)  # default: every vote counts
+    # mAP (sish, macro): a: ((1+1+1)/5 + (1+1)/5)/2 = 0.5; b: ((1+1+1)/5 + (1/1)/5)/2 = 0.4
+    assert m.map_at_k(retrieved, labels, 5, None, convention="sish") == pytest.approx((0.5 + 0.4) / 2)
+
+
+def test_default_convention_is_documented_and_reported():
+    assert m.DEFAULT_CONVENTION == "slidesearch"
+    assert "the default" in m.__doc__ and "sish" in m.__doc__
+    report = m.retrieval_report([["a"]], ["a"], ks=(1,), n_relevant=[1])
+    assert report["convention"] == "slidesearch"
+    with pytest.raises(QueryError, match="convention"):
+        m.retrieval_report([["a"]], ["a"], ks=(1,), convention="trec")
+    with pytest.raises(QueryError, match="n_relevant"):
+        m.average_precision_at_k(["a"], "a", 1, None)

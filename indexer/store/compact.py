@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.slide_features import RECORD_KEY, slide_spaces_of
 from indexer.store import crash
 from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.segments import SegmentBuilder, SegmentFiles, SlideRows
@@ -70,6 +71,7 @@ def _copy_rows(builder: SegmentBuilder, src: SegmentFiles, records: list[dict], 
         start = int(np.searchsorted(patch_rows, record["patch_row_start"]))
         part = patches.slice(start, int(record["n_patches"]))
         i = position[int(record["slide_row"])]
+        record = {**record, RECORD_KEY: slide_spaces_of(src.folder, i)}  # imported slide-encoder vectors
         coords = np.stack([part.column("x").to_numpy(), part.column("y").to_numpy()], axis=1)
         builder.add(SlideRows(
             record, coords, src.features[start:start + len(part)], part.column("proto").to_numpy(),

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
 from indexer.store.layout import FAISS_NAMES
@@ -25,7 +26,7 @@ SLIDE_SCHEMA = pa.schema([
     ("height", pa.int64()), ("mpp", pa.float64()), ("mpp_source", pa.string()), ("magnification", pa.float64()),
     ("n_patches", pa.int64()), ("patch_row_start", pa.int64()), ("patch_size", pa.int64()),
     ("status", pa.string()), ("error", pa.string()), ("entropy", pa.float64()), ("max_mass", pa.float64()),
-    ("fingerprint", pa.string()),
+    ("fingerprint", pa.string()), ("stain_detected", pa.string()), ("stain_eosin_share", pa.float64()),
 ])
 PATCH_SCHEMA = pa.schema([
     ("patch_row", pa.int64()), ("slide_row", pa.int64()), ("x", pa.int64()), ("y", pa.int64()),
@@ -80,6 +81,7 @@ class SegmentBuilder:
         self.records: list[dict[str, Any]] = []
         self.ok_rows: list[int] = []
         self.masses: list[np.ndarray] = []
+        self.spaces: list[dict[str, np.ndarray]] = []  # per ok slide: imported slide-encoder vectors
         self._patch_parts: list[pa.Table] = []
         self._patch_buffered = 0
         self._patch_writer = pq.ParquetWriter(self.build / "patches.parquet", PATCH_SCHEMA)
@@ -99,6 +101,7 @@ class SegmentBuilder:
         self.vectors["subvectors"][row * self.k:(row + 1) * self.k] = slide.subvectors
         self.ok_rows.append(int(record["slide_row"]))
         self.masses.append(np.asarray(slide.mass, np.float32))
+        self.spaces.append({k: np.asarray(v, np.float32) for k, v in (record.pop(RECORD_KEY, None) or {}).items()})
         first = int(record["patch_row_start"])
         self._patch_parts.append(pa.table({
             "patch_row": np.arange(first, first + n, dtype=np.int64),
@@ -141,6 +144,7 @@ class SegmentBuilder:
             "mass": np.concatenate(self.masses) if self.masses else np.zeros(0, np.float32),
         }, schema=SUB_SCHEMA), self.build / "subvectors.parquet")
         np.save(self.build / "vector_rows.npy", rows)
+        write_segment_spaces(self.build, self.spaces)
         for array in (self.features, *self.vectors.values()):
             array.flush()
         del self.features, self.vectors

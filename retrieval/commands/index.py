@@ -51,6 +51,10 @@ def index_command(
     max_index_memory: Optional[str] = typer.Option(None, help="Memory budget per FAISS index, e.g. 4GB."),
     features: Optional[Path] = typer.Option(None, help="Import TRIDENT/CLAM .h5 features from this folder instead of encoding."),
     commit_every: Optional[int] = typer.Option(None, help="Commit a version every N slides (searchable while it runs)."),
+    slide_features: Optional[Path] = typer.Option(
+        None, help="Import TRIDENT slide-encoder .h5 files (<slide_id>.h5, dataset 'features') from this folder."),
+    slide_encoder: Optional[str] = typer.Option(
+        None, help="Name of the slide space --slide-features fills (e.g. titan); search it with `search slide --space`."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer of the index instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -64,6 +68,14 @@ def index_command(
 
     if features is not None and not features.is_dir():
         raise UserError(f"--features {features}: no such directory")
+    if (slide_features is None) != (slide_encoder is None):
+        raise UserError("--slide-features and --slide-encoder go together (a folder of .h5 files and its space name)")
+    if slide_features is not None:
+        from indexer.slide_features import check_space_name
+
+        if not slide_features.is_dir():
+            raise UserError(f"--slide-features {slide_features}: no such directory")
+        check_space_name(slide_encoder)
     aggregation = AggregationConfig()
     aggregation = dataclasses.replace(
         aggregation,
@@ -75,6 +87,7 @@ def index_command(
         tiling=TilingConfig(magnification=mag, patch_px=patch, min_tissue=min_tissue), max_patches=max_patches,
         mpp=mpp, bank=bank, aggregation=aggregation, max_index_memory=parse_bytes(max_index_memory),
         features_dir=str(features) if features else None, wait=wait, commit_every=commit_every,
+        slide_features_dir=str(slide_features) if slide_features else None, slide_encoder=slide_encoder,
     )
     report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json))
     summary = {

@@ -9,7 +9,7 @@ import typer
 
 from retrieval.cli_app import app, guarded, print_json
 
-search_app = typer.Typer(help="Search an index by text, slide or patch.", no_args_is_help=True)
+search_app = typer.Typer(help="Search an index by text, slide, patch or case.", no_args_is_help=True)
 app.add_typer(search_app, name="search")
 
 K_OPTION = typer.Option(10, "-k", "--k", help="Number of slides to return.")
@@ -47,6 +47,9 @@ def search_slide(
     where: Optional[str] = WHERE_OPTION,
     exclude_same: Optional[str] = typer.Option(None, "--exclude-same", help="Drop slides sharing this column's value (e.g. patient_id)."),
     mode: str = typer.Option("proto", "--mode", help="proto (prototype slide vectors) or mean (mean-pool baseline)."),
+    space: Optional[str] = typer.Option(None, "--space", help="Slide space instead of --mode: proto, mean, or an imported slide encoder."),
+    target_stain: Optional[str] = typer.Option(None, "--target-stain", help="Only slides of this stain (e.g. H&E) as results."),
+    group: Optional[str] = typer.Option(None, "--group", help="'case': return cases (best slide each, slides by stain); the query's case is left out."),
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
     device: str = DEVICE_OPTION,
@@ -54,7 +57,18 @@ def search_slide(
     """Slide → slide: cases that look like this slide."""
     from retrieval.search import SlideSearcher
 
-    result = SlideSearcher(index, device=device).search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=mode)
+    searcher = SlideSearcher(index, device=device)
+    if group is not None or space is not None or target_stain is not None:
+        from retrieval.cases import search_slide_options
+
+        result = search_slide_options(searcher, slide, k=k, where=where, exclude_same=exclude_same,
+                                      space=space or mode, target_stain=target_stain, group=group)
+        if group is not None:
+            from retrieval.commands.search_cases import show_cases
+
+            return show_cases(result, as_json)
+    else:
+        result = searcher.search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=mode)
     _show(result, as_json, thumbnails)
 
 
