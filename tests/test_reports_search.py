@@ -189,3 +189,18 @@ def test_reports_from_a_metadata_column_and_bad_sources(planted_index, tmp_path,
     out = run_cli("metadata", index, "--reports", str(tmp_path), "--report-model", str(tmp_path))
     assert out.exit_code != 0 and "not a loadable sentence-transformers model" in out.stderr
     assert current(index) == version
+
+
+def test_http_text_search_passes_source_and_returns_the_sentence(report_index):
+    import httpx
+
+    from retrieval.serve.app import create_app
+    from serving import running
+
+    with running(create_app(report_index)) as base, httpx.Client(base_url=base, timeout=60) as client:
+        both = client.get("/api/search/text", params={"q": "necrosis", "k": 3}).json()
+        assert both["hits"][0]["report"]["sentence"] and both["details"]["source"] == "both"
+        image = client.get("/api/search/text", params={"q": "necrosis", "k": 3, "source": "image"}).json()
+        assert all("report" not in h for h in image["hits"])
+        bad = client.get("/api/search/text", params={"q": "necrosis", "source": "text"})
+        assert bad.status_code == 422
