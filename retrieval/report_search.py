@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import islice
 from typing import Any, Iterable
 
 import numpy as np
@@ -241,6 +242,9 @@ def fused_text_search(searcher, query: str, k: int, where: str | None, expand: b
     for row in contradicted:
         score[row] = score.get(row, 0.0) - 1.0 / (RRF_K + 1)
     ranks = {name: {row: r for r, row in enumerate(ranked, 1)} for name, ranked in lists.items()}
+    if len(score) < k:  # fewer slides with evidence than asked: the rest score 0, above contradicted ones
+        pool = sorted(searcher.arrays.ids.values()) if allowed is None else allowed.tolist()
+        score.update((int(r), 0.0) for r in islice((r for r in pool if int(r) not in score), k))
     order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
     details["fusion"] = {**details.get("fusion", {}), "method": "rrf", "rrf_k": RRF_K, "lists": list(lists)}
     return SearchResult("text", query, _hits(searcher, order, score, image_hits, best, ranks, contradicted), details)
