@@ -80,9 +80,13 @@ class ReportIndex:
     def matcher(self, bank):
         from indexer.reports.attributes import AttributeMatcher, bank_terms
 
+        from indexer.reports.store import PHRASES
+
         cache = self.__dict__.setdefault("_matchers", {})
         if id(bank) not in cache:
-            cache[id(bank)] = AttributeMatcher(bank_terms(bank), self.model)
+            stored = self.files.folder / PHRASES
+            known = np.load(stored) if bank.sha256 == self.files.info["bank_sha256"] and stored.is_file() else None
+            cache[id(bank)] = AttributeMatcher(bank_terms(bank), self.model, known)
         return cache[id(bank)]
 
     def concepts(self, query: str, bank) -> QueryConcepts:
@@ -294,9 +298,9 @@ def search_report(searcher, text: str, k: int = 10, where: str | None = None, ha
         allowed = rows if allowed is None else np.intersect1d(allowed, rows)
     from indexer.reports.model import load_report_model
 
-    model = searcher.report_index.model if searcher.report_index.available else load_report_model()
-    findings = [f for sentence in AttributeMatcher(bank_terms(bank), model).match(split_sentences(text))
-                for f in sentence]
+    reports = searcher.report_index
+    matcher = reports.matcher(bank) if reports.available else AttributeMatcher(bank_terms(bank), load_report_model())
+    findings = [f for sentence in matcher.match(split_sentences(text)) for f in sentence]
     affirmed = list(dict.fromkeys(f.attribute for f in findings if f.polarity == AFFIRMED))
     left_out = sorted({f"{f.polarity}: {f.attribute}" for f in findings if f.attribute not in affirmed})
     if not affirmed:

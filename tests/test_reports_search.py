@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 import planted  # noqa: F401 - registers the planted encoder
@@ -155,6 +156,8 @@ def test_changed_reports_are_reencoded_alone_and_old_tables_survive_until_vacuum
     after, info = info_of(index)
     assert after.reports != before.reports and info["reused_slides"] == 5 and info["encoded_slides"] == 1
     assert (index / before.reports).is_dir()  # the old version's tables stay for open readers
+    phrases = [np.load(index / v.reports / "phrases.npy") for v in (before, after)]
+    assert np.array_equal(*phrases)  # the bank's phrase embeddings are carried over, not re-encoded
     csv.write_text("slide_id,site\nS01,c\n")  # does not touch the reports: same tables
     assert run_cli("metadata", index, csv).exit_code == 0
     assert current(index).reports == after.reports

@@ -80,18 +80,27 @@ class AttributeMatcher:
     Args:
         terms: from :func:`bank_terms`.
         model: a :class:`indexer.reports.model.ReportModel` (None: synonym matches only).
+        phrase_vectors: the phrases' embeddings by this model, when already known (``phrase_vectors``).
     """
 
-    def __init__(self, terms: tuple[Term, ...], model=None):
+    def __init__(self, terms: tuple[Term, ...], model=None, phrase_vectors: np.ndarray | None = None):
         self.terms, self.model = terms, model
         self._patterns = [(t, re.compile(_pattern(s), re.IGNORECASE)) for t in terms for s in t.synonyms]
-
-    @cached_property
-    def _phrases(self) -> tuple[np.ndarray, np.ndarray]:
         # A phrase that is itself negated ("few mitoses and no necrosis") is matched by its words only.
         usable = [(i, p) for i, t in enumerate(self.terms) for p in t.phrases if not scopes(p)]
-        owners = np.asarray([i for i, _ in usable], np.int64)
-        return owners, self.model.encode([p for _, p in usable])
+        self._owners = np.asarray([i for i, _ in usable], np.int64)
+        self._texts = [p for _, p in usable]
+        if phrase_vectors is not None and len(phrase_vectors) == len(usable):
+            self.__dict__["phrase_vectors"] = np.asarray(phrase_vectors, np.float32)
+
+    @cached_property
+    def phrase_vectors(self) -> np.ndarray:
+        """Unit embeddings of the phrases matched by similarity (encoded once per model and bank)."""
+        return self.model.encode(self._texts)
+
+    @property
+    def _phrases(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._owners, self.phrase_vectors
 
     def match(self, sentences: list[Span]) -> list[list[Finding]]:
         """The findings of each sentence (texts with offsets relative to the sentence)."""

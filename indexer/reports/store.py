@@ -26,8 +26,8 @@ from indexer.reports.ingest import REPORT_COLUMN, report_texts
 from indexer.reports.sentences import split_sentences
 from indexer.store.atomic import fsync_dir
 
-INFO, SENTENCES, EMBEDDINGS, ATTRIBUTES, LEXICAL = "reports.json", "sentences.parquet", "embeddings.npy", \
-    "attributes.parquet", "lexical"
+INFO, SENTENCES, EMBEDDINGS, ATTRIBUTES, LEXICAL, PHRASES = "reports.json", "sentences.parquet", "embeddings.npy", \
+    "attributes.parquet", "lexical", "phrases.npy"
 SENTENCE_SCHEMA = pa.schema([("sentence_row", pa.int64()), ("slide_id", pa.string()), ("position", pa.int32()),
                              ("start", pa.int32()), ("end", pa.int32()), ("text", pa.string()),
                              ("report_sha256", pa.string())])
@@ -93,6 +93,7 @@ def build_reports(root: Path, number: int, metadata: pa.Table | None, previous: 
     t0 = time.perf_counter()
     texts = report_texts(metadata, config.column)
     model = load_report_model(config.model)
+    t_model = time.perf_counter()
     old = ReportFiles(root / previous) if previous else None
     reusable = old is not None and old.info["model_sha256"] == model.sha256 and old.info["bank_sha256"] == bank.sha256
     old_sha = old.slide_sha() if reusable else {}
@@ -103,7 +104,9 @@ def build_reports(root: Path, number: int, metadata: pa.Table | None, previous: 
     pieces = [(s, i, span) for s in fresh for i, span in enumerate(split_sentences(texts[s]))]
     t1 = time.perf_counter()
     fresh_vectors = model.encode([span.text for _, _, span in pieces])
-    findings = AttributeMatcher(bank_terms(bank), model).match([span for _, _, span in pieces])
+    known = np.load(root / previous / PHRASES) if reusable and (root / previous / PHRASES).is_file() else None
+    matcher = AttributeMatcher(bank_terms(bank), model, known)
+    findings = matcher.match([span for _, _, span in pieces])
     t2 = time.perf_counter()
     base = len(sent_rows)
     for j, ((slide_id, position, span), found) in enumerate(zip(pieces, findings)):
@@ -121,11 +124,13 @@ def build_reports(root: Path, number: int, metadata: pa.Table | None, previous: 
     dense = np.concatenate([*vectors, fresh_vectors]) if vectors else fresh_vectors
     np.save(build / EMBEDDINGS, dense.astype(np.float16).reshape(-1, model.dim))
     build_lexical([r["text"] for r in sent_rows], build / LEXICAL)
+    np.save(build / PHRASES, matcher.phrase_vectors)
     info = {"column": config.column, "model": model.name, "model_path": model.path, "model_sha256": model.sha256,
             "dim": model.dim, "bank": bank.name, "bank_sha256": bank.sha256, "slides": len(texts),
             "sentences": len(sent_rows), "attributes": len(attr_rows), "reused_slides": len(kept),
             "encoded_slides": len(fresh), "encoded_sentences": len(pieces),
-            "timings": {"split": round(t1 - t0, 3), "encode+attributes": round(t2 - t1, 3),
+            "timings": {"load model": round(t_model - t0, 3), "split+reuse": round(t1 - t_model, 3),
+                        "encode+attributes": round(t2 - t1, 3),
                         "write": round(time.perf_counter() - t2, 3)}}
     (build / INFO).write_text(json.dumps(info, indent=1) + "\n")
     build.rename(folder)
