@@ -207,3 +207,21 @@ def test_http_text_search_passes_source_and_returns_the_sentence(report_index):
         assert all("report" not in h for h in image["hits"])
         bad = client.get("/api/search/text", params={"q": "necrosis", "source": "text"})
         assert bad.status_code == 422
+
+
+def test_index_command_takes_a_report_folder(planted_index, tmp_path, run_cli):
+    _, cohort, config = planted_index
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for slide_id in ("S03", "S05"):
+        (folder / f"{slide_id}.txt").write_text(REPORTS[slide_id])
+    (folder / "S99.txt").write_text("Necrosis.")  # no such slide: reported, kept for when it is indexed
+    out = run_cli("index", cohort, "--out", tmp_path / "idx", "--model", "planted", "--bank", config.bank,
+                  "--mag", "10", "--patch", "64", "--workers", "0", "--reports", folder, "--json")
+    assert out.exit_code == 0, out.stderr
+    notes = json.loads(out.stdout)["notes"]
+    assert any(n.startswith("reports: 2 rows matched") and "1 match no indexed slide" in n for n in notes)
+    _, info = info_of(tmp_path / "idx")
+    assert info["slides"] == 3
+    hits = json.loads(run_cli("search", "text", tmp_path / "idx", "mucin", "--json", "-k", "1").stdout)["hits"]
+    assert hits[0]["slide_id"] == "S05" and "mucin" in hits[0]["report"]["sentence"].lower()
