@@ -21,6 +21,7 @@ from indexer.encoders import file_sha256
 from indexer.errors import UserError
 from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
 from indexer.progress import StageProgress
+from indexer.reports.commit import commit_metadata, report_source
 from indexer.slide_ids import SLIDE_SUFFIXES, check_slide_id
 from indexer.slides import slide_id as slide_id_of
 from indexer.store.identity import IndexSettings
@@ -143,6 +144,8 @@ def run_index(
     config: IndexConfig = IndexConfig(),
     metadata_csv: str | Path | None = None,
     show_progress: bool = True,
+    reports: str | None = None,
+    report_model: str | None = None,
 ) -> IndexReport:
     """Index slides into ``out``: new and changed slides are encoded and committed as a new segment; slides
     already committed with the same file and settings are skipped; staged work of a killed run is resumed.
@@ -153,6 +156,9 @@ def run_index(
         config: model, tiling, bank and index options.
         metadata_csv: optional CSV of user columns, merged into the stored metadata.
         show_progress: draw rich progress bars on stderr.
+        reports: a folder of ``<slide_id>.txt`` reports, or the metadata column holding them (indexed for
+            report search: ``indexer/reports/``).
+        report_model: a sentence-transformers folder for the reports (default: all-MiniLM-L6-v2).
     """
     from indexer.bank import load_bank
     from indexer.encoders import load_encoder
@@ -162,6 +168,7 @@ def run_index(
     # Every check comes before the first write: a refused run leaves the index as it was.
     slides = [(check_slide_id(slide_id_of(p)), p) for p in collect_slides(inputs)]
     new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
+    report_table, report_config = report_source(reports, new_metadata, report_model)
     timings: dict[str, float] = defaultdict(float)
     t0 = time.perf_counter()
     encoder = load_encoder(config.model, checkpoint=config.checkpoint, device=config.device, batch_size=config.batch_size)
@@ -171,8 +178,8 @@ def run_index(
     report = IndexReport(out=Path(out))
     with IndexWriter(out, wait=config.wait, create=True) as writer:
         settings = writer.set_identity(settings_for(config, encoder, bank))
-        if new_metadata is not None:
-            writer.update_metadata(new_metadata)
+        if new_metadata is not None or report_table is not None or report_config is not None:
+            commit_metadata(writer, new_metadata, report_table, report_config)
         run = _Run(writer, config, settings, encoder, report, timings, prototype_table(bank, text_prototypes),
                    text_prototypes)
         with StageProgress(enabled=show_progress) as progress:
@@ -189,6 +196,8 @@ def run_index(
         report.counts, report.version = dict(writer.version.counts), writer.version.number
         if new_metadata is not None:
             report.notes.append(unmatched_summary(new_metadata, writer.live_slides))
+        if report_table is not None:
+            report.notes.append(unmatched_summary(report_table, writer.live_slides).replace("metadata:", "reports:", 1))
     report.timings = dict(timings)
     return report
 

@@ -31,7 +31,9 @@ def embed_text_query(encoder, query: str, bank=None, expand: bool = True) -> tup
         encoder: the index's encoder.
         query: free text, e.g. "poorly differentiated adenocarcinoma with necrosis".
         bank: the index's knowledge bank; when ``expand`` and the query names one of its diseases, the
-            disease's attributes are embedded and mixed in (KEP-style expansion).
+            disease's attributes are embedded and mixed in (KEP-style expansion). A disease named only
+            inside a negated or uncertain scope ("no adenocarcinoma", "cannot exclude lymphoma") is not
+            expanded (``details["not_expanded"]`` says which and why).
         expand: allow the expansion.
 
     Returns:
@@ -42,12 +44,28 @@ def embed_text_query(encoder, query: str, bank=None, expand: bool = True) -> tup
         raise QueryError("empty text query")
     q = normalize(encoder.encode_text([t.format(query) for t in PROMPT_TEMPLATES]).mean(axis=0))
     details: dict[str, Any] = {"templates": len(PROMPT_TEMPLATES), "expanded_with": None}
-    disease = bank.find_disease(query) if (expand and bank is not None) else None
+    disease = expansion_disease(query, bank, details) if (expand and bank is not None) else None
     if disease is not None and disease.attributes:
         attributes = normalize(normalize(encoder.encode_text(list(disease.attributes))).mean(axis=0))
         q = normalize((1 - EXPANSION_WEIGHT) * q + EXPANSION_WEIGHT * attributes)
         details.update(expanded_with=disease.name, attributes=list(disease.attributes), expansion_weight=EXPANSION_WEIGHT)
     return q, details
+
+
+def expansion_disease(query: str, bank, details: dict[str, Any] | None = None):
+    """The bank disease a query affirms (its name or a synonym outside every negated or uncertain scope), or None.
+
+    When the query names a disease only in such a scope, ``details["not_expanded"]`` records it.
+    """
+    from indexer.reports.negation import affirmed_text, scopes
+
+    disease = bank.find_disease(affirmed_text(query))
+    if disease is None and details is not None:
+        named = bank.find_disease(query)
+        if named is not None:
+            polarity = next((s.polarity for s in scopes(query)), "negated")
+            details["not_expanded"] = {"disease": named.name, "polarity": polarity}
+    return disease
 
 
 @dataclass(frozen=True)

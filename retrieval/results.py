@@ -44,6 +44,7 @@ class SearchHit:
     metadata: dict[str, Any]
     prototypes: tuple[PrototypeMatch, ...] = ()
     patches: tuple[PatchMatch, ...] = ()
+    report: dict[str, Any] | None = None  # report evidence: sentence, highlights [[start, end]], ranks (report search)
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,15 @@ class SearchResult:
 
 
 def _hit_dict(hit: SearchHit) -> dict[str, Any]:
-    return {"rank": hit.rank, "slide_id": hit.slide_id, "slide_row": hit.slide_row, "score": hit.score,
-            "metadata": dict(hit.metadata),
-            "prototypes": [{"proto_id": p.proto_id, "name": p.name, "mass": p.mass, "similarity": p.similarity}
-                           for p in hit.prototypes],
-            "patches": [{"patch_row": p.patch_row, "x": p.x, "y": p.y, "size": p.size, "score": p.score,
-                         "prototype": p.prototype} for p in hit.patches]}
+    out = {"rank": hit.rank, "slide_id": hit.slide_id, "slide_row": hit.slide_row, "score": hit.score,
+           "metadata": dict(hit.metadata),
+           "prototypes": [{"proto_id": p.proto_id, "name": p.name, "mass": p.mass, "similarity": p.similarity}
+                          for p in hit.prototypes],
+           "patches": [{"patch_row": p.patch_row, "x": p.x, "y": p.y, "size": p.size, "score": p.score,
+                        "prototype": p.prototype} for p in hit.patches]}
+    if hit.report is not None:
+        out["report"] = copy.deepcopy(hit.report)
+    return out
 
 
 def hit_json(hit: SearchHit) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class SlideSearcher:
         if self.catalog.is_current():
             return False
         self.catalog = Catalog(self.catalog.root)
-        for name in ("arrays", "bank", "_composition", "_derived"):
+        for name in ("arrays", "bank", "_composition", "_derived", "report_index"):
             self.__dict__.pop(name, None)
         return True
 
@@ -85,9 +85,27 @@ class SlideSearcher:
             return None
         return bank if bank.sha256 == spec["sha256"] else None
 
+    @cached_property
+    def report_index(self):
+        """The version's report tables (``retrieval/report_search.py``)."""
+        from retrieval.report_search import ReportIndex
+
+        return ReportIndex(self.catalog)
+
     # -- text → slide ---------------------------------------------------------------------
-    def search_text(self, query: str, k: int = 10, where: str | None = None, expand: bool = True) -> SearchResult:
-        """Slides matching a free-text description (see the module docstring for the fusion)."""
+    def search_text(self, query: str, k: int = 10, where: str | None = None, expand: bool = True,
+                    source: str | None = None, has: tuple[str, ...] = ()) -> SearchResult:
+        """Slides matching a free-text description (see the module docstring for the fusion).
+
+        Args:
+            source: ``image``, ``report`` or ``both`` (None: both when the index has reports); report
+                evidence is fused by ``retrieval/report_search.py``.
+            has: report attribute filters (``X``, ``not X``, ``maybe X``).
+        """
+        from retrieval.report_search import fused_text_search, wants_reports
+
+        if wants_reports(self.catalog, source, has):
+            return fused_text_search(self, query, k, where, expand, source, has)
         q, details = self.text_vector(query, where, expand)
         return self.search_text_vector(q, k, where, query=query, details=details)
 
@@ -101,11 +119,11 @@ class SlideSearcher:
         return embed_text_query(self.encoder, query, self.bank, expand)
 
     def search_text_vector(self, q: np.ndarray, k: int = 10, where: str | None = None, query: str = "",
-                           details: dict[str, Any] | None = None) -> SearchResult:
-        """Text search from an already embedded query vector (d,)."""
+                           details: dict[str, Any] | None = None, allowed: np.ndarray | None = None) -> SearchResult:
+        """Text search from an already embedded query vector (d,); ``allowed`` (slide rows) replaces ``where``."""
         _check_k(k)
         arrays = self.arrays
-        allowed = self.catalog.allowed_slide_rows(where)
+        allowed = self.catalog.allowed_slide_rows(where) if allowed is None else allowed
         kp = arrays.n_prototypes
         sub_allowed = self._derived_ids(allowed, "subvectors", lambda a: (a[:, None] * kp + np.arange(kp)).ravel())
         sims, subs = vi.search(self.catalog.faiss("subvectors"), q[None], k * kp * 2, sub_allowed)

@@ -134,16 +134,16 @@ def vacuum(paths: IndexPaths, current: Version) -> dict[str, int]:
         os.close(fd)
         removed["versions"] += 1
     keep_segments = {s["id"] for v in held for s in v.segments}
-    keep_files = {p for v in held for p in (v.metadata, v.tombstones) if p}
+    keep_files = {p for v in held for p in (v.metadata, v.tombstones, v.reports) if p}
     for seg in paths.segments.iterdir() if paths.segments.is_dir() else ():
         if seg.name not in keep_segments and not seg.name.startswith("."):
             crash.point("vacuum.segment")
             shutil.rmtree(seg)
             removed["segments"] += 1
-    for folder in (paths.metadata, paths.tombstones):
+    for folder in (paths.metadata, paths.tombstones, paths.reports):
         for file in folder.iterdir() if folder.is_dir() else ():
             if str(file.relative_to(paths.root)) not in keep_files and not file.name.startswith("."):
-                file.unlink()
+                shutil.rmtree(file) if file.is_dir() else file.unlink()
                 removed["files"] += 1
     return removed
 

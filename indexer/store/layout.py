@@ -47,6 +47,10 @@ class IndexPaths:
         return self.root / "metadata"
 
     @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
     def tombstones(self) -> Path:
         return self.root / "tombstones"
 
@@ -71,7 +75,8 @@ class IndexPaths:
 
     def folders(self) -> tuple[Path, ...]:
         """Every folder a writer may leave temporaries in."""
-        return (self.root, self.versions, self.segments, self.metadata, self.tombstones, self.staging, self.quantizers)
+        return (self.root, self.versions, self.segments, self.metadata, self.tombstones, self.staging, self.quantizers,
+                self.reports)
 
 
 def version_name(number: int) -> str:

@@ -26,6 +26,7 @@ class Version:
             slides, slides_ok, patches, faiss (per FAISS file: kind, factory, count, dim, recall, nbytes).
         tombstones: relative path of the removed slide_rows of live segments (None: none removed).
         metadata: relative path of the user metadata table (None: no metadata).
+        reports: relative path of the report tables folder derived from the metadata (None: no reports).
         next_slide_row, next_patch_row, next_segment: the next ids to hand out (never reused).
         counts: live slides, slides_ok, slides_failed, patches, tombstoned.
         operation: what made this version (index, remove, metadata, compact, migrate).
@@ -37,6 +38,7 @@ class Version:
     segments: tuple[dict[str, Any], ...] = ()
     tombstones: str | None = None
     metadata: str | None = None
+    reports: str | None = None
     next_slide_row: int = 0
     next_patch_row: int = 0
     next_segment: int = 1

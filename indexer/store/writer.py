@@ -96,11 +96,11 @@ class IndexWriter:
         """Delete what no committed version names: temporaries, newer version files and unpublished segments."""
         remove_temporaries(*self.paths.folders())
         self.version = read_current(self.paths) or Version()
-        for folder in (self.paths.versions, self.paths.metadata, self.paths.tombstones):
+        for folder in (self.paths.versions, self.paths.metadata, self.paths.tombstones, self.paths.reports):
             for path in folder.glob("v*") if folder.is_dir() else ():
                 match = _NUMBERED.match(path.name)
                 if match and int(match[1]) > self.version.number:
-                    path.unlink()
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         if self.paths.segments.is_dir():
             for path in self.paths.segments.iterdir():
                 match = _NUMBERED.match(path.name)
@@ -278,11 +278,19 @@ class IndexWriter:
                                     [self.live_slides[s]["slide_row"] for s in slide_ids])
         return self._publish(new)
 
-    def update_metadata(self, table: pa.Table) -> Version:
-        """Merge a metadata table (``slide_id`` + columns) into the stored one and commit it."""
-        merged = merge_metadata(self.metadata, table)
+    def update_metadata(self, table: pa.Table | None,
+                        reports: Callable[[pa.Table | None, int], str | None] | None = None) -> Version:
+        """Merge a metadata table (``slide_id`` + columns; None: none) into the stored one and commit it.
+
+        ``reports(merged, number)``, when given, writes the report tables derived from the merged metadata
+        for the new version and returns their folder (``indexer/reports/commit.py``), committed with it.
+        """
+        merged = self.metadata if table is None else merge_metadata(self.metadata, table)
         new = self.version.successor(operation="metadata", timings={})
-        new = replace(new, metadata=write_metadata(self.paths, new.number, merged))
+        if table is not None:
+            new = replace(new, metadata=write_metadata(self.paths, new.number, merged))
+        if reports is not None:
+            new = replace(new, reports=reports(merged, new.number))
         return self._publish(new)
 
     def replace_segments(self, old_ids: list[str], entry: dict[str, Any], dropped_rows: np.ndarray,

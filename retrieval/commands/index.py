@@ -11,6 +11,9 @@ import typer
 from indexer.errors import UserError
 from retrieval.cli_app import app, guarded, print_json
 
+REPORTS_HELP = ("Index pathology reports for report search: a folder of <slide_id>.txt files, or the metadata "
+                "column holding them (e.g. report). Later metadata that changes them re-indexes the changed ones.")
+REPORT_MODEL_HELP = "A sentence-transformers folder for report sentences (default: all-MiniLM-L6-v2, offline)."
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -41,6 +44,8 @@ def index_command(
     min_tissue: float = typer.Option(0.5, help="Minimum tissue fraction of a kept patch."),
     bank: str = typer.Option("general", help="Knowledge bank name or YAML file of prototypes."),
     metadata: Optional[Path] = typer.Option(None, help="CSV of slide metadata (slide_id or filename column)."),
+    reports: Optional[str] = typer.Option(None, "--reports", help=REPORTS_HELP),
+    report_model: Optional[str] = typer.Option(None, "--report-model", help=REPORT_MODEL_HELP),
     max_patches: Optional[int] = typer.Option(None, help="Sample at most this many patches per slide."),
     mpp: Optional[float] = typer.Option(None, help="Microns per pixel for slides whose files lack it."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -89,7 +94,8 @@ def index_command(
         features_dir=str(features) if features else None, wait=wait, commit_every=commit_every,
         slide_features_dir=str(slide_features) if slide_features else None, slide_encoder=slide_encoder,
     )
-    report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json))
+    report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json),
+                       reports=reports, report_model=report_model)
     summary = {
         "out": str(report.out), "version": report.version, "indexed": report.indexed, "resumed": report.resumed,
         "skipped": report.skipped, "failed": report.failed, "notes": report.notes,
@@ -175,20 +181,31 @@ def remove_command(
 @guarded
 def metadata_command(
     index: Path = typer.Argument(..., help="Index directory."),
-    csv: Path = typer.Argument(..., help="CSV with slide_id (or filename/path) and columns; `name:int` declares a type."),
+    csv: Optional[Path] = typer.Argument(None, help="CSV with slide_id (or filename/path) and columns; `name:int` declares a type."),
+    reports: Optional[str] = typer.Option(None, "--reports", help=REPORTS_HELP),
+    report_model: Optional[str] = typer.Option(None, "--report-model", help=REPORT_MODEL_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Merge metadata into an index without encoding: columns are added, values updated, other slides keep theirs."""
     from indexer.metadata import read_metadata_csv, unmatched_summary
+    from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
 
-    table = read_metadata_csv(csv)
+    if csv is None and reports is None:
+        raise UserError("give a metadata CSV, or --reports (a folder of <slide_id>.txt files or a metadata column)")
+    table = read_metadata_csv(csv) if csv is not None else None
+    report_table, report_config = report_source(reports, table, report_model)
     with IndexWriter(index, wait=wait) as writer:
-        version = writer.update_metadata(table)
-        line = unmatched_summary(table, writer.live_slides)
+        version = commit_metadata(writer, table, report_table, report_config)
+        shown = table if table is not None else report_table
+        line = unmatched_summary(shown, writer.live_slides) if shown is not None else "metadata: unchanged"
+        if version.reports:
+            line += f"; reports indexed ({version.reports})"
+    table = shown if shown is not None else None
     if as_json:
-        print_json({"version": version.number, "columns": table.column_names[1:], "rows": table.num_rows, "summary": line})
+        print_json({"version": version.number, "columns": table.column_names[1:] if table is not None else [],
+                    "rows": table.num_rows if table is not None else 0, "summary": line, "reports": version.reports})
     else:
         typer.echo(f"{line} (version {version.number})")
 

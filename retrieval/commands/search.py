@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -17,6 +17,9 @@ WHERE_OPTION = typer.Option(None, "--where", help="SQL filter over slide columns
 JSON_OPTION = typer.Option(False, "--json", help="Print results as JSON.")
 THUMBS_OPTION = typer.Option(None, "--thumbnails", help="Write one PNG per hit, best patches outlined, here.")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda (for embedding the query).")
+HAS_OPTION = typer.Option(None, "--has", help="Keep slides whose report states an attribute: X (affirmed), "
+                          "'not X' (negated, never affirmed) or 'maybe X' (uncertain); repeat for AND, "
+                          "e.g. --has necrosis --has 'not mucin'.")
 
 
 @search_app.command("text")
@@ -27,15 +30,45 @@ def search_text(
     k: int = K_OPTION,
     where: Optional[str] = WHERE_OPTION,
     no_expand: bool = typer.Option(False, "--no-expand", help="Do not expand disease names with their attributes."),
+    source: Optional[str] = typer.Option(None, "--source", help="image, report or both (default: both when the "
+                                         "index has reports); report and image rankings are fused by RRF."),
+    has: Optional[List[str]] = HAS_OPTION,
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
-    """Text → slide: slides whose prototypes and patches match a description."""
+    """Text → slide: slides whose prototypes and patches (and reports, when indexed) match a description."""
     from retrieval.search import SlideSearcher
 
-    result = SlideSearcher(index, device=device).search_text(query, k=k, where=where, expand=not no_expand)
+    result = SlideSearcher(index, device=device).search_text(query, k=k, where=where, expand=not no_expand,
+                                                             source=source, has=tuple(has or ()))
     _show(result, as_json, thumbnails)
+
+
+@search_app.command("report")
+@guarded
+def search_report_command(
+    index: Path = typer.Argument(..., help="Index directory."),
+    text: str = typer.Argument(..., help="Free report text, e.g. 'Adenocarcinoma with necrosis; no mucin.' "
+                                         "(@FILE reads it from a file)."),
+    k: int = K_OPTION,
+    where: Optional[str] = WHERE_OPTION,
+    has: Optional[List[str]] = HAS_OPTION,
+    as_json: bool = JSON_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Report → slide: slides whose images show the attributes a report affirms (negated ones left out)."""
+    from indexer.errors import UserError
+    from retrieval.report_to_slide import search_report
+    from retrieval.search import SlideSearcher
+
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"report file {text[1:]}: cannot be read ({exc.__class__.__name__})") from None
+    result = search_report(SlideSearcher(index, device=device), text, k=k, where=where, has=tuple(has or ()))
+    _show(result, as_json, None)
 
 
 @search_app.command("slide")
@@ -107,6 +140,12 @@ def _show(result, as_json: bool, thumbnails: Path | None) -> None:
     console = Console()
     if result.details.get("expanded_with"):
         console.print(f"query expanded with the attributes of [bold]{result.details['expanded_with']}[/]")
+    if result.details.get("not_expanded"):
+        console.print(f"not expanded: {result.details['not_expanded']}", markup=False)
+    if result.kind == "report":
+        console.print(f"attributes searched: {', '.join(result.details['attributes'])}", markup=False)
+        if result.details["left_out"]:
+            console.print(f"left out: {'; '.join(result.details['left_out'])}", markup=False)
     shown = [c for c in ("patient_id", "label", "organ", "stain") if any(c in h.metadata for h in result.hits)]
     table = Table("rank", "slide_id", "score", *shown, "prototypes (mass, sim)", "best patch (x, y)", title=f"{result.kind} query: {result.query}")
     for hit in result.hits:
@@ -114,7 +153,23 @@ def _show(result, as_json: bool, thumbnails: Path | None) -> None:
         patch = f"{hit.patches[0].x}, {hit.patches[0].y} ({hit.patches[0].score:.2f})" if hit.patches else ""
         table.add_row(str(hit.rank), hit.slide_id, f"{hit.score:.3f}", *(str(hit.metadata.get(c, "")) for c in shown), protos, patch)
     console.print(table)
+    for hit in result.hits:
+        if hit.report and hit.report.get("sentence"):
+            console.print(f"{hit.rank}. {hit.slide_id} report: ", end="", markup=False)
+            console.print(highlighted(hit.report["sentence"], hit.report["highlights"]))
+        elif hit.report and hit.report.get("contradicts"):
+            console.print(f"{hit.rank}. {hit.slide_id} report contradicts the query (demoted)", markup=False)
     if not result.hits:
         typer.echo("no slides matched", err=True)
     for path in written:
         console.print(f"thumbnail: {path}")
+
+
+def highlighted(sentence: str, spans: list) -> "object":
+    """A rich Text of ``sentence`` with the characters of ``spans`` ([start, end) pairs) in bold yellow."""
+    from rich.text import Text
+
+    text = Text(sentence)
+    for start, end in spans:
+        text.stylize("bold yellow", start, end)
+    return text

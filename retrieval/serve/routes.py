@@ -23,6 +23,8 @@ EXCLUDE = Query(None, max_length=200, description="Drop the query slide and slid
                                                   "(slide queries and region patch queries).")
 MODE = Query("proto", description="Slide queries: proto (prototype slide vectors) or mean (mean-pool); others: proto.")
 EXPAND = Query(True, description="Text queries: expand disease names with their knowledge-bank attributes.")
+SOURCE = Query(None, pattern="^(image|report|both)$", description="Text queries: image, report or both (default: "
+               "both when the index has reports; as `--source`).")
 SLIDE_ID = "An indexed slide id."
 IMAGE_TYPES = {"content": {"image/png": {}}}
 INLINE_K = 20  # unfiltered slide queries up to this k run on the event loop
@@ -71,8 +73,15 @@ def info(request: Request) -> JSON:
 @router.get("/api/search/text", tags=["search"], summary="Text → slide")
 def search_text(request: Request, q: str = Query(..., min_length=1, max_length=1000, description="Free text."),
                 k: int = K, where: Optional[str] = WHERE, exclude_same: Optional[str] = EXCLUDE, mode: Mode = MODE,
-                expand: bool = EXPAND) -> JSON:
-    result = _service(request).search("text", q, k, where, exclude_same, mode, expand)
+                expand: bool = EXPAND, source: Optional[str] = SOURCE) -> JSON:
+    from retrieval.report_search import wants_reports
+
+    service = _service(request)
+    searcher = service.live.current()
+    if exclude_same is None and mode == "proto" and wants_reports(searcher.catalog, source, ()):
+        with service.slot():
+            return JSON(result_json(searcher.search_text(q, k=k, where=where, expand=expand, source=source)))
+    result = service.search("text", q, k, where, exclude_same, mode, expand)
     return JSON(result_json(result))
 
 

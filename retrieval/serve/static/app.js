@@ -5,7 +5,7 @@
 const $ = (sel) => document.querySelector(sel);
 const HIDDEN_COLUMNS = new Set(["path", "sha256", "size_bytes", "mtime_ns", "fingerprint", "status", "error",
   "slide_row", "patch_row_start", "mpp_source", "entropy", "max_mass"]);
-const state = { mode: "text", q: "", k: 10, where: "", exclude_same: "", smode: "proto", open: "", heat: false };
+const state = { mode: "text", q: "", k: 10, where: "", exclude_same: "", smode: "proto", open: "", heat: false, source: "" };
 let upload = null;       // the File of a patch upload (not kept in the URL)
 let result = null;       // the last search result (as `search --json`)
 let viewer = null, heatItem = null, picking = false, pickStart = null, pickBox = null;
@@ -66,7 +66,7 @@ async function call(url, options) {
 function searchRequest() {
   const p = new URLSearchParams({ k: state.k });
   if (state.where) p.set("where", state.where);
-  if (state.mode === "text") { p.set("q", state.q); return [`/api/search/text?${p}`]; }
+  if (state.mode === "text") { p.set("q", state.q); if (state.source) p.set("source", state.source); return [`/api/search/text?${p}`]; }
   if (state.exclude_same) p.set("exclude_same", state.exclude_same);
   if (state.mode === "slide") { p.set("slide_id", state.q); p.set("mode", state.smode); return [`/api/search/slide?${p}`]; }
   if (state.q) { p.set("region", state.q); return [`/api/search/patch?${p}`]; }
@@ -100,6 +100,19 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// The hit's matching report sentence, its matched words in <mark> (text search over indexed reports).
+function reportLine(hit) {
+  const r = hit.report;
+  if (!r || !r.sentence) return [];
+  const parts = []; let at = 0;
+  for (const [start, end] of r.highlights || []) {
+    if (start < at) continue;
+    parts.push(r.sentence.slice(at, start), el("mark", { text: r.sentence.slice(start, end) })); at = end;
+  }
+  parts.push(r.sentence.slice(at));
+  return [el("p", { class: "report", title: `report (${r.via})` }, ...parts)];
+}
+
 function renderCards() {
   const cards = result.hits.map((hit) => {
     const meta = el("dl");
@@ -116,7 +129,7 @@ function renderCards() {
     const card = el("article", { class: "card", "data-slide-id": hit.slide_id },
       el("h3", {}, el("span", { text: `${hit.rank}. ${hit.slide_id}` }), el("span", { class: "score", text: hit.score.toFixed(3) })),
       el("img", { class: "thumb", src: `${slideURL(hit.slide_id)}/thumbnail.png?max_px=256`, alt: hit.slide_id, loading: "lazy" }),
-      meta, el("div", { class: "muted", text: "prototypes" }), protos, el("div", { class: "muted", text: "best patches" }), crops);
+      meta, ...reportLine(hit), el("div", { class: "muted", text: "prototypes" }), protos, el("div", { class: "muted", text: "best patches" }), crops);
     card.addEventListener("click", () => { state.open = hit.slide_id; writeURL(true); openViewer(hit.slide_id, hit); });
     return card;
   });
