@@ -51,6 +51,10 @@ def index_command(
     max_index_memory: Optional[str] = typer.Option(None, help="Memory budget per FAISS index, e.g. 4GB."),
     features: Optional[Path] = typer.Option(None, help="Import TRIDENT/CLAM .h5 features from this folder instead of encoding."),
     commit_every: Optional[int] = typer.Option(None, help="Commit a version every N slides (searchable while it runs)."),
+    commit_minutes: Optional[float] = typer.Option(None, help="Also commit a version when slides have waited this many minutes."),
+    engine: str = typer.Option("local", help="local (this process) or ray (encoder actors on a Ray cluster; docs/ray.md)."),
+    address: Optional[str] = typer.Option(None, help="Ray engine: the cluster, auto or HOST:PORT (default: the running one, else a new local one)."),
+    actors: Optional[int] = typer.Option(None, min=1, help="Ray engine: encoder actors (default: one per GPU, else as many as the CPUs hold)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer of the index instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -75,6 +79,7 @@ def index_command(
         tiling=TilingConfig(magnification=mag, patch_px=patch, min_tissue=min_tissue), max_patches=max_patches,
         mpp=mpp, bank=bank, aggregation=aggregation, max_index_memory=parse_bytes(max_index_memory),
         features_dir=str(features) if features else None, wait=wait, commit_every=commit_every,
+        commit_minutes=commit_minutes, engine=engine, address=address, actors=actors,
     )
     report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json))
     summary = {
