@@ -118,7 +118,9 @@ def cluster_plan(measured: dict, commit: dict, n_slides: int = 100_000, gpus: in
     return {"slides": n_slides, "gpus": gpus, "encode_s_per_slide": encode, "read_s_per_slide": read,
             "tissue_s_per_slide": tissue, "commit_s_per_slide": commit,
             "overhead_s_per_slide": measured["overhead_s_per_slide"],
-            "actor_s_per_slide": per_slide_actor, "wall_h": max(actors_wall, driver) / 3600,
+            "actor_s_per_slide": per_slide_actor,
+            # The driver keeps every GPU busy while one slide's commit costs at most this per patch.
+            "commit_budget_s_per_patch": per_slide_actor / gpus / p, "wall_h": max(actors_wall, driver) / 3600,
             "actors_h": actors_wall / 3600, "driver_busy_h": driver / 3600,
             "driver_busy_share": driver / max(actors_wall, driver),
             "bound": "GPU encoding" if encode >= read else "patch reading"}
@@ -147,9 +149,8 @@ def run(args, work: Path) -> dict:
     finally:
         ray.shutdown()
     commit = measure_commit(work, args.commit_slides, args.commit_patches)
-    med = lambda xs: statistics.median(xs)  # noqa: E731
-    summary = {name: {k: med([rd[name][k] for rd in rounds]) for k in ("wall_s", "load_s", "steady_s", "slides_per_s")}
-               for name in MODES}
+    med = statistics.median
+    summary = summarise(rounds)
     ratios = {
         "2 actors / 1 actor (steady slides/s)": med([rd["ray, 2 actors"]["slides_per_s"] / rd["ray, 1 actor"]["slides_per_s"]
                                                      for rd in rounds]),
@@ -167,12 +168,26 @@ def run(args, work: Path) -> dict:
             "commit": commit, "plan": cluster_plan(measured, commit)}
 
 
+def summarise(rounds: list[dict]) -> dict:
+    """Medians over rounds per engine, with ``busy`` (encoding processes at work on average: their summed
+    per-slide work over the steady wall) and ``work_s_per_slide`` (one slide's work in its process)."""
+    work = lambda run: sum(run["timings"].get(s, 0.0) for s in (*READ_STAGES, "embed", "stage"))  # noqa: E731
+    out = {}
+    for name in rounds[0]:
+        runs = [rd[name] for rd in rounds]
+        out[name] = {k: statistics.median([r[k] for r in runs]) for k in ("wall_s", "load_s", "steady_s", "slides_per_s")}
+        out[name]["busy"] = statistics.median([work(r) / r["steady_s"] for r in runs])
+        out[name]["work_s_per_slide"] = statistics.median([work(r) / r["slides"] for r in runs])
+    return out
+
+
 def markdown(result: dict) -> str:
     s, m, c, p = result["summary"], result["measured"], result["commit"], result["plan"]
     lines = [f"Command: `{result['command']}`", f"Machine: {result['machine']}; load average {result['load']}.", "",
-             "| engine | wall s | model load s | steady s | steady slides/s |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['wall_s']:.1f} | {v['load_s']:.1f} | {v['steady_s']:.1f} | {v['slides_per_s']:.2f} |"
-              for k, v in s.items()]
+             "| engine | wall s | model load s | steady s | steady slides/s | busy encoders | work s per slide |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['wall_s']:.1f} | {v['load_s']:.1f} | {v['steady_s']:.1f} | {v['slides_per_s']:.2f} | "
+              f"{v['busy']:.2f} | {v['work_s_per_slide']:.2f} |" for k, v in s.items()]
     lines += ["", *(f"- {k}: **{v:.2f}×**" for k, v in result["ratios"].items()),
               f"- starting the local Ray cluster (`ray.init(num_cpus=2)`): {result['ray_start_s']:.1f} s, once per run",
               "", f"Per slide, measured here ({m['patches_per_slide']:.0f} patches, tiny, CPU actors): "
@@ -193,7 +208,9 @@ def markdown(result: dict) -> str:
               f"| Ray engine overhead | {p['overhead_s_per_slide']:.3f} | measured here (above), 2 shared cores |", "",
               f"Actors: {p['actor_s_per_slide']:.2f} s per slide ({p['bound']}-bound) → {p['actors_h']:.1f} h on "
               f"{p['gpus']} GPUs; the driver is busy {p['driver_busy_h']:.1f} h of it "
-              f"({p['driver_busy_share'] * 100:.0f} %), so the run takes ≈ **{p['wall_h']:.1f} h**."]
+              f"({p['driver_busy_share'] * 100:.0f} %), so the run takes ≈ **{p['wall_h']:.1f} h**. The driver keeps "
+              f"the {p['gpus']} GPUs busy while a commit costs at most {p['commit_budget_s_per_patch'] * 1e6:.0f} µs per "
+              f"patch; it costs {c['commit_s_per_patch'] * 1e6:.0f} µs here."]
     return "\n".join(lines) + "\n"
 
 
