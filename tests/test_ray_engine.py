@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 import hostile
+from indexer.engines import ray_engine
+from indexer.engines.ray_engine import SlideEncoder
 from indexer.errors import UserError
 from indexer.pipeline import IndexConfig, run_index
 from indexer.store.segments import SegmentFiles
@@ -183,6 +185,39 @@ def test_a_killed_driver_resumes_without_encoding_a_committed_or_staged_slide_ag
     assert list(again.failed) == ["bad"]  # a garbled slide read again would fail here too
     final = {r["slide_id"]: r["status"] for r in Catalog(out).slides.to_pylist()}
     assert final == {**{s: "ok" for s in GOOD}, "bad": "error"}
+
+
+POISON = "S03"
+
+
+class PoisonEncoder(SlideEncoder):
+    """An encoder actor whose process dies whenever it is given slide POISON (a reader that segfaults on it)."""
+
+    def encode(self, job):
+        if job.slide_id == POISON:
+            os._exit(1)
+        return super().encode(job)
+
+
+def test_a_slide_that_kills_its_worker_every_time_fails_as_itself_and_the_run_goes_on(cluster, cohort, tmp_path,
+                                                                                       monkeypatch):
+    wait_until(lambda: not encoder_processes(), what="earlier actors to end")
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in GOOD[:4]:
+        (folder / f"{name}.tif").write_bytes((cohort / f"{name}.tif").read_bytes())
+    monkeypatch.setattr(ray_engine, "SlideEncoder", PoisonEncoder)
+    here = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(here)  # the workers cannot import this test module
+    try:
+        report = run_index([folder], tmp_path / "idx", RAY, show_progress=False)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(here)
+    assert sorted(report.indexed) == [s for s in GOOD[:4] if s != POISON]
+    assert list(report.failed) == [POISON]
+    assert report.failed[POISON].startswith(f"its worker died {ray_engine.MAX_ATTEMPTS} times while encoding it")
+    recorded = {r["slide_id"]: r for r in Catalog(tmp_path / "idx").slides.to_pylist()}
+    assert recorded[POISON]["status"] == "error" and recorded[POISON]["error"] == report.failed[POISON]
 
 
 def test_missing_ray_is_one_line_naming_the_extra(cohort, tmp_path):

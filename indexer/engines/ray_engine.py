@@ -62,6 +62,10 @@ class SlideEncoder:
         encoder = self.encoder
         return encoder.describe(), (embed_prototypes(bank, encoder) if bank is not None else None)
 
+    def ping(self) -> bool:
+        """True, once the actor is up (again)."""
+        return True
+
     def encode(self, job: EncodeJob):
         """Encode and stage one slide; its outcome (never its failure) goes back to the driver."""
         return run_job(job, self.config, self.encoder, self.staging)
@@ -162,46 +166,74 @@ class RayEngine:
         return RemoteEncoder(started[0][0]), started[0][1]
 
     def index(self, run, slides) -> None:
-        """Feed the actors the run's jobs, IN_FLIGHT at a time each, and hand every outcome back to the run."""
+        """Feed the actors the run's jobs, IN_FLIGHT at a time each, and hand every outcome back to the run.
+
+        An actor whose process died gets no work until it answers a ping (Ray restarts it), so the slides sent
+        again never fail at once against an actor that is still coming back.
+        """
         ray = self.ray
-        jobs, again = run.jobs(slides), deque()
+        jobs, again, exhausted = run.jobs(slides), deque(), False
         inflight: dict = {}  # ObjectRef → (job, actor index)
-        load, deaths, attempts = Counter(), Counter(), Counter()
-        alive = list(range(len(self.actors)))
+        probes: dict = {}  # ObjectRef of a ping → the actor index it asks after
+        resting: dict[int, float] = {}  # actor index → when to ping it again
+        working, load, attempts = set(range(len(self.actors))), Counter(), Counter()
         while True:
-            for i in alive:
-                while load[i] < IN_FLIGHT and (job := again.popleft() if again else next(jobs, None)) is not None:
+            now = time.monotonic()
+            for i in [i for i, at in resting.items() if at <= now]:
+                del resting[i]
+                probes[self.actors[i].ping.remote()] = i
+            for i in sorted(working):
+                while load[i] < IN_FLIGHT:
+                    job = again.popleft() if again else None if exhausted else next(jobs, None)
+                    if job is None:
+                        exhausted = exhausted or not again
+                        break
                     inflight[self.actors[i].encode.remote(job)] = (job, i)
                     load[i] += 1
-            if not inflight:
+            if not inflight and not again and exhausted:
                 break
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_S)
+            if not (working or probes or resting):
+                raise UserError("every encoder actor died; re-run the same command to resume")
+            waiting = [*inflight, *probes]
+            pause = min([WAIT_S, *(at - now for at in resting.values())])
+            ready = ray.wait(waiting, num_returns=1, timeout=max(pause, 0.05))[0] if waiting else time.sleep(pause)
             if not ready:
                 run.commit_if_due()
+                continue
+            if ready[0] in probes:
+                self._answer(probes.pop(ready[0]), ready[0], working, resting)
                 continue
             job, i = inflight.pop(ready[0])
             load[i] -= 1
             try:
                 outcome = self._get(ready[0])
-                deaths[i] = 0
+            except ray.exceptions.RayTaskError:  # raised inside the actor's code: not a death, not this slide's
+                raise
             except ray.exceptions.RayError as exc:  # the worker died (killed, node lost, out of memory)
                 attempts[job.slide_id] += 1
-                deaths[i] += 1
-                if deaths[i] >= MAX_ATTEMPTS * IN_FLIGHT and i in alive:  # dead for good: its calls fail at once
-                    alive.remove(i)
-                    self.report.notes.append(f"ray: encoder actor {i} kept dying; the run goes on without it")
+                if i in working:
+                    working.discard(i)
+                    probes[self.actors[i].ping.remote()] = i
                 if attempts[job.slide_id] < MAX_ATTEMPTS:
                     again.append(job)
-                    if not alive:
-                        raise UserError("every encoder actor died; re-run the same command to resume") from None
                     continue
                 outcome = job.failed(f"its worker died {MAX_ATTEMPTS} times while encoding it "
                                      f"({str(exc).splitlines()[0][:200]})")
             run.accept(job, outcome)
-        retried = sorted(s for s, k in attempts.items() if k)
+        retried = sorted(attempts)
         if retried:
             self.report.notes.append(f"ray: sent again after their worker died: {', '.join(retried[:20])}"
                                      + (f" and {len(retried) - 20} more" if len(retried) > 20 else ""))
+
+    def _answer(self, i: int, ref, working: set, resting: dict) -> None:
+        """Actor ``i`` answered a ping: back to work, ping again in a second (still restarting), or gone for good."""
+        try:
+            self.ray.get(ref)
+            working.add(i)
+        except self.ray.exceptions.ActorDiedError:
+            self.report.notes.append(f"ray: encoder actor {i} is gone for good; the run goes on without it")
+        except self.ray.exceptions.RayError:
+            resting[i] = time.monotonic() + 1.0
 
     def _get(self, refs):
         """ray.get, with an error raised inside an actor (a bad checkpoint, a full disk) as itself, in one line."""
