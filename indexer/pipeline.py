@@ -11,13 +11,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from indexer.aggregate import AggregationConfig
-from indexer.encode import encode_slide, file_facts
+from indexer.encode import file_facts
 from indexer.encoders import file_sha256
+from indexer.engines.job import EncodeJob, SlideOutcome
 from indexer.errors import UserError
 from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
 from indexer.progress import StageProgress
@@ -52,6 +53,10 @@ class IndexConfig:
     commit_every: int | None = None
     slide_features_dir: str | None = None  # TRIDENT slide-encoder .h5 files (indexer/slide_features.py)
     slide_encoder: str | None = None  # the slide space they fill
+    commit_minutes: float | None = None
+    engine: str = "local"
+    address: str | None = None
+    actors: int | None = None
 
 
 @dataclass
@@ -161,8 +166,7 @@ def run_index(
         report_model: a sentence-transformers folder for the reports (default: all-MiniLM-L6-v2).
     """
     from indexer.bank import load_bank
-    from indexer.encoders import load_encoder
-    from indexer.prototypes import embed_prototypes
+    from indexer.engines import open_engine
     from indexer.store.compact import auto_merge, vacuum
 
     # Every check comes before the first write: a refused run leaves the index as it was.
@@ -170,54 +174,83 @@ def run_index(
     new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
     report_table, report_config = report_source(reports, new_metadata, report_model)
     timings: dict[str, float] = defaultdict(float)
-    t0 = time.perf_counter()
-    encoder = load_encoder(config.model, checkpoint=config.checkpoint, device=config.device, batch_size=config.batch_size)
-    bank = load_bank(config.bank)
-    text_prototypes = embed_prototypes(bank, encoder)
-    timings["load model"] = time.perf_counter() - t0
     report = IndexReport(out=Path(out))
-    with IndexWriter(out, wait=config.wait, create=True) as writer:
-        settings = writer.set_identity(settings_for(config, encoder, bank))
-        if new_metadata is not None or report_table is not None or report_config is not None:
-            commit_metadata(writer, new_metadata, report_table, report_config)
-        run = _Run(writer, config, settings, encoder, report, timings, prototype_table(bank, text_prototypes),
-                   text_prototypes)
-        with StageProgress(enabled=show_progress) as progress:
-            progress.start_slides(len(slides))
-            for slide_id, path in slides:
-                progress.next_slide(slide_id)
-                run.index_one(slide_id, path, progress)
-                progress.slide_done()
-                run.commit_if_due()
-        run.adopt_leftovers({s for s, _ in slides})
-        run.commit()
-        if auto_merge(writer):
-            vacuum(writer.paths, writer.version)  # merged-away segments, unless an open searcher still reads them
-        report.counts, report.version = dict(writer.version.counts), writer.version.number
-        if new_metadata is not None:
-            report.notes.append(unmatched_summary(new_metadata, writer.live_slides))
-        if report_table is not None:
-            report.notes.append(unmatched_summary(report_table, writer.live_slides).replace("metadata:", "reports:", 1))
+    bank = load_bank(config.bank)
+    with open_engine(config, out, report) as engine:
+        t0 = time.perf_counter()
+        encoder, text_prototypes = engine.load(bank)
+        timings["load model"] = time.perf_counter() - t0
+        with IndexWriter(out, wait=config.wait, create=True) as writer:
+            settings = writer.set_identity(settings_for(config, encoder, bank))
+            if new_metadata is not None or report_table is not None or report_config is not None:
+                commit_metadata(writer, new_metadata, report_table, report_config)
+            with StageProgress(enabled=show_progress) as progress:
+                run = _Run(writer, config, settings, report, timings, prototype_table(bank, text_prototypes),
+                           text_prototypes, progress)
+                progress.start_slides(len(slides))
+                engine.index(run, slides)
+            run.adopt_leftovers({s for s, _ in slides})
+            run.commit()
+            if auto_merge(writer):
+                vacuum(writer.paths, writer.version)  # merged-away segments, unless an open searcher still reads them
+            report.counts, report.version = dict(writer.version.counts), writer.version.number
+            if new_metadata is not None:
+                report.notes.append(unmatched_summary(new_metadata, writer.live_slides))
+            if report_table is not None:
+                report.notes.append(unmatched_summary(report_table, writer.live_slides).replace("metadata:", "reports:", 1))
     report.timings = dict(timings)
     return report
 
 
 class _Run:
-    """The slides of one run waiting for their commit, and the rules that decide each slide's fate."""
+    """The slides of one run waiting for their commit, and the rules that decide each slide's fate.
 
-    def __init__(self, writer: IndexWriter, config: IndexConfig, settings: IndexSettings, encoder, report: IndexReport,
-                 timings: dict[str, float], proto_table, text_prototypes: np.ndarray):
-        self.writer, self.config, self.settings, self.encoder = writer, config, settings, encoder
+    Every engine shares these rules: :meth:`jobs` skips, refuses or resumes each slide and yields the ones to
+    encode; the engine encodes them (anywhere) and hands each outcome to :meth:`accept`, in any order.
+    """
+
+    def __init__(self, writer: IndexWriter, config: IndexConfig, settings: IndexSettings, report: IndexReport,
+                 timings: dict[str, float], proto_table, text_prototypes: np.ndarray,
+                 progress: StageProgress | None = None):
+        self.writer, self.config, self.settings = writer, config, settings
         self.report, self.timings = report, timings
         self.proto_table, self.text_prototypes = proto_table, text_prototypes
+        self.progress = progress or StageProgress(enabled=False)
         self.overrides = mpp_overrides(writer.metadata)
         self.ok: list[str] = []
         self.failed: list[dict[str, Any]] = []
         self.replaced: list[str] = []
         self.pending_patches = 0
+        self.last_commit = time.monotonic()
 
-    def index_one(self, slide_id: str, path: Path, progress: StageProgress) -> None:
-        """Skip, resume, encode or fail one slide; a failure is recorded, never raised."""
+    def jobs(self, slides: Iterable[tuple[str, Path]]) -> Iterator[EncodeJob]:
+        """The slides to encode, in order; skipped, refused and resumed ones are settled on the way."""
+        for slide_id, path in slides:
+            self.progress.next_slide(slide_id)
+            job = self._plan(slide_id, path)
+            if job is None:
+                self._settled()
+            else:
+                yield job
+
+    def accept(self, job: EncodeJob, outcome: SlideOutcome) -> None:
+        """Record what encoding ``job`` gave: a staged slide waiting for its commit, or a failure."""
+        for stage, seconds in outcome.timings.items():
+            self.timings[stage] += seconds
+        if outcome.error is not None:
+            self._fail(outcome.record, outcome.error, job.live)
+        else:
+            self.report.indexed.append(job.slide_id)
+            self.report.patches_encoded += outcome.n_patches
+            self._pending_ok(job.slide_id, outcome.n_patches, job.live)
+        self._settled()
+
+    def _settled(self) -> None:
+        self.progress.slide_done()
+        self.commit_if_due()
+
+    def _plan(self, slide_id: str, path: Path) -> EncodeJob | None:
+        """Skip, refuse or resume one slide (None), or the job that encodes it; a failure is recorded, never raised."""
         mpp = self.config.mpp or self.overrides.get(slide_id)
         fingerprint = self.settings.fingerprint(mpp)
         facts = {"slide_id": slide_id, "path": str(path), **file_facts(path), "fingerprint": fingerprint,
@@ -227,36 +260,20 @@ class _Run:
         if live is not None and live["status"] == "ok":
             if same_file and live["fingerprint"] == fingerprint:
                 self.report.skipped.append(slide_id)
-                return
+                return None
             if not same_file and live["path"] != str(path):
                 self.report.failed[slide_id] = (f"slide id {slide_id!r} is already indexed from {live['path']}; "
                                                 "remove it first (`slidesearch remove`) or rename this file")
-                return
+                return None
         staged = self.writer.staging.get(slide_id, with_features=False)
         if staged is not None:
             if staged.record.get("fingerprint") == fingerprint and _same_file(staged.record, facts, path):
                 self._pending_ok(slide_id, staged.record["n_patches"], live)
                 self.report.resumed.append(slide_id)
-                return
+                return None
             self.writer.staging.remove(slide_id)
             self.report.notes.append(f"{slide_id}: staged with other settings or another file; encoded again")
-        record = {**facts, "sha256": facts.get("sha256") or file_sha256(path)}
-        try:
-            encoded = encode_slide(path, record, self.config, self.encoder, mpp, self.timings, progress)
-        except UserError as exc:
-            return self._fail(record, str(exc), live)
-        except ImportError:
-            raise  # a broken installation is not a property of this slide
-        except MemoryError:
-            return self._fail(record, "ran out of memory reading this slide (is it a decompression bomb?)", live)
-        except Exception as exc:  # one slide's failure never stops the run
-            return self._fail(record, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", live)
-        t0 = time.perf_counter()
-        self.writer.staging.put(encoded)
-        self.timings["stage"] += time.perf_counter() - t0
-        self.report.indexed.append(slide_id)
-        self.report.patches_encoded += len(encoded.coords)
-        self._pending_ok(slide_id, len(encoded.coords), live)
+        return EncodeJob(slide_id, str(path), facts, mpp, live)
 
     def _pending_ok(self, slide_id: str, n_patches: int, live: dict[str, Any] | None) -> None:
         self.ok.append(slide_id)
@@ -289,9 +306,11 @@ class _Run:
             self.writer.staging.remove(slide_id)
 
     def commit_if_due(self) -> None:
-        """Commit when ``commit_every`` slides or SEGMENT_MAX_PATCHES patches are waiting."""
-        every = self.config.commit_every
-        if (every and len(self.ok) + len(self.failed) >= every) or self.pending_patches >= SEGMENT_MAX_PATCHES:
+        """Commit when ``commit_every`` slides or SEGMENT_MAX_PATCHES patches are waiting, or when slides have
+        waited ``commit_minutes`` since the last commit."""
+        every, minutes, waiting = self.config.commit_every, self.config.commit_minutes, len(self.ok) + len(self.failed)
+        if ((every and waiting >= every) or self.pending_patches >= SEGMENT_MAX_PATCHES
+                or (minutes and waiting and time.monotonic() - self.last_commit >= 60 * minutes)):
             self.commit()
 
     def commit(self) -> None:
@@ -307,6 +326,7 @@ class _Run:
         for stage in ("aggregate", "tables", "faiss"):
             self.timings[stage] += version.timings.get(stage, 0.0)
         self.ok, self.failed, self.replaced, self.pending_patches = [], [], [], 0
+        self.last_commit = time.monotonic()
 
     def _prototypes(self) -> np.ndarray:
         """P for the first commit: the text prototypes, refined on this run's slides when alpha < 1 (DESIGN §3)."""

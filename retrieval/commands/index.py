@@ -60,6 +60,10 @@ def index_command(
         None, help="Import TRIDENT slide-encoder .h5 files (<slide_id>.h5, dataset 'features') from this folder."),
     slide_encoder: Optional[str] = typer.Option(
         None, help="Name of the slide space --slide-features fills (e.g. titan); search it with `search slide --space`."),
+    commit_minutes: Optional[float] = typer.Option(None, help="Also commit a version when slides have waited this many minutes."),
+    engine: str = typer.Option("local", help="local (this process) or ray (encoder actors on a Ray cluster; docs/ray.md)."),
+    address: Optional[str] = typer.Option(None, help="Ray engine: the cluster, auto or HOST:PORT (default: the running one, else a new local one)."),
+    actors: Optional[int] = typer.Option(None, min=1, help="Ray engine: encoder actors (default: one per GPU, else as many as the CPUs hold)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer of the index instead of refusing."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -93,6 +97,7 @@ def index_command(
         mpp=mpp, bank=bank, aggregation=aggregation, max_index_memory=parse_bytes(max_index_memory),
         features_dir=str(features) if features else None, wait=wait, commit_every=commit_every,
         slide_features_dir=str(slide_features) if slide_features else None, slide_encoder=slide_encoder,
+        commit_minutes=commit_minutes, engine=engine, address=address, actors=actors,
     )
     report = run_index(slides, out, config, metadata_csv=metadata, show_progress=not (quiet or as_json),
                        reports=reports, report_model=report_model)
