@@ -156,7 +156,7 @@ def test_training_adding_and_search_go_to_the_gpu_when_faiss_sees_one(built, mon
     assert len(fake.to_gpu) == 4
 
 
-def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built, tmp_path, monkeypatch):
+def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built, tmp_path, monkeypatch, run_cli):
     from indexer.store.compact import compact
 
     monkeypatch.setattr(quantizer, "PLAN", PLAN)
@@ -172,11 +172,27 @@ def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built
     assert reader.version.segments[0]["faiss"]["patches"]["quantizer"] == kept["quantizers"]["patches"]
     assert (root / kept["quantizers"]["patches"]).is_file()
     reader.close()
-    retrained = compact(root, retrain=True)
-    new = retrained["quantizers"]["patches"]
+    result = run_cli("compact", str(root), "--retrain", "--json")
+    assert result.exit_code == 0, result.output
+    new = json.loads(result.output)["quantizers"]["patches"]
     assert new != kept["quantizers"]["patches"] and (root / new).is_file()
     assert [p.name for p in (root / "quantizers").iterdir()] == [Path(new).name]  # vacuum removed the old one
     after = vi.search(open_index(Snapshot(root), "patches"), q, 10)
     exact = _exact(Snapshot(root), q, 10)[0]
     for scores in (before[0], after[0]):  # re-ranked answers stay close to exact through both compactions
         assert np.mean(scores[:, -1] >= exact[:, -1] - 0.05) > 0.9
+
+
+def test_default_budget_at_1e8_counts_the_training_sample_and_caps_the_lists():
+    choice = vi.choose_index(10**8, 512)
+    assert choice.nlist <= vi.MAX_NLIST and choice.kind == "ivf_pq"
+    sample = vi.train_sample_size(10**8, choice.nlist, 512) * 512 * 4
+    assert sample + 10**8 * (choice.m + 8) <= vi.estimated_bytes("ivf_pq", 10**8, 512, m=choice.m) <= 4 * 2**30
+
+
+def test_auto_merge_leaves_segments_beyond_the_cap_to_compact():
+    from indexer.store.compact import MAX_AUTO_MERGE_PATCHES, merge_candidates
+
+    small = tuple({"id": f"s{i}", "patches": 1000} for i in range(10))
+    big = tuple({"id": f"b{i}", "patches": MAX_AUTO_MERGE_PATCHES // 5} for i in range(10))
+    assert merge_candidates(small) == [s["id"] for s in small] and merge_candidates(big) is None
