@@ -303,7 +303,7 @@ def markdown(result: dict) -> str:
              "| patches | slides | segments | patch index | build s | disk GB | peak RSS GB (build / all) "
              "| recall@10 re-ranked | recall@10 raw | patch FAISS+re-rank p50 / p99 ms | raw p50 / p99 ms "
              "| patch API p50 / p99 ms | slide API p50 / p99 ms | text API p50 / p99 ms |", "|" + "---|" * 14]
-    for r in result["sizes"]:
+    for r in sorted(result["sizes"], key=lambda r: r["n_patches"]):
         lat = r["latency"]
         cell = lambda key: f"{lat[key]['p50_ms']:.2f} / {lat[key]['p99_ms']:.2f}"  # noqa: E731
         lines.append(
@@ -331,7 +331,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["sizes"]
+    rows = sorted(result["sizes"], key=lambda r: r["n_patches"])
     n = [r["n_patches"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     axes[0].plot(n, [r["build_s"] for r in rows], "o-", label="build (writer, segments of 10⁶)")

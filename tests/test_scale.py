@@ -66,7 +66,7 @@ def test_quantizer_is_trained_once_and_later_segments_store_only_codes(built):
     assert entries[0]["kind"] == "flat" and "quantizer" not in entries[0]  # below the threshold: exact
     assert entries[1]["quantizer"] == entries[2]["quantizer"] == "quantizers/s000002-patches.faiss"
     assert snapshot.version.quantizers == {"patches": "quantizers/s000002-patches.faiss"}
-    assert len(built["trained"]) == 1 and built["trained"][0].startswith("IVF32,PQ4x")  # once, by segment 2
+    assert len(built["trained"]) == 1 and built["trained"][0].startswith("IVF32_HNSW32,PQ4x")  # once, by segment 2
     files = {p.name: p.stat().st_mtime_ns for p in (built["root"] / "quantizers").iterdir()}
     assert files == built["first"]  # the third segment (a later run) did not rewrite it
     codes = vi.load_index(snapshot.paths.segment(snapshot.version.segments[2]["id"]) / "patches.faiss")

@@ -119,13 +119,11 @@ class Snapshot:
 
     def vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (len(ids), d) float32 of FAISS index ``name``'s ids, in the order given:
-        patch rows from the float16 feature memory maps, slide or sub-vector rows from the float32 ones.
+        patch rows from the float16 features, slide or sub-vector rows from the float32 files (read with pread).
 
         Raises:
             IndexError_: an id that no live segment holds.
         """
-        from indexer.exact import release_pages
-
         ids = np.asarray(ids, np.int64).reshape(-1)
         k = int(self.settings.bank["K"])
         key = "patch_rows" if name == "patches" else "slide_rows"
@@ -145,13 +143,12 @@ class Snapshot:
             else:
                 rows = files.vector_rows()
                 pos = np.searchsorted(rows, wanted // scale) * scale + wanted % scale
-            array = files.array(name)
+            rows = files.row_file(name)
             if out.shape[1] == 0:
-                out = np.empty((len(ids), array.shape[1]), np.float32)
-            order = np.argsort(pos, kind="stable")  # file order: the memory map reads forward
-            block = np.empty((len(pos), array.shape[1]), np.float32)
-            block[order] = array[pos[order]]
-            release_pages(array)
+                out = np.empty((len(ids), rows.shape[1]), np.float32)
+            order = np.argsort(pos, kind="stable")  # file order: reads go forward
+            block = np.empty((len(pos), rows.shape[1]), np.float32)
+            block[order] = rows.take(pos[order])
             out[mask] = block
         return out
 

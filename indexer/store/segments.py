@@ -233,6 +233,15 @@ class SegmentFiles:
         """Exact float32 vectors of ``slides``, ``slides_mean`` or ``subvectors``, in vector_rows order."""
         return np.load(self.folder / VECTOR_FILES[name], mmap_mode="r")
 
+    def row_file(self, name: str):
+        """The vectors of FAISS index ``name`` as a :class:`indexer.exact.RowFile` (read once per folder)."""
+        from indexer.exact import RowFile
+
+        files = self.__dict__.setdefault("_row_files", {})
+        if name not in files:
+            files[name] = RowFile(self.folder / ("features.npy" if name == "patches" else VECTOR_FILES[name]))
+        return files[name]
+
     def vector_rows(self) -> np.ndarray:
         """slide_row of each ok slide, in vector order."""
         return np.load(self.folder / "vector_rows.npy")
