@@ -100,8 +100,10 @@ def train_sample_size(count: int, nlist: int, dim: int = 0) -> int:
 
 
 def estimated_bytes(kind: str, count: int, dim: int, m: int = 0, hnsw_m: int = 32) -> int:
-    """Approximate peak memory of building an index of ``kind``: vectors, graph links or codes, 8-byte ids,
-    and for IVF kinds the centroids plus the float32 training sample (1.3 GB at 16,384 lists of 512-d).
+    """Approximate resident size of an index of ``kind`` (vectors, graph links or codes, 8-byte ids, centroids).
+
+    Building an IVF index also holds its float32 training sample for a while (:func:`train_sample_size` rows:
+    335 MB at 4,096 lists of 512-d, 1.3 GB at MAX_NLIST), which the budget does not count.
 
     >>> estimated_bytes("flat", 1000, 512)
     2056000
@@ -109,8 +111,7 @@ def estimated_bytes(kind: str, count: int, dim: int, m: int = 0, hnsw_m: int = 3
     nlist = ivf_params(count)[0]
     per_vector = {"flat": 4 * dim + 8, "ivf_flat": 4 * dim + 8, "hnsw": 4 * dim + 8 + 10 * hnsw_m,
                   "ivf_pq": m + 8}[kind]
-    ivf = 4 * dim * (nlist + train_sample_size(count, nlist)) if kind.startswith("ivf") else 0
-    return count * per_vector + ivf
+    return count * per_vector + (4 * nlist * dim if kind.startswith("ivf") else 0)
 
 
 def choose_index(count: int, dim: int, memory_budget_bytes: int | None = None) -> IndexChoice:
@@ -137,8 +138,8 @@ def choose_index(count: int, dim: int, memory_budget_bytes: int | None = None) -
     'IVF4000,Flat'
     >>> choose_index(1_000_000, 512, memory_budget_bytes=2**30).describe()
     'IVF4000,PQ64x8'
-    >>> choose_index(10**8, 512).describe()  # 3.8 GB: 2.4 GB of codes and ids, a 1.3 GB training sample
-    'IVF16384,PQ16x8'
+    >>> choose_index(10**8, 512).describe()  # lists capped at MAX_NLIST (was IVF40000: hours of CPU k-means)
+    'IVF16384,PQ32x8'
     """
     if count < 0 or dim <= 0:
         raise IndexError_(f"cannot index {count} vectors of dimension {dim}")

@@ -183,11 +183,13 @@ def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built
         assert np.mean(scores[:, -1] >= exact[:, -1] - 0.05) > 0.9
 
 
-def test_default_budget_at_1e8_counts_the_training_sample_and_caps_the_lists():
+def test_default_budget_at_1e8_caps_the_lists_and_a_retrain_fits_its_codes():
     choice = vi.choose_index(10**8, 512)
-    assert choice.nlist <= vi.MAX_NLIST and choice.kind == "ivf_pq"
-    sample = vi.train_sample_size(10**8, choice.nlist, 512) * 512 * 4
-    assert sample + 10**8 * (choice.m + 8) <= vi.estimated_bytes("ivf_pq", 10**8, 512, m=choice.m) <= 4 * 2**30
+    assert choice.describe() == "IVF16384,PQ32x8" and choice.nlist == vi.MAX_NLIST  # was IVF40000
+    assert vi.estimated_bytes("ivf_pq", 10**8, 512, m=choice.m) <= 4 * 2**30
+    retrained = quantizer.plan_choice(10**8, 512, retrain=True)
+    assert retrained.m == 32 and vi.estimated_bytes("ivf_pq", 10**8, 512, m=retrained.m) <= 4 * 2**30
+    assert quantizer.plan_choice(10**8, 512, retrain=True, budget=16 * 2**30).m == 64
 
 
 def test_auto_merge_leaves_segments_beyond_the_cap_to_compact():

@@ -52,7 +52,7 @@ def merge(writer: IndexWriter, segment_ids: list[str] | None = None, retrain: bo
     for src, records in zip(sources, live):
         _copy_rows(builder, src, records, k)
         crash.point("compact.segment")
-    quantizers = Quantizers(writer.paths, version, retrain=retrain)
+    quantizers = Quantizers(writer.paths, version, retrain=retrain, budget=writer.settings.max_index_memory)
     entry = builder.finish(writer.settings.max_index_memory, quantizers=quantizers)
     dropped = np.asarray([r["slide_row"] for recs in slides for r in recs if _contains(dead, r["slide_row"])], np.int64)
     crash.point("compact.commit")

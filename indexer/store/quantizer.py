@@ -60,17 +60,21 @@ class QuantizerPlan:
 PLAN = QuantizerPlan()
 
 
-def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain: bool = False):
+def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain: bool = False,
+                budget: int | None = None):
     """The IVF-PQ configuration trained for ``count`` vectors of ``dim``: ``plan.base_nlist(dim)`` lists (a
     retrain: ≈ 4√n, a power of two up to MAX_NLIST with ≥ 39 points per list), PQ with the default sub-quantizers
-    of :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector).
+    of :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain
+    takes the largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
+    :func:`indexer.vector_index.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
 
     >>> plan_choice(10**6, 512).describe(), plan_choice(10**8, 512, retrain=True).describe()
-    ('IVF4096_HNSW32,PQ64x8', 'IVF16384_HNSW32,PQ64x8')
+    ('IVF4096_HNSW32,PQ64x8', 'IVF16384_HNSW32,PQ32x8')
     >>> plan_choice(10**5, 12_288).describe()
     'IVF512_HNSW32,PQ128x8'
     """
-    from indexer.vector_index import MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, gpu_enabled
+    from indexer.vector_index import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
+                                      gpu_enabled)
 
     plan = plan or PLAN
     nlist = base = plan.base_nlist(dim)
@@ -78,6 +82,10 @@ def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain
         want = 2 ** round(math.log2(max(1, 4 * math.sqrt(count))))
         nlist = max(base, min(want, MAX_NLIST, 2 ** int(math.log2(max(1, count // MIN_POINTS_PER_CENTROID)))))
     pq = choice_for_kind("ivf_pq", count, dim)
+    if retrain:
+        fitted = choose_index(count, dim, budget)
+        if fitted.kind == "ivf_pq":
+            pq = choice_for_kind("ivf_pq", count, dim, m=min(pq.m, fitted.m))
     nprobe = max(plan.nprobe, round(plan.nprobe * math.sqrt(nlist / plan.nlist)))
     coarse = "" if gpu_enabled() else plan.coarse  # the GPU assigns by brute force over flat centroids
     return IndexChoice("ivf_pq", nlist=nlist, m=pq.m, nbits=pq.nbits, nprobe=min(nlist, nprobe), coarse=coarse,
@@ -92,12 +100,13 @@ class Quantizers:
         plan: which indexes and what shape. retrain: ignore the live quantizers and train new ones from the
             segment being written alone (compaction of every segment into one).
         use_gpu: None = train and add on the GPU when FAISS sees one.
+        budget: the index memory budget a retrain fits its codes to (None: 4 GiB).
     """
 
     def __init__(self, paths: IndexPaths, version: Version, plan: QuantizerPlan | None = None,
-                 retrain: bool = False, use_gpu: bool | None = None):
+                 retrain: bool = False, use_gpu: bool | None = None, budget: int | None = None):
         self.paths, self.version, self.plan = paths, version, plan or PLAN
-        self.retrain, self.use_gpu = retrain, use_gpu
+        self.retrain, self.use_gpu, self.budget = retrain, use_gpu, budget
         self.table: dict[str, str] = {} if retrain else dict(version.quantizers)  # name → relative path
         self.trained: list[str] = []  # names trained by this commit
         self._loaded: dict[str, faiss.Index] = {}
@@ -119,7 +128,7 @@ class Quantizers:
         count = len(vectors) + sum(len(a) for a in sources)
         if count < self.plan.threshold(vectors.shape[1]):
             return None
-        choice = plan_choice(count, vectors.shape[1], self.plan, self.retrain)
+        choice = plan_choice(count, vectors.shape[1], self.plan, self.retrain, self.budget)
         sample = _sample(sources + [vectors], vi.train_sample_size(count, choice.nlist, vectors.shape[1]), seed=0)
         trained = vi.train_index(sample, choice, self.use_gpu)
         relative = f"{self.paths.quantizers.name}/{segment_id}-{name}.faiss"
