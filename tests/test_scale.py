@@ -198,3 +198,12 @@ def test_auto_merge_leaves_segments_beyond_the_cap_to_compact():
     small = tuple({"id": f"s{i}", "patches": 1000} for i in range(10))
     big = tuple({"id": f"b{i}", "patches": MAX_AUTO_MERGE_PATCHES // 5} for i in range(10))
     assert merge_candidates(small) == [s["id"] for s in small] and merge_candidates(big) is None
+
+
+def test_benchmark_device_cuda_refuses_without_a_gpu_in_one_line(bench, capsys, monkeypatch):
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--device", "cuda", "--sizes", "", "--slides-at", "0"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no GPU" in err[0]
