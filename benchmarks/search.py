@@ -169,6 +169,8 @@ def raw_faiss_call(index, queries, k, allowed):
                   for lo, hi in zip(index.starts, bounds)]
         calls = [raw_faiss_call(part, q, k, share) for part, share in zip(index.parts, shares)]
         return lambda: [call() for call in calls]
+    if isinstance(index, vi.CompositeIndex):  # an exact re-rank around a compressed index: its own search
+        return lambda: index.search(q, k, None if allowed is None else vi._sorted_unique(allowed))
     if allowed is None:
         return lambda: index.search(q, min(k, index.ntotal))
     allowed = vi._sorted_unique(allowed)

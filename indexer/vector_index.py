@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.errors import IndexError_, QueryError
+from indexer.exact import (  # noqa: F401 (exact_search re-exported)
+    exact_search, exact_topk, iter_rows, release_pages, row_gather, tied_recall, without_own)
 
 if TYPE_CHECKING:  # faiss is imported lazily so `slidesearch --help` stays instant
     import faiss
@@ -22,12 +24,15 @@ HNSW_MAX_COUNT = 200_000
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30
 MIN_POINTS_PER_CENTROID = 39  # FAISS k-means warns below this
 TRAIN_SAMPLE = 100_000
+TRAIN_BYTES = 2**30
 HNSW_EF_CONSTRUCTION = 40
 _GPU_MAX_K = 2048
 BITMAP_BITS_PER_ID = 128  # a bitmap is used while it costs at most ~16 bytes per allowed id
 EXACT_FILTER_FLOATS = 2**18  # allowed-set size × dim under which filtered search is exact
 ADD_CHUNK = 65_536  # rows converted and added to an index at a time
 _GPU_RESOURCES = None
+DEVICE_ENV = "SLIDESEARCH_FAISS_DEVICE"  # "cpu" keeps FAISS off a present GPU (benchmarks' --device cpu)
+MAX_NLIST = 16_384  # k-means beyond this many lists is GPU work (hours on a few CPU cores)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class IndexChoice:
         kind: ``"flat"``, ``"ivf_flat"``, ``"hnsw"`` or ``"ivf_pq"``.
         nlist: IVF inverted lists; m: PQ sub-quantizers; nbits: bits per PQ code.
         hnsw_m: HNSW neighbours per node; ef_search: HNSW search breadth; nprobe: IVF lists probed.
+        coarse: IVF coarse quantizer other than exact search over the centroids (``"HNSW32"``: a graph, ~4×
+            fewer distance computations to assign a vector at 4,096 lists). niter: k-means iterations (0: FAISS's 25).
     """
 
     kind: str
@@ -47,6 +54,8 @@ class IndexChoice:
     hnsw_m: int = 32
     ef_search: int = 64
     nprobe: int = 0
+    coarse: str = ""
+    niter: int = 0
 
     def describe(self) -> str:
         """FAISS factory string of the base index, e.g. ``"IVF1265,PQ64x8"``.
@@ -60,30 +69,41 @@ class IndexChoice:
             return "Flat"
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw_m}"
+        ivf = f"IVF{self.nlist}" + (f"_{self.coarse}" if self.coarse else "")
         if self.kind == "ivf_flat":
-            return f"IVF{self.nlist},Flat"
+            return f"{ivf},Flat"
         if self.kind == "ivf_pq":
-            return f"IVF{self.nlist},PQ{self.m}x{self.nbits}"
+            return f"{ivf},PQ{self.m}x{self.nbits}"
         raise IndexError_(f"unknown index kind {self.kind!r}; known: {', '.join(KINDS)}")
 
 
 def ivf_params(count: int) -> tuple[int, int]:
-    """(nlist, nprobe) for ``count`` vectors: nlist ≈ 4√n (≥ 39 points per list), nprobe ≈ √nlist (≥ 8).
+    """(nlist, nprobe) for ``count`` vectors: nlist ≈ 4√n (≥ 39 points per list, ≤ MAX_NLIST), nprobe ≈ √nlist
+    (≥ 8).
 
-    >>> ivf_params(100_000)
-    (1265, 36)
+    >>> ivf_params(100_000), ivf_params(10**8)
+    ((1265, 36), (16384, 128))
     """
-    nlist = max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_CENTROID))
+    nlist = max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_CENTROID, MAX_NLIST))
     return nlist, min(nlist, max(8, math.ceil(math.sqrt(nlist))))
 
 
-def train_sample_size(count: int, nlist: int) -> int:
-    """Rows IVF training uses: ``min(count, max(100,000, 40·nlist))`` (≥ 39 per centroid, no FAISS warning)."""
-    return min(count, max(TRAIN_SAMPLE, 40 * nlist))
+def train_sample_size(count: int, nlist: int, dim: int = 0) -> int:
+    """Rows IVF training uses: ``min(count, max(40·nlist, 100,000))`` (≥ 39 per centroid, no FAISS warning), the
+    100,000 lowered for wide vectors so the float32 sample stays within TRAIN_BYTES (1 GiB).
+
+    >>> train_sample_size(10**7, 4096, 512), train_sample_size(10**5, 512, 12_288)
+    (163840, 21845)
+    """
+    wide = TRAIN_SAMPLE if dim <= 0 else min(TRAIN_SAMPLE, TRAIN_BYTES // (4 * dim))
+    return min(count, max(wide, 40 * nlist))
 
 
 def estimated_bytes(kind: str, count: int, dim: int, m: int = 0, hnsw_m: int = 32) -> int:
-    """Approximate resident size of an index of ``kind`` (vectors, graph links or codes, 8-byte ids).
+    """Approximate resident size of an index of ``kind`` (vectors, graph links or codes, 8-byte ids, centroids).
+
+    Building an IVF index also holds its float32 training sample for a while (:func:`train_sample_size` rows:
+    335 MB at 4,096 lists of 512-d, 1.3 GB at MAX_NLIST), which the budget does not count.
 
     >>> estimated_bytes("flat", 1000, 512)
     2056000
@@ -118,6 +138,8 @@ def choose_index(count: int, dim: int, memory_budget_bytes: int | None = None) -
     'IVF4000,Flat'
     >>> choose_index(1_000_000, 512, memory_budget_bytes=2**30).describe()
     'IVF4000,PQ64x8'
+    >>> choose_index(10**8, 512).describe()  # lists capped at MAX_NLIST (was IVF40000: hours of CPU k-means)
+    'IVF16384,PQ32x8'
     """
     if count < 0 or dim <= 0:
         raise IndexError_(f"cannot index {count} vectors of dimension {dim}")
@@ -163,7 +185,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice,
 
     ``vectors`` may be a memory map (float16 or float32): rows are converted and added ``chunk`` at a time,
     so memory is the index itself plus one chunk. IVF kinds are trained on at most ``max(100,000, 40·nlist)``
-    sampled rows (seeded). Training and adding run on the GPU when ``faiss.get_num_gpus() > 0`` and ``use_gpu``
+    sampled rows (seeded). Training and adding run on the GPU when :func:`gpu_enabled` and ``use_gpu``
     is not False; the result is CPU.
 
     Args:
@@ -179,76 +201,130 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, choice: IndexChoice,
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         raise IndexError_(f"vectors must be a 2-D array of rows, got shape {vectors.shape}")
     n, dim = vectors.shape
-    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-    if len(ids) != n or len(np.unique(ids)) != len(ids) or (ids < 0).any():
-        raise IndexError_(f"need {n} distinct non-negative ids, got {len(ids)} ({len(np.unique(ids))} distinct)")
-    base = faiss.index_factory(dim, choice.describe(), faiss.METRIC_INNER_PRODUCT)
-    if choice.kind == "ivf_pq":
-        base.do_polysemous_training = False  # polysemous codes are unused and slow to train
-    if choice.kind == "hnsw":
-        base.hnsw.efConstruction, base.hnsw.efSearch = HNSW_EF_CONSTRUCTION, choice.ef_search
+    ids = _check_ids(ids, n)
     if choice.kind in ("flat", "hnsw"):
+        base = _empty_index(dim, choice)
         index = faiss.IndexIDMap2(base)  # the Python wrapper keeps `base` alive as a referenced object
         _add_chunks(index, vectors, ids, chunk)
         return index
     if not 1 <= choice.nlist <= n:
         raise IndexError_(f"{choice.describe()} needs 1 ≤ nlist ≤ {n} (the number of vectors)")
-    work = to_gpu(base) if use_gpu is not False and faiss.get_num_gpus() > 0 else None
-    target = work if work is not None else base
     sample = train_sample_size(n, choice.nlist)
     rows = np.sort(np.random.default_rng(0).choice(n, sample, replace=False))
+    trained = train_index(vectors[rows], choice, use_gpu)
+    return add_to_trained(trained, vectors, ids, use_gpu, chunk)
+
+
+def train_index(sample: np.ndarray, choice: IndexChoice, use_gpu: bool | None = None) -> faiss.Index:
+    """An empty IVF index of ``choice`` trained on ``sample`` (unit rows), on the GPU when enabled; CPU result.
+
+    Raises:
+        IndexError_: when FAISS cannot train it (too few rows for the lists or codes).
+    """
+    import faiss
+
+    base = _empty_index(sample.shape[1], choice)
+    if choice.niter:
+        faiss.extract_index_ivf(base).cp.niter = choice.niter
+    work = to_gpu(base) if use_gpu is not False and gpu_enabled() else None
     try:
-        target.train(_check_vectors(vectors[rows]))
+        (work if work is not None else base).train(_check_vectors(sample))
     except RuntimeError as exc:
-        raise IndexError_(f"cannot train {choice.describe()} on {sample} vectors: {_first_line(exc)}") from None
-    _add_chunks(target, vectors, ids, chunk)
-    index = faiss.index_gpu_to_cpu(target) if work is not None else target
-    faiss.downcast_index(index).nprobe = choice.nprobe or ivf_params(n)[1]
+        raise IndexError_(f"cannot train {choice.describe()} on {len(sample)} vectors: {_first_line(exc)}") from None
+    trained = faiss.index_gpu_to_cpu(work) if work is not None else base
+    faiss.downcast_index(trained).nprobe = choice.nprobe or ivf_params(len(sample))[1]
+    return trained
+
+
+def add_to_trained(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray, use_gpu: bool | None = None,
+                   chunk: int = ADD_CHUNK) -> faiss.Index:
+    """A copy of the trained empty IVF index ``trained`` holding ``vectors`` under ``ids`` (its codes only
+    are new: lists, PQ codebooks and nprobe are the trained ones). Adds on the GPU when enabled; CPU result."""
+    import faiss
+
+    index = faiss.clone_index(trained)
+    ids = _check_ids(ids, len(vectors))
+    work = to_gpu(index) if use_gpu is not False and gpu_enabled() and len(ids) else None
+    _add_chunks(work if work is not None else index, vectors, ids, chunk)
+    if work is not None:
+        index = faiss.index_gpu_to_cpu(work)
+        faiss.downcast_index(index).nprobe = faiss.downcast_index(trained).nprobe
     return index
 
 
+def _empty_index(dim: int, choice: IndexChoice):
+    import faiss
+
+    base = faiss.index_factory(dim, choice.describe(), faiss.METRIC_INNER_PRODUCT)
+    if choice.kind == "ivf_pq":
+        faiss.downcast_index(base).do_polysemous_training = False  # polysemous codes are unused and slow to train
+    if choice.kind == "hnsw":
+        base.hnsw.efConstruction, base.hnsw.efSearch = HNSW_EF_CONSTRUCTION, choice.ef_search
+    return base
+
+
+def _check_ids(ids, n: int) -> np.ndarray:
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) != n or len(np.unique(ids)) != len(ids) or (ids < 0).any():
+        raise IndexError_(f"need {n} distinct non-negative ids, got {len(ids)} ({len(np.unique(ids))} distinct)")
+    return ids
+
+
 def _add_chunks(index, vectors, ids, chunk: int) -> None:
-    for start in range(0, len(ids), chunk):
-        index.add_with_ids(_check_vectors(vectors[start:start + chunk]), ids[start:start + chunk])
+    for start, block in iter_rows(vectors, chunk):  # memory-mapped pages released after each block
+        index.add_with_ids(_check_vectors(block), ids[start:start + len(block)])
 
 
-def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = ADD_CHUNK) -> np.ndarray:
-    """Positions (n_queries × k) of the exact top-k inner products over ``vectors`` (may be a memory map).
+def measure_recalls(indexes: dict, vectors: np.ndarray, ids: np.ndarray, k: int = 10, n_queries: int = 200,
+                    seed: int = 0, queries: np.ndarray | None = None) -> dict:
+    """Recall@k of each index in ``indexes`` (name → index) against exact inner-product search over ``vectors``.
 
-    >>> exact_search(np.eye(2, dtype=np.float32), np.array([[0, 1], [1, 0], [.6, .8]], np.float32), 2).tolist()
-    [[1, 2], [0, 2]]
+    By default the queries are held out (leave-one-out): ``n_queries`` sampled rows, each with its own id
+    removed from both the exact and the index's answer, so no query finds itself (self-queries always do,
+    which makes their recall optimistic: the free hit of rank 1, and codes closest to their own vector).
+    ``queries`` measures other vectors as given (e.g. indexed rows: the self-query figure). The exact answer
+    is computed once for all indexes; ``vectors`` may be a memory map (read in chunks, pages released).
+
+    Returns:
+        name → mean fraction of the k results that score (exactly) at least the exact k-th best, i.e. recall of
+        the exact top-k with float32 near-ties at rank k counted as hits; 1.0 if empty.
     """
-    q = np.ascontiguousarray(queries, np.float32)
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(q), 0), np.int64)
-    for start in range(0, len(vectors), chunk):
-        block = np.asarray(vectors[start:start + chunk], np.float32)
-        scores = np.hstack([best_s, q @ block.T])
-        ids = np.hstack([best_i, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
-    return best_i
+    ids = np.asarray(ids, dtype=np.int64)
+    held_out = queries is None
+    k = min(k, len(vectors) - 1 if held_out else len(vectors))
+    if k <= 0:
+        return {name: 1.0 for name in indexes}
+    if held_out:
+        rows = np.sort(np.random.default_rng(seed).choice(len(vectors), min(n_queries, len(vectors)), replace=False))
+        q, own = np.asarray(vectors[rows], np.float32), ids[rows]
+        release_pages(vectors)
+    else:
+        q, own = np.ascontiguousarray(queries, np.float32), None
+    extra = 1 if held_out else 0
+    scores, positions = exact_topk(q, vectors, k + extra)
+    if held_out:  # the k-th best score among the other rows
+        scores = np.take_along_axis(scores, np.argsort(ids[positions] == own[:, None], axis=1, kind="stable"), 1)
+    kth = scores[:, k - 1]
+    gather, out = row_gather(vectors, ids) if _increasing(ids) else _sorted_gather(vectors, ids), {}
+    for name, index in indexes.items():
+        found = search(index, q, k + extra)[1]
+        out[name] = tied_recall(q, found if own is None else without_own(found, own, k), gather, kth)
+    return out
+
+
+def _increasing(ids: np.ndarray) -> bool:
+    return bool(len(ids) < 2 or (np.diff(ids) > 0).all())
+
+
+def _sorted_gather(vectors, ids: np.ndarray):
+    order = np.argsort(ids, kind="stable")
+    return lambda wanted: np.asarray(vectors[order[np.searchsorted(ids[order], wanted)]], np.float32)
 
 
 def measure_recall(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, k: int = 10,
-                   n_queries: int = 200, seed: int = 0) -> float:
-    """Recall@k of ``index`` against exact inner-product search, with sampled database rows as queries.
-
-    ``vectors`` may be a memory map; the exact search reads it in chunks.
-
-    Returns:
-        Mean fraction of the exact top-k ids (over ``vectors``/``ids``) that the index returns; 1.0 if empty.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    k = min(k, len(vectors))
-    if k == 0:
-        return 1.0
-    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), min(n_queries, len(vectors)), replace=False))
-    queries = _check_vectors(vectors[rows])
-    exact = exact_search(queries, vectors, k)
-    _, found = search(index, queries, k)
-    hits = [len(np.intersect1d(ids[e], f[f >= 0])) for e, f in zip(exact, found)]
-    return float(np.mean(hits) / k)
+                   n_queries: int = 200, seed: int = 0, queries: np.ndarray | None = None) -> float:
+    """Recall@k of one index, on held-out queries unless ``queries`` is given (see :func:`measure_recalls`)."""
+    return measure_recalls({"index": index}, vectors, ids, k, n_queries, seed, queries)["index"]
 
 
 def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
@@ -307,7 +383,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     if k < 1:
         raise QueryError(f"k must be at least 1, got {k}")
     allowed = None if allowed_ids is None else _sorted_unique(allowed_ids)
-    if isinstance(index, SegmentedIndex):
+    if isinstance(index, CompositeIndex):
         return index.search(q, k, allowed)
     limit = min(index.ntotal, _GPU_MAX_K) if _is_gpu(index) else index.ntotal
     if limit == 0 or (allowed is not None and allowed.size == 0):
@@ -328,7 +404,18 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     return _search_overfetch(index, q, k, allowed, limit)
 
 
-class SegmentedIndex:
+class CompositeIndex:
+    """An index made of FAISS indexes (searched through :func:`search`, read through :func:`reconstruct`).
+
+    Subclasses set ``d`` and ``ntotal`` and implement ``search(q, k, allowed)`` (``allowed``: sorted unique
+    ids or None) and ``reconstruct(ids)``.
+    """
+
+    d: int
+    ntotal: int
+
+
+class SegmentedIndex(CompositeIndex):
     """Indexes over disjoint, increasing id ranges (one per segment) searched as one: each part is searched
     with its share of the allowed ids and the results merged by score.
 
@@ -447,7 +534,7 @@ def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     import faiss
 
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if isinstance(index, SegmentedIndex):
+    if isinstance(index, CompositeIndex):
         return index.reconstruct(ids)
     try:
         return np.asarray(index.reconstruct_batch(ids), np.float32)
@@ -515,12 +602,19 @@ def _is_gpu(index) -> bool:
     return faiss.get_num_gpus() > 0 and isinstance(_base(index), faiss.GpuIndex)  # cheap test first
 
 
+def gpu_enabled() -> bool:
+    """Whether FAISS work goes to a GPU: FAISS sees one and ``SLIDESEARCH_FAISS_DEVICE`` is not ``cpu``."""
+    import faiss
+
+    return os.environ.get(DEVICE_ENV, "auto").lower() != "cpu" and faiss.get_num_gpus() > 0
+
+
 def to_gpu(index: faiss.Index) -> faiss.Index | None:
     """A copy of ``index`` on GPU 0, or None when there is no GPU or no GPU version of this index type."""
     import faiss
 
     global _GPU_RESOURCES
-    if faiss.get_num_gpus() == 0:
+    if not gpu_enabled():
         return None
     if _GPU_RESOURCES is None:  # one shared pool, kept alive for as long as GPU indexes may use it
         _GPU_RESOURCES = faiss.StandardGpuResources()

@@ -84,19 +84,20 @@ class Catalog:
         return FilterEngine(self.slides)
 
     def faiss(self, name: str):
-        """Load (once) FAISS index ``name`` (slides, slides_mean, subvectors or patches) over all live segments."""
+        """Load (once) FAISS index ``name`` (slides, slides_mean, subvectors or patches) over all live segments
+        (:func:`indexer.store.rerank.open_index`: shared quantizers attached, compressed hits re-ranked exactly)."""
         cache = self.__dict__.setdefault("_faiss", {})
         if name not in cache:
-            from indexer.vector_index import combine, load_index
+            from indexer.store.rerank import open_index
 
-            files, starts = self.snapshot.faiss_parts(name)
+            files, _ = self.snapshot.faiss_parts(name)
             if not files:
                 import faiss
 
                 dim = self.manifest["encoder"]["dim"] * (self.manifest["bank"]["K"] if name == "slides" else 1)
                 cache[name] = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             else:
-                cache[name] = combine([load_index(f) for f in files], starts)
+                cache[name] = open_index(self.snapshot, name)
         return cache[name]
 
     def is_current(self) -> bool:

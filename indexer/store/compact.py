@@ -11,20 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.exact import release_pages
 from indexer.slide_features import RECORD_KEY, slide_spaces_of
 from indexer.store import crash
 from indexer.store.layout import IndexPaths, segment_name
+from indexer.store.quantizer import Quantizers
 from indexer.store.segments import SegmentBuilder, SegmentFiles, SlideRows
 from indexer.store.versions import Version
 from indexer.store.writer import IndexWriter, read_prototypes
 
 MERGE_FACTOR = 10  # this many adjacent segments of one size tier are merged into one
+MAX_AUTO_MERGE_PATCHES = 5_000_000  # automatic merges stop at this size (≈ 5 GB of 512-d float16 features)
 
 
-def merge(writer: IndexWriter, segment_ids: list[str] | None = None) -> Version:
+def merge(writer: IndexWriter, segment_ids: list[str] | None = None, retrain: bool = False) -> Version:
     """Merge the adjacent live segments ``segment_ids`` (default: all) into one new segment and commit.
 
-    Rows keep their ids; tombstoned rows are dropped. Results of every query are the same before and after.
+    Rows keep their ids; tombstoned rows are dropped. Its codes go under the live trained quantizers; with
+    ``retrain`` (all segments only) new quantizers are trained from the merged segment and replace them.
+    Memory is bounded: rows are streamed and memory-mapped pages released as they are copied.
     """
     version = writer.version
     ids = [s["id"] for s in version.segments]
@@ -34,6 +39,8 @@ def merge(writer: IndexWriter, segment_ids: list[str] | None = None) -> Version:
     first = ids.index(chosen[0])
     if ids[first:first + len(chosen)] != chosen:
         raise ValueError(f"segments {chosen} are not adjacent in {ids}")
+    if retrain and chosen != ids:
+        raise ValueError("retraining the quantizers needs every segment merged into one")
     dead = writer.tombstones
     sources = [SegmentFiles(writer.paths.segment(s)) for s in chosen]
     slides = [src.table("slides").to_pylist() for src in sources]
@@ -46,10 +53,11 @@ def merge(writer: IndexWriter, segment_ids: list[str] | None = None) -> Version:
     for src, records in zip(sources, live):
         _copy_rows(builder, src, records, k)
         crash.point("compact.segment")
-    entry = builder.finish(writer.settings.max_index_memory)
+    quantizers = Quantizers(writer.paths, version, retrain=retrain, budget=writer.settings.max_index_memory)
+    entry = builder.finish(writer.settings.max_index_memory, quantizers=quantizers)
     dropped = np.asarray([r["slide_row"] for recs in slides for r in recs if _contains(dead, r["slide_row"])], np.int64)
     crash.point("compact.commit")
-    return writer.replace_segments(chosen, entry, dropped)
+    return writer.replace_segments(chosen, entry, dropped, quantizers=quantizers.table)
 
 
 def _contains(sorted_rows: np.ndarray, row: int) -> bool:
@@ -78,15 +86,24 @@ def _copy_rows(builder: SegmentBuilder, src: SegmentFiles, records: list[dict], 
             part.column("proto_sim").to_numpy(), vectors["slides"][i], vectors["slides_mean"][i],
             vectors["subvectors"][i * k:(i + 1) * k], mass[i],
         ))
+        release_pages(src.features)  # a merge streams the sources: their pages never pile up in the RSS
 
 
-def merge_candidates(segments: tuple[dict, ...], factor: int = MERGE_FACTOR) -> list[str] | None:
-    """The first run of ``factor`` adjacent segments in one size tier (⌊log_factor(patches)⌋), or None.
+def merge_candidates(segments: tuple[dict, ...], factor: int = MERGE_FACTOR,
+                     max_patches: int = MAX_AUTO_MERGE_PATCHES) -> list[str] | None:
+    """The first run of ``factor`` adjacent segments in one size tier (⌊log_factor(patches)⌋) holding at most
+    ``max_patches`` patches together, or None.
+
+    Larger segments are left to ``slidesearch compact``: segments under one trained quantizer are searched as
+    one index already (their inverted lists are concatenated when loaded), so merging them on disk would
+    re-encode millions of vectors for no faster query.
 
     >>> segs = tuple({"id": str(i), "patches": 50} for i in range(10)) + ({"id": "big", "patches": 10**6},)
     >>> merge_candidates(segs)
     ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']
     >>> merge_candidates(segs[1:]) is None
+    True
+    >>> merge_candidates(tuple({"id": str(i), "patches": 10**6} for i in range(10))) is None
     True
     """
     tiers = [int(math.log(max(s["patches"], 1), factor) + 1e-9) for s in segments]
@@ -94,7 +111,7 @@ def merge_candidates(segments: tuple[dict, ...], factor: int = MERGE_FACTOR) -> 
     for i in range(1, len(segments) + 1):
         if i < len(segments) and tiers[i] == tiers[i - 1]:
             run += 1
-            if run == factor:
+            if run == factor and sum(s["patches"] for s in segments[i - factor + 1:i + 1]) <= max_patches:
                 return [s["id"] for s in segments[i - factor + 1:i + 1]]
         else:
             run = 1
@@ -134,13 +151,13 @@ def vacuum(paths: IndexPaths, current: Version) -> dict[str, int]:
         os.close(fd)
         removed["versions"] += 1
     keep_segments = {s["id"] for v in held for s in v.segments}
-    keep_files = {p for v in held for p in (v.metadata, v.tombstones, v.reports) if p}
+    keep_files = {p for v in held for p in (v.metadata, v.tombstones, v.reports, *v.quantizers.values()) if p}
     for seg in paths.segments.iterdir() if paths.segments.is_dir() else ():
         if seg.name not in keep_segments and not seg.name.startswith("."):
             crash.point("vacuum.segment")
             shutil.rmtree(seg)
             removed["segments"] += 1
-    for folder in (paths.metadata, paths.tombstones, paths.reports):
+    for folder in (paths.metadata, paths.tombstones, paths.reports, paths.quantizers):
         for file in folder.iterdir() if folder.is_dir() else ():
             if str(file.relative_to(paths.root)) not in keep_files and not file.name.startswith("."):
                 shutil.rmtree(file) if file.is_dir() else file.unlink()
@@ -148,16 +165,19 @@ def vacuum(paths: IndexPaths, current: Version) -> dict[str, int]:
     return removed
 
 
-def compact(root: str | Path, wait: bool = False) -> dict:
-    """`slidesearch compact`: merge every segment into one (dropping tombstoned rows), then vacuum."""
+def compact(root: str | Path, wait: bool = False, retrain: bool = False) -> dict:
+    """`slidesearch compact`: merge every segment into one (dropping tombstoned rows), then vacuum.
+
+    ``retrain``: also train the quantizers anew from the merged segment (the only time they change)."""
     with IndexWriter(root, wait=wait) as writer:
         _require_index(writer)
         before = len(writer.version.segments)
-        if before > 1 or writer.version.tombstones is not None:
-            merge(writer)
+        if before > 1 or writer.version.tombstones is not None or retrain:
+            merge(writer, retrain=retrain)
         removed = vacuum(writer.paths, writer.version)
         return {"segments_before": before, "segments_after": len(writer.version.segments),
-                "version": writer.version.number, "removed": removed, "counts": writer.version.counts}
+                "version": writer.version.number, "removed": removed, "counts": writer.version.counts,
+                "quantizers": dict(writer.version.quantizers)}
 
 
 def _require_index(writer: IndexWriter) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from indexer.errors import IndexError_
 from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths
+from indexer.store.segments import SegmentFiles
 from indexer.store.versions import Version, read_tombstones
 from indexer.store.writer import read_identity
 
@@ -107,8 +108,6 @@ class Snapshot:
 
     def patch_features(self, slide_row: int, patch_row_start: int, n_patches: int) -> np.ndarray:
         """The float16 patch features (n_patches, d) of one live slide, read through the segment's memory map."""
-        from indexer.store.segments import SegmentFiles
-
         for segment, folder in zip(self.version.segments, self.segment_dirs()):
             lo, hi = segment["slide_rows"]
             if lo <= slide_row < hi:
@@ -117,6 +116,41 @@ class Snapshot:
                 start = int(np.searchsorted(rows, patch_row_start))
                 return files.features[start:start + n_patches]
         raise IndexError_(f"slide_row {slide_row} is in no live segment of {self.paths.root}")
+
+    def vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """The exact stored vectors (len(ids), d) float32 of FAISS index ``name``'s ids, in the order given:
+        patch rows from the float16 features, slide or sub-vector rows from the float32 files (read with pread).
+
+        Raises:
+            IndexError_: an id that no live segment holds.
+        """
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        k = int(self.settings.bank["K"])
+        key = "patch_rows" if name == "patches" else "slide_rows"
+        scale = k if name == "subvectors" else 1
+        starts = np.asarray([int(s[key][0]) * scale for s in self.version.segments], np.int64)
+        ends = np.asarray([int(s[key][1]) * scale for s in self.version.segments], np.int64)
+        which = np.searchsorted(starts, ids, side="right") - 1
+        if len(ids) and ((which < 0).any() or (ids >= ends[np.maximum(which, 0)]).any()):
+            raise IndexError_(f"{name} ids outside every live segment of {self.paths.root}")
+        out = np.empty((len(ids), 0), np.float32)
+        for i in np.unique(which):
+            segment, mask = self.version.segments[i], which == i
+            files = self._segment_files.setdefault(segment["id"], SegmentFiles(self.segment_dirs()[i]))
+            wanted = ids[mask]
+            if name == "patches":
+                pos = np.searchsorted(files.patch_rows(), wanted)
+            else:
+                rows = files.vector_rows()
+                pos = np.searchsorted(rows, wanted // scale) * scale + wanted % scale
+            rows = files.row_file(name)
+            if out.shape[1] == 0:
+                out = np.empty((len(ids), rows.shape[1]), np.float32)
+            order = np.argsort(pos, kind="stable")  # file order: reads go forward
+            block = np.empty((len(pos), rows.shape[1]), np.float32)
+            block[order] = rows.take(pos[order])
+            out[mask] = block
+        return out
 
     @cached_property
     def _segment_files(self) -> dict:
@@ -135,8 +169,13 @@ class Snapshot:
                 agg["nbytes"] += entry["nbytes"]
                 agg["segments"] += 1
                 agg["recall_at_10"] = min(agg["recall_at_10"], entry["recall_at_10"])
-        for agg in indexes.values():
+                if "recall_at_10_reranked" in entry:
+                    agg["recall_at_10_reranked"] = min(agg.get("recall_at_10_reranked", 1.0), entry["recall_at_10_reranked"])
+                agg.setdefault("recall_queries", set()).add(entry.get("recall_queries", "self"))
+        for name, agg in indexes.items():
             agg["kind"], agg["factory"] = "+".join(sorted(agg["kind"])), "+".join(sorted(agg["factory"]))
+            agg["recall_queries"] = "+".join(sorted(agg["recall_queries"]))  # "held-out"; "self" for old segments
+            agg["quantizer"] = self.version.quantizers.get(name)
         v = self.version
         return {**self.settings.to_json(), "version": v.number, "updated": v.created, "counts": v.counts,
                 "segments": len(v.segments), "indexes": indexes, "timings": v.timings, "operation": v.operation}

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.exact import release_pages
 from indexer.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
@@ -120,11 +121,13 @@ class SegmentBuilder:
         if self._patch_parts:
             self._patch_writer.write_table(pa.concat_tables(self._patch_parts))
         self._patch_parts, self._patch_buffered = [], 0
+        release_pages(self.features)  # written pages leave the RSS (the page cache still writes them back)
 
-    def finish(self, max_index_memory: int | None, faiss_kind: str | None = None) -> dict[str, Any]:
+    def finish(self, max_index_memory: int | None, faiss_kind: str | None = None, quantizers=None) -> dict[str, Any]:
         """Write the tables and FAISS indexes, fsync, and publish the folder; returns the segment's entry.
 
-        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides)."""
+        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides, or the
+        trained-once quantizer of :class:`indexer.store.quantizer.Quantizers` ``quantizers`` once there is one)."""
         import time
 
         from indexer import vector_index as vi
@@ -155,9 +158,10 @@ class SegmentBuilder:
         patch_ids = seg.patch_rows()
         faiss_entries = {}
         for name in FAISS_NAMES:
-            vectors = seg.features if name == "patches" else seg.vectors(name)
+            vectors = seg.array(name)
             ids = {"patches": patch_ids, "subvectors": sub_rows}.get(name, rows)
-            faiss_entries[name] = write_faiss(vi, vectors, ids, self.build / f"{name}.faiss", max_index_memory, faiss_kind)
+            faiss_entries[name] = write_faiss(vi, vectors, ids, self.build / f"{name}.faiss", max_index_memory,
+                                              faiss_kind, quantizers, name, self.final.name)
             crash.point(f"segment.faiss.{name}")
         self.timings["faiss"] += time.perf_counter() - t0
         for path in self.build.iterdir():
@@ -180,15 +184,35 @@ class SegmentBuilder:
 
 
 def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: int | None,
-                kind: str | None = None) -> dict[str, Any]:
-    """Choose (or take ``kind``), build, check and save one FAISS index; returns its entry for the version file."""
+                kind: str | None = None, quantizers=None, name: str = "", segment_id: str = "") -> dict[str, Any]:
+    """Build, check and save one FAISS index; returns its entry for the version file.
+
+    The index is the trained-once quantizer's (codes only, under ``quantizers``' file) once the collection has
+    one or reaches its threshold; otherwise ``kind``, or what ``choose_index`` picks. Recall@10 is measured on
+    held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
+    """
+    from indexer.store.quantizer import describe, save_codes
+    from indexer.exact import row_gather
+    from indexer.store.rerank import RerankedIndex
+
     n, dim = vectors.shape
-    choice = vi.choice_for_kind(kind, n, dim) if kind else vi.choose_index(n, dim, budget)
-    index = vi.build_index(vectors, ids, choice)
-    recall = 1.0 if choice.kind == "flat" or len(vectors) == 0 else vi.measure_recall(index, vectors, ids, k=10)
-    vi.save_index(index, path)
-    return {"kind": choice.kind, "factory": choice.describe(), "count": int(len(vectors)),
-            "dim": int(vectors.shape[1]), "recall_at_10": float(recall), "nbytes": int(path.stat().st_size)}
+    shared = None if kind or quantizers is None or n == 0 else quantizers.for_segment(name, segment_id, vectors)
+    if shared is not None:
+        index = vi.add_to_trained(shared[0], vectors, ids, quantizers.use_gpu)
+        entry = {"kind": "ivf_pq", "factory": describe(index), "quantizer": shared[1]}
+    else:
+        choice = vi.choice_for_kind(kind, n, dim) if kind else vi.choose_index(n, dim, budget)
+        index = vi.build_index(vectors, ids, choice)
+        entry = {"kind": choice.kind, "factory": choice.describe()}
+    measured = {"recall_at_10": 1.0}
+    if entry["kind"] != "flat" and n:
+        candidates = {"recall_at_10": index}
+        if entry["kind"] == "ivf_pq":
+            candidates["recall_at_10_reranked"] = RerankedIndex(index, row_gather(vectors, ids))
+        measured = vi.measure_recalls(candidates, vectors, ids, k=10)
+    (save_codes if shared is not None else vi.save_index)(index, path)
+    return {**entry, "count": int(n), "dim": int(dim), **{k: float(v) for k, v in measured.items()},
+            "recall_queries": "held-out", "nbytes": int(path.stat().st_size)}
 
 
 class SegmentFiles:
@@ -200,6 +224,10 @@ class SegmentFiles:
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.folder / f"{name}.parquet", columns=columns)
 
+    def array(self, name: str) -> np.ndarray:
+        """The exact vectors FAISS index ``name`` holds, in row order (patches: the float16 features)."""
+        return self.features if name == "patches" else self.vectors(name)
+
     @cached_property
     def features(self) -> np.ndarray:
         """(patches, d) float16 in patch_row order."""
@@ -208,6 +236,15 @@ class SegmentFiles:
     def vectors(self, name: str) -> np.ndarray:
         """Exact float32 vectors of ``slides``, ``slides_mean`` or ``subvectors``, in vector_rows order."""
         return np.load(self.folder / VECTOR_FILES[name], mmap_mode="r")
+
+    def row_file(self, name: str):
+        """The vectors of FAISS index ``name`` as a :class:`indexer.exact.RowFile` (read once per folder)."""
+        from indexer.exact import RowFile
+
+        files = self.__dict__.setdefault("_row_files", {})
+        if name not in files:
+            files[name] = RowFile(self.folder / ("features.npy" if name == "patches" else VECTOR_FILES[name]))
+        return files[name]
 
     def vector_rows(self) -> np.ndarray:
         """slide_row of each ok slide, in vector order."""

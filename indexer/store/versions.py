@@ -32,6 +32,8 @@ class Version:
         operation: what made this version (index, remove, metadata, compact, migrate).
         timings: seconds per stage of the run that made it.
         created: commit time (ISO 8601, UTC).
+        quantizers: FAISS index name → relative path of its trained-once quantizer (``quantizers/…``), which
+            the segments' entries naming it store their codes under.
     """
 
     number: int = 0
@@ -47,6 +49,7 @@ class Version:
     operation: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     created: str = ""
+    quantizers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "segments": list(self.segments)}

@@ -26,6 +26,7 @@ from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.lock import WriterLock
 from indexer.store.metadata import merge_metadata, read_metadata, write_metadata
+from indexer.store.quantizer import Quantizers
 from indexer.store.segments import SegmentBuilder, SegmentFiles, SlideRows
 from indexer.store.staging import Staging
 from indexer.store.versions import Version, commit, read_current, read_tombstones, write_tombstones
@@ -228,13 +229,14 @@ class IndexWriter:
                                  next_patch - version.next_patch_row, *shape)
         for record in records:
             builder.add(rows_of(record) if record.get("status") == "ok" else SlideRows(record))
-        entry = builder.finish(self.settings.max_index_memory, faiss_kind)
+        quantizers = Quantizers(self.paths, version)
+        entry = builder.finish(self.settings.max_index_memory, faiss_kind, quantizers)
         stages = {**(timings or {}), **(extra or {}), **builder.timings, "commit": time.perf_counter() - t0}
         dead_rows = [self.live_slides[s]["slide_row"] for s in replaced if s in self.live_slides]
         new = version.successor(
             segments=version.segments + (entry,), next_slide_row=next_slide, next_patch_row=next_patch,
             next_segment=version.next_segment + 1, operation=operation,
-            timings={k: round(v, 3) for k, v in stages.items()},
+            timings={k: round(v, 3) for k, v in stages.items()}, quantizers=quantizers.table,
         )
         return self._publish(self._with_tombstones(new, dead_rows, added=entry))
 
@@ -294,15 +296,17 @@ class IndexWriter:
         return self._publish(new)
 
     def replace_segments(self, old_ids: list[str], entry: dict[str, Any], dropped_rows: np.ndarray,
-                         operation: str = "compact") -> Version:
-        """Commit a merged segment in place of the adjacent segments ``old_ids`` whose tombstoned rows it dropped."""
+                         operation: str = "compact", quantizers: dict[str, str] | None = None) -> Version:
+        """Commit a merged segment in place of the adjacent segments ``old_ids`` whose tombstoned rows it dropped
+        (``quantizers``: the version's quantizers from now on; None keeps them)."""
         segments = list(self.version.segments)
         ids = [s["id"] for s in segments]
         first = ids.index(old_ids[0])
         segments[first:first + len(old_ids)] = [entry]
         rows = np.setdiff1d(self.tombstones, dropped_rows)
         new = self.version.successor(segments=tuple(segments), next_segment=self.version.next_segment + 1,
-                                     operation=operation, timings={})
+                                     operation=operation, timings={},
+                                     quantizers=self.version.quantizers if quantizers is None else quantizers)
         counts = {**new.counts, "tombstoned": int(len(rows))}
         tomb = write_tombstones(self.paths, new.number, rows) if len(rows) else None
         return self._publish(replace(new, tombstones=tomb, counts=counts))

@@ -138,7 +138,8 @@ def info_command(
     index: Path = typer.Argument(..., help="Index directory."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Describe an index: version, counts, encoder, bank, segments, FAISS index types and sizes, failed slides."""
+    """Describe an index: version, counts, encoder, bank, segments, FAISS index types, sizes and recall@10 on
+    held-out queries (with and without the exact re-rank), failed slides."""
     from retrieval.catalog import index_info
 
     info = index_info(index)
@@ -157,11 +158,16 @@ def info_command(
                   f"bank {bank['name']} (K={bank['K']}); tiling {info['tiling']}")
     console.print(f"{counts['slides_ok']} slides indexed, {counts['slides_failed']} failed, {counts['patches']:,} patches"
                   + (f", {counts['tombstoned']} removed (space freed by `slidesearch compact`)" if counts.get("tombstoned") else ""))
-    table = Table("index", "type", "vectors", "dim", "recall@10", "size")
+    table = Table("index", "type", "vectors", "dim", "recall@10", "re-ranked", "size")
     for name, entry in info["indexes"].items():
+        reranked = entry.get("recall_at_10_reranked")
         table.add_row(name, entry["factory"], f"{entry['count']:,}", str(entry["dim"]),
-                      f"{entry['recall_at_10']:.3f}", f"{entry['nbytes'] / 1e6:.1f} MB")
+                      f"{entry['recall_at_10']:.3f}", "—" if reranked is None else f"{reranked:.3f}",
+                      f"{entry['nbytes'] / 1e6:.1f} MB")
     console.print(table)
+    queries = sorted({e.get("recall_queries", "self") for e in info["indexes"].values()})
+    console.print(f"recall@10 against exact search, on {' and '.join(queries)} queries (the lowest segment's); "
+                  "re-ranked: after the exact re-rank of compressed hits")
     for failed in info["failed"]:
         console.print(f"[red]failed[/] {failed['slide_id']}: {failed['error']}", highlight=False)
 
@@ -220,12 +226,13 @@ def metadata_command(
 def compact_command(
     index: Path = typer.Argument(..., help="Index directory."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of refusing."),
+    retrain: bool = typer.Option(False, "--retrain", help="Also retrain the IVF-PQ quantizers from all vectors."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Merge all segments into one, dropping removed slides; then delete files no version in use names."""
     from indexer.store.compact import compact
 
-    summary = compact(index, wait=wait)
+    summary = compact(index, wait=wait, retrain=retrain)
     if as_json:
         print_json(summary)
     else:

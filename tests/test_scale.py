@@ -1,0 +1,209 @@
+"""Trained-once quantizers, exact re-rank, held-out recall and GPU dispatch (issue 13), on small synthetic
+collections written through the store's writer by benchmarks/scale.py's generator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import vector_index as vi
+from indexer.exact import tied_recall
+from indexer.store import quantizer
+from indexer.store.reader import Snapshot
+from indexer.store.rerank import RerankedIndex, open_index
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+PLAN = quantizer.QuantizerPlan(nlist=32, nprobe=8)  # threshold 39·32 = 1,248 vectors
+SLIDES, PATCHES, SEGMENT = 60, 50, 20  # 3 segments of 1,000 patches: the second crosses the threshold
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def built(bench, tmp_path_factory):
+    """An index of 3 segments written in two runs; records what the first run left behind."""
+    root = tmp_path_factory.mktemp("scale") / "index"
+    gen = bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
+    trained = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantizer, "PLAN", PLAN)
+        real = vi.train_index
+        mp.setattr(vi, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
+        bench.write_collection(root, 2 * SEGMENT, gen, SEGMENT)
+        first = {p.name: p.stat().st_mtime_ns for p in (root / "quantizers").iterdir()}
+        bench.write_collection(root, SLIDES, gen, SEGMENT)
+    return {"root": root, "gen": gen, "trained": trained, "first": first}
+
+
+def _queries(gen, n=40, seed=3):
+    rng = np.random.default_rng(seed)
+    return np.stack([gen.patch_draws(int(s), 1, stream=50 + i)[1][0] for i, s in enumerate(rng.integers(SLIDES, size=n))])
+
+
+def _exact(snapshot, q, k):
+    ids = np.arange(SLIDES * PATCHES)
+    scores = q @ snapshot.vectors("patches", ids).T
+    return np.sort(scores, axis=1)[:, ::-1][:, :k], ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+
+
+def test_quantizer_is_trained_once_and_later_segments_store_only_codes(built):
+    snapshot = Snapshot(built["root"])
+    entries = [s["faiss"]["patches"] for s in snapshot.version.segments]
+    assert entries[0]["kind"] == "flat" and "quantizer" not in entries[0]  # below the threshold: exact
+    assert entries[1]["quantizer"] == entries[2]["quantizer"] == "quantizers/s000002-patches.faiss"
+    assert snapshot.version.quantizers == {"patches": "quantizers/s000002-patches.faiss"}
+    assert len(built["trained"]) == 1 and built["trained"][0].startswith("IVF32_HNSW32,PQ4x")  # once, by segment 2
+    files = {p.name: p.stat().st_mtime_ns for p in (built["root"] / "quantizers").iterdir()}
+    assert files == built["first"]  # the third segment (a later run) did not rewrite it
+    codes = vi.load_index(snapshot.paths.segment(snapshot.version.segments[2]["id"]) / "patches.faiss")
+    assert faiss.extract_index_ivf(codes).quantizer.ntotal == 0  # the centroids live only in the quantizer file
+    assert codes.ntotal == SEGMENT * PATCHES
+
+
+def test_segments_under_one_quantizer_are_merged_and_reranked_exactly(built):
+    snapshot = Snapshot(built["root"])
+    index = open_index(snapshot, "patches")
+    assert isinstance(index, RerankedIndex) and index.ntotal == SLIDES * PATCHES
+    assert len(index.inner.parts) == 2  # the flat segment, and the two IVF segments as one index
+    q = _queries(built["gen"])
+    exact_scores, exact_ids = _exact(snapshot, q, 10)
+    scores, found = vi.search(index, q, 10)
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", snapshot.vectors("patches", found.ravel()).reshape(
+        *found.shape, -1), q), atol=1e-5)  # re-ranked scores are the exact inner products
+    raw = vi.search(index.inner, q, 10)[1]
+    exact = lambda ids: snapshot.vectors("patches", ids)  # noqa: E731
+    reranked, plain = (tied_recall(q, f, exact, exact_scores[:, -1]) for f in (found, raw))
+    assert reranked >= plain and reranked > 0.9
+    faiss.extract_index_ivf(index.inner.parts[1]).nprobe = PLAN.nlist  # every list, and a pool of everything:
+    whole = RerankedIndex(index.inner, index.gather, pool=index.ntotal)  # the re-rank is then exact search
+    np.testing.assert_allclose(vi.search(whole, q, 10)[0], exact_scores, atol=1e-5)
+
+
+def test_held_out_recall_is_recorded_and_info_shows_it(built, run_cli):
+    entry = Snapshot(built["root"]).version.segments[2]["faiss"]["patches"]
+    assert entry["recall_queries"] == "held-out" and 0 < entry["recall_at_10"] <= entry["recall_at_10_reranked"] <= 1
+    result = run_cli("info", str(built["root"]), "--json")
+    assert result.exit_code == 0, result.output
+    patches = json.loads(result.output)["indexes"]["patches"]
+    assert patches["recall_queries"] == "held-out" and patches["quantizer"] == "quantizers/s000002-patches.faiss"
+    assert patches["recall_at_10_reranked"] >= patches["recall_at_10"]
+    text = run_cli("info", str(built["root"]))
+    assert text.exit_code == 0 and "re-ranked" in text.output and "held-out" in text.output
+
+
+def test_held_out_recall_is_lower_than_self_query_recall_on_a_compressed_index():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32))
+    x = centres[rng.integers(40, size=4000)] + 0.6 * rng.standard_normal((4000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(4000) * 3 + 7
+    index = vi.build_index(x, ids, vi.choice_for_kind("ivf_pq", 4000, 32, m=4))
+    rows = np.sort(np.random.default_rng(0).choice(4000, 200, replace=False))  # the rows held out by default
+    held_out, self_query = vi.measure_recall(index, x, ids), vi.measure_recall(index, x, ids, queries=x[rows])
+    assert 0 < held_out < self_query < 1
+    exact = vi.build_index(x, ids, vi.choice_for_kind("flat", 4000, 32))
+    assert vi.measure_recall(exact, x, ids) == 1.0  # leaving the query out changes the answer, not exactness
+
+
+class _FakeGpu:
+    """Stands in for faiss-gpu: 'GPU' copies are CPU clones, and every move is recorded."""
+
+    def __init__(self, monkeypatch):
+        self.to_gpu, self.to_cpu = [], []
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+        monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+        monkeypatch.setattr(faiss, "GpuIndex", type("GpuIndex", (), {}), raising=False)
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu", self._cpu_to_gpu, raising=False)
+        monkeypatch.setattr(faiss, "index_gpu_to_cpu", self._gpu_to_cpu)
+        monkeypatch.setattr(vi, "_GPU_RESOURCES", None)
+
+    def _cpu_to_gpu(self, resources, device, index):
+        self.to_gpu.append(type(faiss.downcast_index(index)).__name__)
+        return faiss.clone_index(index)
+
+    def _gpu_to_cpu(self, index):
+        self.to_cpu.append(type(faiss.downcast_index(index)).__name__)
+        return index
+
+
+def test_training_adding_and_search_go_to_the_gpu_when_faiss_sees_one(built, monkeypatch):
+    fake = _FakeGpu(monkeypatch)
+    x = _queries(built["gen"], n=2000, seed=9)
+    choice = vi.IndexChoice("ivf_pq", nlist=16, m=4, nbits=6, nprobe=4)
+    trained = vi.train_index(x, choice)
+    assert fake.to_gpu == ["IndexIVFPQ"] and fake.to_cpu == ["IndexIVFPQ"] and trained.is_trained
+    index = vi.add_to_trained(trained, x, np.arange(len(x)))
+    assert len(fake.to_gpu) == 2 and index.ntotal == len(x)
+    searchable = open_index(Snapshot(built["root"]), "patches")
+    assert len(fake.to_gpu) == 4  # both loaded parts moved
+    assert vi.search(searchable, x[:3], 5)[1].shape == (3, 5)
+    monkeypatch.setenv(vi.DEVICE_ENV, "cpu")  # `--device cpu` keeps FAISS off a present GPU
+    vi.train_index(x, choice)
+    assert len(fake.to_gpu) == 4
+
+
+def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built, tmp_path, monkeypatch, run_cli):
+    from indexer.store.compact import compact
+
+    monkeypatch.setattr(quantizer, "PLAN", PLAN)
+    root = tmp_path / "copy"
+    shutil.copytree(built["root"], root)
+    q = _queries(built["gen"])
+    reader = Snapshot(root)
+    before = vi.search(open_index(reader, "patches"), q, 10)
+    reader.close()  # an open reader keeps its version's files (quantizer included) through vacuum
+    kept = compact(root)
+    assert kept["segments_after"] == 1 and kept["quantizers"]["patches"] == "quantizers/s000002-patches.faiss"
+    reader = Snapshot(root)
+    assert reader.version.segments[0]["faiss"]["patches"]["quantizer"] == kept["quantizers"]["patches"]
+    assert (root / kept["quantizers"]["patches"]).is_file()
+    reader.close()
+    result = run_cli("compact", str(root), "--retrain", "--json")
+    assert result.exit_code == 0, result.output
+    new = json.loads(result.output)["quantizers"]["patches"]
+    assert new != kept["quantizers"]["patches"] and (root / new).is_file()
+    assert [p.name for p in (root / "quantizers").iterdir()] == [Path(new).name]  # vacuum removed the old one
+    after = vi.search(open_index(Snapshot(root), "patches"), q, 10)
+    exact = _exact(Snapshot(root), q, 10)[0]
+    for scores in (before[0], after[0]):  # re-ranked answers stay close to exact through both compactions
+        assert np.mean(scores[:, -1] >= exact[:, -1] - 0.05) > 0.9
+
+
+def test_default_budget_at_1e8_caps_the_lists_and_a_retrain_fits_its_codes():
+    choice = vi.choose_index(10**8, 512)
+    assert choice.describe() == "IVF16384,PQ32x8" and choice.nlist == vi.MAX_NLIST  # was IVF40000
+    assert vi.estimated_bytes("ivf_pq", 10**8, 512, m=choice.m) <= 4 * 2**30
+    retrained = quantizer.plan_choice(10**8, 512, retrain=True)
+    assert retrained.m == 32 and vi.estimated_bytes("ivf_pq", 10**8, 512, m=retrained.m) <= 4 * 2**30
+    assert quantizer.plan_choice(10**8, 512, retrain=True, budget=16 * 2**30).m == 64
+
+
+def test_auto_merge_leaves_segments_beyond_the_cap_to_compact():
+    from indexer.store.compact import MAX_AUTO_MERGE_PATCHES, merge_candidates
+
+    small = tuple({"id": f"s{i}", "patches": 1000} for i in range(10))
+    big = tuple({"id": f"b{i}", "patches": MAX_AUTO_MERGE_PATCHES // 5} for i in range(10))
+    assert merge_candidates(small) == [s["id"] for s in small] and merge_candidates(big) is None
+
+
+def test_benchmark_device_cuda_refuses_without_a_gpu_in_one_line(bench, capsys, monkeypatch):
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--device", "cuda", "--sizes", "", "--slides-at", "0"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no GPU" in err[0]
