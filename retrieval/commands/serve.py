@@ -38,4 +38,4 @@ def serve_command(
     page = url(host, port)
     typer.echo(f"serving {index} (version {application.state.service.live.version}) at {page}  "
                f"(API docs: {page}docs; Ctrl-C stops)", err=True)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)  # INFO lines, unseen at warning
