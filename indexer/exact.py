@@ -90,10 +90,23 @@ class RowFile:
         self.row_bytes = shape[1] * self.dtype.itemsize
         self._fd = os.open(self.path, os.O_RDONLY)
 
-    def take(self, positions: np.ndarray) -> np.ndarray:
-        """Rows ``positions`` as float32 (len(positions), d)."""
-        raw = b"".join(os.pread(self._fd, self.row_bytes, self.offset + int(p) * self.row_bytes) for p in positions)
-        return np.frombuffer(raw, self.dtype).reshape(len(positions), self.shape[1]).astype(np.float32)
+    def take(self, positions: np.ndarray, out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``positions`` as float32 (len(positions), d); given ``out``, written into its rows ``rows`` instead
+        (float32 rows are read straight into place, float16 ones converted once).
+
+        Raises:
+            OSError: a row past the end of the file (a truncated segment).
+        """
+        if out is None:
+            out, rows = np.empty((len(positions), self.shape[1]), np.float32), np.arange(len(positions))
+        direct = self.dtype == np.float32
+        raw = out if direct else np.empty((len(positions), self.shape[1]), self.dtype)
+        for i, (r, p) in enumerate(zip(rows, positions)):
+            if os.preadv(self._fd, [raw[r if direct else i]], self.offset + int(p) * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path}: row {int(p)} is past the end of the file")
+        if not direct:
+            out[rows] = raw
+        return out
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:

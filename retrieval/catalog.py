@@ -153,7 +153,10 @@ def _first_line(exc: Exception) -> str:
 
 
 def index_info(path: str | Path | Catalog) -> dict[str, Any]:
-    """Identity, version, counts, FAISS indexes, segments and failed slides of an index (or an open catalog)."""
+    """Identity, version, counts, FAISS indexes, segments, imported slide-encoder spaces, report tables and failed
+    slides of an index (or an open catalog)."""
+    from retrieval.spaces import imported_spaces
+
     catalog = path if isinstance(path, Catalog) else Catalog(path)
     m = catalog.manifest
     failed = catalog.db.sql("SELECT slide_id, error FROM slides WHERE status <> 'ok' ORDER BY slide_id").fetchall()
@@ -161,5 +164,17 @@ def index_info(path: str | Path | Catalog) -> dict[str, Any]:
         "schema_version": m["schema_version"], "created": m["created"], "updated": m["updated"], "version": m["version"],
         "encoder": m["encoder"], "bank": m["bank"], "tiling": m["tiling"], "aggregation": m["aggregation"],
         "counts": m["counts"], "segments": m["segments"], "indexes": m["indexes"], "timings": m.get("timings", {}),
+        "spaces": imported_spaces(catalog), "reports": _reports_info(catalog),
         "failed": [{"slide_id": s, "error": e} for s, e in failed],
     }
+
+
+def _reports_info(catalog: Catalog) -> dict[str, Any] | None:
+    """What the version's report tables hold (None: no reports indexed)."""
+    rel = catalog.snapshot.version.reports
+    if not rel:
+        return None
+    from indexer.reports.store import ReportFiles
+
+    info = ReportFiles(catalog.root / rel).info
+    return {key: info.get(key) for key in ("column", "model", "slides", "sentences", "attributes")}

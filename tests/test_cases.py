@@ -243,6 +243,8 @@ def test_slide_encoder_space_is_searched_exactly(index, cohort, run_cli):
     expected = sorted(vectors, key=lambda s: -vectors[s] @ vectors["P003-IHC1"])[:4]
     assert [h["slide_id"] for h in data["hits"]] == expected and expected[:2] == ["P003-IHC1", "P003-HE1"]
     assert data["hits"][1]["score"] == pytest.approx(vectors["P003-HE1"] @ vectors["P003-IHC1"], abs=1e-5)
+    assert json.loads(run_cli("info", index, "--json").stdout)["spaces"] == [SPACE]
+    assert f"slide-encoder spaces (search slide|case --space): {SPACE}" in run_cli("info", index).stdout
     cross = json.loads(run_cli("search", "case", index, "P003-IHC1", "--space", SPACE, "--target-stain", "H&E",
                                "--json").stdout)
     assert cross["details"]["space"] == SPACE and cross["hits"][0]["case_id"] != "P003"  # own case left out

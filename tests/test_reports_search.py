@@ -13,6 +13,7 @@ import planted  # noqa: F401 - registers the planted encoder
 from indexer.store.layout import IndexPaths
 from indexer.store.versions import read_current
 from indexer.store.writer import IndexWriter
+from retrieval.catalog import index_info
 
 REPORTS = {
     "S01": "Adenocarcinoma with fibrous stroma. No necrosis identified.",
@@ -70,6 +71,9 @@ def test_reports_indexed_from_a_folder(report_index, searcher):
     assert states[("S04", "mucin")] == "negated" and states[("S05", "mucin")] == "affirmed"
     by_similarity = {a["attribute"] for a in attrs if a["slide_id"] == "S07" and a["via"] == "similarity"}
     assert "lymphocytes" in by_similarity  # "lymphoid infiltrate": wording the planted bank does not have
+    shown = index_info(report_index)["reports"]
+    assert shown == {"column": info["column"], "model": "all-MiniLM-L6-v2", "slides": 6, "sentences": 11,
+                     "attributes": len(attrs)}
 
 
 def test_fused_search_ranks_negated_reports_below_positive_ones(searcher):

@@ -207,3 +207,21 @@ def test_benchmark_device_cuda_refuses_without_a_gpu_in_one_line(bench, capsys, 
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no GPU" in err[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dtype):
+    from indexer.exact import RowFile
+
+    data = np.random.default_rng(0).standard_normal((50, 24)).astype(dtype)
+    np.save(tmp_path / "v.npy", data)
+    rows = RowFile(tmp_path / "v.npy")
+    np.testing.assert_array_equal(rows.take(np.array([7, 0, 49])), data[[7, 0, 49]].astype(np.float32))
+    out = np.full((4, 24), -1, np.float32)
+    rows.take(np.array([3, 9]), out, np.array([2, 0]))
+    np.testing.assert_array_equal(out[[2, 0]], data[[3, 9]].astype(np.float32))
+    assert (out[[1, 3]] == -1).all()
+    with open(tmp_path / "v.npy", "r+b") as fh:
+        fh.truncate(rows.offset + 10 * rows.row_bytes)
+    with pytest.raises(OSError, match="past the end"):
+        RowFile(tmp_path / "v.npy").take(np.array([12]))

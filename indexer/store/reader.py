@@ -147,9 +147,7 @@ class Snapshot:
             if out.shape[1] == 0:
                 out = np.empty((len(ids), rows.shape[1]), np.float32)
             order = np.argsort(pos, kind="stable")  # file order: reads go forward
-            block = np.empty((len(pos), rows.shape[1]), np.float32)
-            block[order] = rows.take(pos[order])
-            out[mask] = block
+            rows.take(pos[order], out, np.flatnonzero(mask)[order])
         return out
 
     @cached_property

@@ -247,8 +247,10 @@ class SegmentFiles:
         return files[name]
 
     def vector_rows(self) -> np.ndarray:
-        """slide_row of each ok slide, in vector order."""
-        return np.load(self.folder / "vector_rows.npy")
+        """slide_row of each ok slide, in vector order (read once)."""
+        if "_vector_rows" not in self.__dict__:
+            self._vector_rows = np.load(self.folder / "vector_rows.npy")
+        return self._vector_rows
 
     def patch_rows(self) -> np.ndarray:
         """patch_row of each features row (read once)."""

@@ -139,7 +139,7 @@ def info_command(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Describe an index: version, counts, encoder, bank, segments, FAISS index types, sizes and recall@10 on
-    held-out queries (with and without the exact re-rank), failed slides."""
+    held-out queries (with and without the exact re-rank), slide-encoder spaces, reports, failed slides."""
     from retrieval.catalog import index_info
 
     info = index_info(index)
@@ -168,6 +168,12 @@ def info_command(
     queries = sorted({e.get("recall_queries", "self") for e in info["indexes"].values()})
     console.print(f"recall@10 against exact search, on {' and '.join(queries)} queries (the lowest segment's); "
                   "re-ranked: after the exact re-rank of compressed hits")
+    if info["spaces"]:
+        console.print(f"slide-encoder spaces (search slide|case --space): {', '.join(info['spaces'])}", highlight=False)
+    if info["reports"]:
+        r = info["reports"]
+        console.print(f"reports from {r['column']!r}: {r['slides']:,} slides, {r['sentences']:,} sentences, "
+                      f"{r['attributes']:,} attributes, embedded by {r['model']}", highlight=False)
     for failed in info["failed"]:
         console.print(f"[red]failed[/] {failed['slide_id']}: {failed['error']}", highlight=False)
 

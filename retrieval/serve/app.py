@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from indexer.errors import LimitError, ModelError, SlideError, UserError
+from indexer.slides.limits import limit
 
 STATIC = Path(__file__).resolve().parent / "static"
 NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"  # `npm ci` in the checkout (scripts/env.sh)
@@ -93,15 +94,16 @@ class BodyLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        from indexer.slides.limits import limit
-
+        headers = scope.get("headers") or ()
+        declared = next((value for name, value in headers if name == b"content-length"), None)
+        if declared is None and not any(name == b"transfer-encoding" for name, _ in headers):
+            return await self.app(scope, receive, send)  # HTTP/1.1: neither header, no body
         cap = limit("MAX_QUERY_BYTES") + BODY_SLACK
 
         async def too_large() -> None:
             response = JSONResponse({"error": f"request body is over the limit of {cap:,} bytes"}, status_code=413)
             await response(scope, receive, send)
 
-        declared = next((value for name, value in scope.get("headers") or () if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > cap:
             return await too_large()
         seen = 0
