@@ -1,6 +1,6 @@
 """`slidesearch serve` under load: 1, 4 and 16 concurrent clients against a 100k-slide index, over loopback.
 
-Usage: python benchmarks/serve.py [--slides 100000] [--dim 128 --k 8 | --dim 512 --k 16] [--clients 1,4,16]
+Usage: python benchmarks/serve.py [--slides 100000] [--dim 512 --k 16 | --dim 128 --k 8] [--clients 1,4,16]
        [--seconds 30] [--max-requests 20000] [--keep DIR] [--out out/bench-serve]
 
 The index is ``benchmarks/search.py``'s ``synthetic_index`` (10 patches per slide, ``--dim``-d, ``--k``
@@ -14,7 +14,8 @@ queries, for ``--seconds`` or ``--max-requests``, whichever comes first. Clients
 keep-alive socket (``RawConnection``, as wrk does): ``http.client`` parses each response's headers with the
 ``email`` package, ~0.3 ms a response here, which is the load generator's cost, not the server's; the
 sequential slide figures are also given through ``http.client``. The server's RSS is sampled every
-0.25 s. In-process figures: the same slide queries through ``SlideSearcher.search_slide`` in this process.
+0.25 s. In-process figures: the same slide queries through ``SlideSearcher.search_slide`` in this process,
+in blocks alternating with the HTTP ones (``paired_slide``), with the server idle meanwhile.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
+# before numpy: its OpenBLAS, like FAISS's OpenMP, sizes its thread pool when it loads (one_thread_per_request), so
+# the in-process figures run single-threaded as the server does (numpy first gave this process 2 BLAS threads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # the in-process figures run FAISS as the server does (one_thread_per_request)
 
 KINDS = ("text", "slide", "patch")
 FILTER = "label = 'c3'"  # about 10 % of the synthetic slides
@@ -219,60 +223,75 @@ def slide_ids(n_slides: int, n: int, seed: int = 0) -> list[str]:
     return [f"S{int(r):06d}" for r in np.random.default_rng(seed).integers(n_slides, size=n)]
 
 
-def http_slide(port: int, n_slides: int, where: str | None = None, n: int = 300, raw: bool = True) -> dict:
-    """p50 of sequential slide queries (k = 10) over HTTP: one client, nothing else running, the in-process ids.
+def paired_slide(port: int, searcher, n_slides: int, where: str | None = None, n: int = 1000, block: int = 50) -> dict:
+    """Sequential slide queries (k = 10), over HTTP and in-process in alternating blocks of the same ids, so the
+    ratio comes from one run and both sides share the machine's drift (which side goes first alternates too).
 
-    ``raw``: through ``RawConnection``; else through ``http.client``.
+    HTTP: one ``RawConnection`` (the server's ``Server-Timing`` kept); in-process: ``searcher.search_slide``, with
+    and without its JSON (``result_json`` + ``dumps``, which the HTTP answer also builds).
     """
     from urllib.parse import quote
 
-    conn = RawConnection(port) if raw else http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    times, inside = [], []
-    for i, slide in enumerate(slide_ids(n_slides, n + 20, seed=1 if where else 0)):
-        url = f"/api/search/slide?slide_id={slide}&k=10" + (f"&where={quote(where)}" if where else "")
-        start = time.perf_counter()
-        if raw:
-            status, _ = conn.request("GET", url)
-            timing = conn.headers.get("server-timing", "")
-            if i >= 20 and "dur=" in timing:
-                inside.append(float(timing.split("dur=")[1]) / 1000)
-        else:
-            conn.request("GET", url)
-            response = conn.getresponse()
-            response.read()
-            status = response.status
-        if status != 200:
-            raise SystemExit(f"slide query failed: {status}")
-        if i >= 20:
-            times.append(time.perf_counter() - start)
-    conn.close()
-    return {"n": n, "where": where, "client": "raw socket" if raw else "http.client",
-            "p50_ms": float(np.percentile(np.asarray(times) * 1000, 50)),
-            "server_search_p50_ms": float(np.percentile(np.asarray(inside) * 1000, 50)) if inside else None}
-
-
-def in_process_slide(index: Path, n_slides: int, n: int = 2000, where: str | None = None) -> dict:
-    """p50/p99 of ``SlideSearcher.search_slide`` (k = 10) in this process, on random slide ids."""
-    from retrieval.search import SlideSearcher
-    from retrieval.serve.live import warm
-
-    searcher = warm(SlideSearcher(index))
-    ids = slide_ids(n_slides, n + 100, seed=1 if where else 0)
-    for slide in ids[:100]:
-        searcher.search_slide(slide, k=10, where=where)
     from retrieval.results import dumps, result_json
 
-    times, with_json = [], []
-    for slide in ids[100:]:
+    conn = RawConnection(port)
+    ids = slide_ids(n_slides, n + 100, seed=1 if where else 0)
+    suffix = f"&where={quote(where)}" if where else ""
+
+    def over_http(slide: str) -> tuple[float, float | None]:
+        start = time.perf_counter()
+        status, _ = conn.request("GET", f"/api/search/slide?slide_id={slide}&k=10{suffix}")
+        took = time.perf_counter() - start
+        if status != 200:
+            raise SystemExit(f"slide query failed: {status}")
+        timing = conn.headers.get("server-timing", "")
+        return took, float(timing.split("dur=")[1]) / 1000 if "dur=" in timing else None
+
+    def in_process(slide: str) -> tuple[float, float]:
         start = time.perf_counter()
         result = searcher.search_slide(slide, k=10, where=where)
         searched = time.perf_counter()
         dumps(result_json(result))
-        times.append(searched - start)
-        with_json.append(time.perf_counter() - start)
-    times, with_json = np.asarray(times) * 1000, np.asarray(with_json) * 1000
-    return {"n": n, "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "with_json_p50_ms": float(np.percentile(with_json, 50))}
+        return searched - start, time.perf_counter() - start
+
+    for slide in ids[:100]:  # warm both sides
+        over_http(slide), in_process(slide)
+    http_times, inside, search_times, with_json = [], [], [], []
+    for i, lo in enumerate(range(100, len(ids), block)):
+        chunk = ids[lo:lo + block]
+        for side in ((over_http, in_process) if i % 2 == 0 else (in_process, over_http)):
+            for slide in chunk:
+                a, b = side(slide)
+                if side is over_http:
+                    http_times.append(a)
+                    if b is not None:
+                        inside.append(b)
+                else:
+                    search_times.append(a)
+                    with_json.append(b)
+    conn.close()
+    p50 = lambda values: float(np.percentile(np.asarray(values) * 1000, 50)) if values else None  # noqa: E731
+    return {"n": n, "where": where, "block": block, "http_p50_ms": p50(http_times),
+            "http_p99_ms": float(np.percentile(np.asarray(http_times) * 1000, 99)), "server_search_p50_ms": p50(inside),
+            "in_process_p50_ms": p50(search_times), "in_process_p99_ms": float(np.percentile(np.asarray(search_times) * 1000, 99)),
+            "in_process_with_json_p50_ms": p50(with_json), "ratio": p50(http_times) / p50(search_times)}
+
+
+def http_client_slide(port: int, n_slides: int, n: int = 1000) -> dict:
+    """p50 of sequential slide queries (k = 10) through ``http.client`` (the client's own cost included)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = []
+    for i, slide in enumerate(slide_ids(n_slides, n + 20)):
+        start = time.perf_counter()
+        conn.request("GET", f"/api/search/slide?slide_id={slide}&k=10")
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"slide query failed: {response.status}")
+        if i >= 20:
+            times.append(time.perf_counter() - start)
+    conn.close()
+    return {"n": n, "client": "http.client", "p50_ms": float(np.percentile(np.asarray(times) * 1000, 50))}
 
 
 def markdown(result: dict) -> str:
@@ -286,31 +305,32 @@ def markdown(result: dict) -> str:
             lines.append(f"| {level['clients']} | {kind} | {k['n']} | {k['qps']:.1f} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} | "
                          f"{level['errors']} | {rss['start']:.0f} → {rss['max']:.0f} → {rss['end']:.0f} | "
                          f"{level['texts_per_batch'] or 0:.1f} |")
-    ip, http1 = result["in_process_slide"], result["levels"][0]["kinds"]["slide"]
-    warm = result["warmup"]
-    lines += ["", f"In-process `search_slide` (k = 10) p50 {ip['p50_ms']:.2f} ms (p99 {ip['p99_ms']:.2f}), "
-              f"{ip['with_json_p50_ms']:.2f} ms with its JSON (`result_json` + `dumps`); HTTP slide p50 with 1 client "
-              f"{http1['p50_ms']:.2f} ms = **{http1['p50_ms'] / ip['p50_ms']:.2f}×** the search, "
-              f"**{http1['p50_ms'] / ip['with_json_p50_ms']:.2f}×** search + JSON. Warm-up ({warm['requests']} requests, "
-              f"4 clients, not in the table): {warm['errors']} errors."]
-    for alone in (result["slide_alone"]["http"], result["slide_alone"]["http_client"]):
-        lines += ["", f"Slide queries alone (one client, {alone['n']} sequential, the in-process ids, {alone['client']}): "
-                  f"HTTP p50 {alone['p50_ms']:.2f} ms = **{alone['p50_ms'] / ip['p50_ms']:.2f}×** the search, "
-                  f"**{alone['p50_ms'] / ip['with_json_p50_ms']:.2f}×** search + JSON"
-                  + (f"; the search inside the server (its `Server-Timing`) p50 {alone['server_search_p50_ms']:.2f} ms."
-                     if alone.get("server_search_p50_ms") else ".")]
-    f_http, f_ip = result["filtered_slide"]["http"], result["filtered_slide"]["in_process"]
-    lines += ["", f"Slide queries with `--where \"{f_http['where']}\"`, one client alone: HTTP p50 {f_http['p50_ms']:.2f} ms, "
-              f"in-process {f_ip['p50_ms']:.2f} ms (with JSON {f_ip['with_json_p50_ms']:.2f}) = "
-              f"**{f_http['p50_ms'] / f_ip['p50_ms']:.2f}×**."]
+    alone, filtered, hc = result["slide_alone"], result["filtered_slide"], result["slide_http_client"]
+    http1, warm = result["levels"][0]["kinds"]["slide"], result["warmup"]
+    lines += ["", f"Warm-up ({warm['requests']} requests, 4 clients, not in the table): {warm['errors']} errors.", "",
+              "Slide queries, one client alone, HTTP (raw keep-alive socket) and in-process `search_slide` (k = 10) in "
+              f"alternating blocks of {alone['block']} of the same ids, in one run:", "",
+              "| queries | filter | HTTP p50 / p99 ms | in-process p50 / p99 ms | with its JSON p50 ms | search inside the server "
+              "(`Server-Timing`) p50 ms | HTTP / in-process |", "|---|---|---|---|---|---|---|"]
+    for row in (alone, filtered):
+        inside = row["server_search_p50_ms"]
+        lines.append(f"| {row['n']} | {row['where'] or '—'} | {row['http_p50_ms']:.2f} / {row['http_p99_ms']:.2f} | "
+                     f"{row['in_process_p50_ms']:.2f} / {row['in_process_p99_ms']:.2f} | "
+                     f"{row['in_process_with_json_p50_ms']:.2f} | {'—' if inside is None else f'{inside:.2f}'} | "
+                     f"**{row['ratio']:.2f}×** |")
+    lines += ["", f"Through `http.client` ({hc['n']} sequential, unfiltered): p50 {hc['p50_ms']:.2f} ms = "
+              f"{hc['p50_ms'] / alone['in_process_p50_ms']:.2f}× the in-process p50. Slide p50 with 1 client in the mixed "
+              f"cycle (after text and patch queries): {http1['p50_ms']:.2f} ms = "
+              f"{http1['p50_ms'] / alone['in_process_p50_ms']:.2f}× the in-process p50."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=128, choices=sorted(ENCODERS))
-    parser.add_argument("--k", type=int, default=8, help="Prototypes (slide vectors are k·dim).")
+    parser.add_argument("--dim", type=int, default=512, choices=sorted(ENCODERS),
+                        help="Patch space: 512 is CONCH's and ViT-B's; 128 a quick, toy-sized one.")
+    parser.add_argument("--k", type=int, default=16, help="Prototypes (slide vectors are k·dim; the shipped banks have 22-30).")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-requests", type=int, default=20_000)
@@ -344,8 +364,13 @@ def main(argv: list[str] | None = None) -> dict:
         warmup = load_level(port, server.pid, 4, 3.0, 1000, args.slides)  # not in the table; its errors count
         levels = [load_level(port, server.pid, int(c), args.seconds, args.max_requests, args.slides)
                   for c in args.clients.split(",")]
-        alone, filtered = http_slide(port, args.slides, n=1000), http_slide(port, args.slides, FILTER)
-        alone_http_client = http_slide(port, args.slides, n=1000, raw=False)
+        from retrieval.search import SlideSearcher
+        from retrieval.serve.live import warm
+
+        searcher = warm(SlideSearcher(index))  # beside the server; the two take turns, never at once
+        alone, filtered = paired_slide(port, searcher, args.slides), paired_slide(port, searcher, args.slides, FILTER, 300)
+        alone_http_client = http_client_slide(port, args.slides)
+        del searcher
     finally:
         server.terminate()
         server.wait(30)
@@ -353,9 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
               "encoder": ENCODERS[args.dim][0], "patches": manifest["counts"]["patches"],
               "factories": ", ".join(f"{k} {v['factory']}" for k, v in manifest["indexes"].items()),
               "config": {"clients": args.clients, "seconds": args.seconds, "max_requests": args.max_requests},
-              "warmup": warmup, "levels": levels, "in_process_slide": in_process_slide(index, args.slides),
-              "slide_alone": {"http": alone, "http_client": alone_http_client},
-              "filtered_slide": {"http": filtered, "in_process": in_process_slide(index, args.slides, 300, FILTER)}}
+              "warmup": warmup, "levels": levels, "slide_alone": alone, "filtered_slide": filtered,
+              "slide_http_client": alone_http_client}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_serve.md").write_text(markdown(result))

@@ -61,6 +61,28 @@ def test_search_json_equals_the_cli_json_and_the_library(server, index):
     assert {h["slide_id"] for h in expected["hits"][:2]} == {"S05", "S06"}  # mucin
 
 
+def test_slide_search_on_the_event_loop_and_in_a_thread_answers_alike(server, index, monkeypatch):
+    from retrieval.serve.service import Service
+
+    inline = server.get("/api/search/slide", params={"slide_id": "S01", "k": 5})
+    monkeypatch.setattr(Service, "in_memory", lambda self, mode="proto": False)  # as over a re-ranked index
+    threaded = server.get("/api/search/slide", params={"slide_id": "S01", "k": 5})
+    assert inline.status_code == threaded.status_code == 200 and inline.json() == threaded.json()
+    for response in (inline, threaded):
+        assert float(response.headers["server-timing"].split("dur=")[1]) > 0
+
+
+def test_in_memory_tells_a_reranked_slide_index_apart(index):
+    from indexer.store.rerank import RerankedIndex
+    from retrieval.serve.service import Service
+
+    service = Service(index)
+    assert service.in_memory("proto") and service.in_memory("mean")
+    catalog = service.live.current().catalog
+    catalog._faiss["slides"] = RerankedIndex(catalog.faiss("slides"), lambda ids: None)
+    assert not service.in_memory("proto") and service.in_memory("mean")
+
+
 def test_region_query_can_exclude_its_own_slide_and_patient(server):
     hits = get_json(server, "/api/search/patch", region="S05@0,0,512,512", k=8, exclude_same="patient_id")["hits"]
     assert hits and not {h["slide_id"] for h in hits} & {"S05", "S06"}  # patient P3

@@ -17,7 +17,8 @@ def one_thread_per_request() -> None:
 
     A server's parallelism is its concurrent requests; an OpenMP team per request thread only adds wake-ups
     (measured: slide queries 1.7 ms instead of 2.3 ms p50 over HTTP, filtered ones 6.4 instead of 7.8). It must
-    run before FAISS or torch is imported, as the OpenMP runtime reads the variable once.
+    run before numpy, FAISS or torch is imported: OpenBLAS and the OpenMP runtime read the variable once, when
+    they load (numpy loaded first keeps a BLAS thread per core, spinning after each re-rank's matrix product).
     """
     import os
 

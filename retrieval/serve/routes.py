@@ -28,7 +28,7 @@ SOURCE = Query(None, pattern="^(image|report|both)$", description="Text queries:
                "both when the index has reports; as `--source`).")
 SLIDE_ID = "An indexed slide id."
 IMAGE_TYPES = {"content": {"image/png": {}}}
-INLINE_K = 20  # unfiltered slide queries up to this k run on the event loop
+INLINE_K = 20  # unfiltered slide queries up to this k over an in-memory index run on the event loop
 
 
 class JSON(Response):
@@ -94,8 +94,9 @@ async def search_slide(request: Request, slide_id: str = Query(..., max_length=2
 
     search = _service(request).search
     start = time.perf_counter()
-    if where is None and exclude_same is None and k <= INLINE_K:
-        # one HNSW search and its explanation (~1 ms at 100k slides): on the event loop, as a thread hop costs as much
+    if where is None and exclude_same is None and k <= INLINE_K and _service(request).in_memory(mode):
+        # one in-memory search and its explanation (~1 ms at 100k slides, HNSW): on the event loop, as a thread hop
+        # costs as much; a re-ranked index reads stored vectors from disk (~10 ms), so it goes to a thread
         result = search("slide", slide_id, k, None, None, mode)
     else:
         result = await run_in_threadpool(search, "slide", slide_id, k, where, exclude_same, mode)

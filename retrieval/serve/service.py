@@ -89,6 +89,13 @@ class Service:
         with self.slot():
             return searcher.search_patch(patch, k=k, where=where, exclude_same=exclude_same)
 
+    def in_memory(self, mode: str = "proto") -> bool:
+        """Whether slide queries in ``mode`` search memory alone (not a compressed index re-ranked from disk)."""
+        from indexer.store.rerank import RerankedIndex
+
+        index = self.live.current().catalog.faiss("slides_mean" if mode == "mean" else "slides")
+        return not isinstance(index, RerankedIndex)
+
     def query_vector(self, searcher, kind: str, query: str | None, expand: bool = True, image=None) -> np.ndarray:
         """The patch-space vector (d,) of a query, as heatmaps compare it to patches (a slide: its mean-pool vector)."""
         if kind == "text":
