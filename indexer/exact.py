@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 SCAN_CHUNK = 65_536  # rows converted to float32 and scored at a time
+DOT_CHUNK_BYTES = 1 << 20  # stored rows a re-rank holds at once (RowFile.dot)
 
 
 def release_pages(array) -> None:
@@ -99,14 +100,33 @@ class RowFile:
         """
         if out is None:
             out, rows = np.empty((len(positions), self.shape[1]), np.float32), np.arange(len(positions))
-        direct = self.dtype == np.float32
-        raw = out if direct else np.empty((len(positions), self.shape[1]), self.dtype)
-        for i, (r, p) in enumerate(zip(rows, positions)):
-            if os.preadv(self._fd, [raw[r if direct else i]], self.offset + int(p) * self.row_bytes) != self.row_bytes:
-                raise OSError(f"{self.path}: row {int(p)} is past the end of the file")
-        if not direct:
+        if self.dtype == np.float32:
+            self._read(positions, (out[r] for r in rows))
+        else:
+            raw = np.empty((len(positions), self.shape[1]), self.dtype)
+            self._read(positions, raw)
             out[rows] = raw
         return out
+
+    def dot(self, positions: np.ndarray, queries: np.ndarray, chunk_bytes: int = DOT_CHUNK_BYTES) -> np.ndarray:
+        """``queries @ rows[positions].T`` (len(queries), len(positions)) float32, the rows read a chunk at a time
+        into one small buffer: a re-rank of 512 slide vectors (16 MB at 8,192-d) then neither holds them all
+        nor streams them through the CPU caches twice (which left the server's next request ~3× slower)."""
+        step = max(1, chunk_bytes // self.row_bytes)
+        buf = np.empty((min(step, len(positions)), self.shape[1]), self.dtype)
+        out = np.empty((len(queries), len(positions)), np.float32)
+        for lo in range(0, len(positions), step):
+            part = positions[lo:lo + step]
+            self._read(part, buf)
+            block = buf[:len(part)]
+            out[:, lo:lo + len(part)] = queries @ (block if self.dtype == np.float32 else block.astype(np.float32)).T
+        return out
+
+    def _read(self, positions: np.ndarray, into) -> None:
+        """Row ``positions[i]`` into the i-th buffer of ``into`` (rows of an array, or row views), one pread each."""
+        for row, p in zip(into, positions):
+            if os.preadv(self._fd, [row], self.offset + int(p) * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path}: row {int(p)} is past the end of the file")
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:

@@ -84,6 +84,9 @@ def test_segments_under_one_quantizer_are_merged_and_reranked_exactly(built):
     scores, found = vi.search(index, q, 10)
     np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", snapshot.vectors("patches", found.ravel()).reshape(
         *found.shape, -1), q), atol=1e-5)  # re-ranked scores are the exact inner products
+    some = np.unique(found.ravel())
+    np.testing.assert_allclose(snapshot.scores("patches", some[::-1], q), q @ snapshot.vectors("patches", some[::-1]).T,
+                               atol=1e-5)  # the chunked exact scores, in the order asked
     raw = vi.search(index.inner, q, 10)[1]
     exact = lambda ids: snapshot.vectors("patches", ids)  # noqa: E731
     reranked, plain = (tied_recall(q, f, exact, exact_scores[:, -1]) for f in (found, raw))
@@ -221,6 +224,10 @@ def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dty
     rows.take(np.array([3, 9]), out, np.array([2, 0]))
     np.testing.assert_array_equal(out[[2, 0]], data[[3, 9]].astype(np.float32))
     assert (out[[1, 3]] == -1).all()
+    queries, picked = np.random.default_rng(1).standard_normal((3, 24)).astype(np.float32), np.array([5, 1, 40, 2, 33])
+    for chunk in (1, rows.row_bytes * 2, 1 << 20):  # a row, two rows, everything at a time
+        np.testing.assert_allclose(rows.dot(picked, queries, chunk), queries @ data[picked].astype(np.float32).T,
+                                   rtol=1e-5, atol=1e-5)
     with open(tmp_path / "v.npy", "r+b") as fh:
         fh.truncate(rows.offset + 10 * rows.row_bytes)
     with pytest.raises(OSError, match="past the end"):

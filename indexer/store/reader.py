@@ -125,6 +125,24 @@ class Snapshot:
             IndexError_: an id that no live segment holds.
         """
         ids = np.asarray(ids, np.int64).reshape(-1)
+        out = np.empty((len(ids), 0), np.float32)
+        for rows, pos, where in self._located(name, ids):
+            if out.shape[1] == 0:
+                out = np.empty((len(ids), rows.shape[1]), np.float32)
+            rows.take(pos, out, where)
+        return out
+
+    def scores(self, name: str, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """``queries @ vectors(name, ids).T`` (len(queries), len(ids)), without holding every vector at once."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        out = np.empty((len(queries), len(ids)), np.float32)
+        for rows, pos, where in self._located(name, ids):
+            out[:, where] = rows.dot(pos, queries)
+        return out
+
+    def _located(self, name: str, ids: np.ndarray):
+        """Per live segment holding some of ``ids``: its row file, their positions in file order (reads go
+        forward) and where each sits in ``ids``."""
         k = int(self.settings.bank["K"])
         key = "patch_rows" if name == "patches" else "slide_rows"
         scale = k if name == "subvectors" else 1
@@ -133,7 +151,6 @@ class Snapshot:
         which = np.searchsorted(starts, ids, side="right") - 1
         if len(ids) and ((which < 0).any() or (ids >= ends[np.maximum(which, 0)]).any()):
             raise IndexError_(f"{name} ids outside every live segment of {self.paths.root}")
-        out = np.empty((len(ids), 0), np.float32)
         for i in np.unique(which):
             segment, mask = self.version.segments[i], which == i
             files = self._segment_files.setdefault(segment["id"], SegmentFiles(self.segment_dirs()[i]))
@@ -141,14 +158,9 @@ class Snapshot:
             if name == "patches":
                 pos = np.searchsorted(files.patch_rows(), wanted)
             else:
-                rows = files.vector_rows()
-                pos = np.searchsorted(rows, wanted // scale) * scale + wanted % scale
-            rows = files.row_file(name)
-            if out.shape[1] == 0:
-                out = np.empty((len(ids), rows.shape[1]), np.float32)
-            order = np.argsort(pos, kind="stable")  # file order: reads go forward
-            rows.take(pos[order], out, np.flatnonzero(mask)[order])
-        return out
+                pos = np.searchsorted(files.vector_rows(), wanted // scale) * scale + wanted % scale
+            order = np.argsort(pos, kind="stable")
+            yield files.row_file(name), pos[order], np.flatnonzero(mask)[order]
 
     @cached_property
     def _segment_files(self) -> dict:

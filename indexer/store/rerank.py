@@ -21,10 +21,14 @@ class RerankedIndex(vi.CompositeIndex):
         inner: the compressed index (or a composite of segment indexes).
         gather: ids → their exact vectors (len(ids), d) as float32, in the order asked.
         pool: candidates fetched per query (at least ``k``).
+        score: (ids, queries) → exact scores (len(queries), len(ids)); default ``queries @ gather(ids).T``
+            (the store's reads its vectors a chunk at a time).
     """
 
-    def __init__(self, inner, gather: Callable[[np.ndarray], np.ndarray], pool: int = RERANK_POOL):
+    def __init__(self, inner, gather: Callable[[np.ndarray], np.ndarray], pool: int = RERANK_POOL,
+                 score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
         self.inner, self.gather, self.pool = inner, gather, pool
+        self.score = score or (lambda ids, queries: queries @ gather(ids).T)
         self.d, self.ntotal = inner.d, inner.ntotal
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +41,7 @@ class RerankedIndex(vi.CompositeIndex):
             ids = np.unique(block[block >= 0])
             if ids.size == 0:
                 continue
-            exact = q[lo:lo + QUERY_BLOCK] @ self.gather(ids).T  # (queries, unique candidates)
+            exact = self.score(ids, q[lo:lo + QUERY_BLOCK])  # (queries, unique candidates)
             pos = np.searchsorted(ids, np.maximum(block, 0))
             s = np.take_along_axis(exact, pos, 1)
             scores[lo:lo + QUERY_BLOCK] = np.where(block >= 0, s, -np.inf)
@@ -76,7 +80,8 @@ def open_index(snapshot, name: str):
         parts = [vi.to_gpu(p) or p for p in parts]
     index = vi.combine(parts, starts)
     if any(e["kind"] == "ivf_pq" for e in entries):
-        index = RerankedIndex(index, lambda ids: snapshot.vectors(name, ids))
+        index = RerankedIndex(index, lambda ids: snapshot.vectors(name, ids),
+                              score=lambda ids, queries: snapshot.scores(name, ids, queries))
     return index
 
 
