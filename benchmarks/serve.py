@@ -14,8 +14,9 @@ queries, for ``--seconds`` or ``--max-requests``, whichever comes first. Clients
 keep-alive socket (``RawConnection``, as wrk does): ``http.client`` parses each response's headers with the
 ``email`` package, ~0.3 ms a response here, which is the load generator's cost, not the server's; the
 sequential slide figures are also given through ``http.client``. The server's RSS is sampled every
-0.25 s. In-process figures: the same slide queries through ``SlideSearcher.search_slide`` in this process,
-in blocks alternating with the HTTP ones (``paired_slide``), with the server idle meanwhile.
+0.25 s. In-process figures come from the library in this process, in blocks alternating with the same
+queries over HTTP, so each ratio is measured in one run (the server idles while this process searches):
+sequential slide queries (``paired_slide``) and the 1-client text, slide, patch cycle (``paired_mix``).
 """
 
 from __future__ import annotations
@@ -223,29 +224,48 @@ def slide_ids(n_slides: int, n: int, seed: int = 0) -> list[str]:
     return [f"S{int(r):06d}" for r in np.random.default_rng(seed).integers(n_slides, size=n)]
 
 
-def paired_slide(port: int, searcher, n_slides: int, where: str | None = None, n: int = 1000, block: int = 50) -> dict:
-    """Sequential slide queries (k = 10), over HTTP and in-process in alternating blocks of the same ids, so the
-    ratio comes from one run and both sides share the machine's drift (which side goes first alternates too).
+def _p50(values: list[float]) -> float | None:
+    return float(np.percentile(np.asarray(values) * 1000, 50)) if values else None
 
-    HTTP: one ``RawConnection`` (the server's ``Server-Timing`` kept); in-process: ``searcher.search_slide``, with
-    and without its JSON (``result_json`` + ``dumps``, which the HTTP answer also builds).
-    """
+
+def _alternate(sides: dict, items: list, block: int) -> dict[str, list]:
+    """Run every item through each side in turn, a block at a time, rotating which side goes first: the
+    sides' figures then come from one run and share the machine's drift. Returns side → per-item results."""
+    names, out = list(sides), {name: [] for name in sides}
+    for i, lo in enumerate(range(0, len(items), block)):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            out[name] += [sides[name](item) for item in items[lo:lo + block]]
+    return out
+
+
+def paired_slide(port: int, searcher, n_slides: int, where: str | None = None, n: int = 1000, block: int = 50) -> dict:
+    """Sequential slide queries (k = 10) over HTTP, through a raw socket and through ``http.client``, and
+    in-process through ``searcher.search_slide`` (with and without its JSON: ``result_json`` + ``dumps``, which
+    the HTTP answer also builds), the same ids on every side, alternating in blocks (``_alternate``)."""
     from urllib.parse import quote
 
     from retrieval.results import dumps, result_json
 
-    conn = RawConnection(port)
-    ids = slide_ids(n_slides, n + 100, seed=1 if where else 0)
+    raw, client = RawConnection(port), http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     suffix = f"&where={quote(where)}" if where else ""
 
-    def over_http(slide: str) -> tuple[float, float | None]:
+    def over_raw(slide: str) -> tuple[float, float | None]:
         start = time.perf_counter()
-        status, _ = conn.request("GET", f"/api/search/slide?slide_id={slide}&k=10{suffix}")
+        status, _ = raw.request("GET", f"/api/search/slide?slide_id={slide}&k=10{suffix}")
         took = time.perf_counter() - start
         if status != 200:
             raise SystemExit(f"slide query failed: {status}")
-        timing = conn.headers.get("server-timing", "")
+        timing = raw.headers.get("server-timing", "")
         return took, float(timing.split("dur=")[1]) / 1000 if "dur=" in timing else None
+
+    def over_http_client(slide: str) -> tuple[float, None]:
+        start = time.perf_counter()
+        client.request("GET", f"/api/search/slide?slide_id={slide}&k=10{suffix}")
+        response = client.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"slide query failed: {response.status}")
+        return time.perf_counter() - start, None
 
     def in_process(slide: str) -> tuple[float, float]:
         start = time.perf_counter()
@@ -254,66 +274,70 @@ def paired_slide(port: int, searcher, n_slides: int, where: str | None = None, n
         dumps(result_json(result))
         return searched - start, time.perf_counter() - start
 
-    for slide in ids[:100]:  # warm both sides
-        over_http(slide), in_process(slide)
-    http_times, inside, search_times, with_json = [], [], [], []
-    for i, lo in enumerate(range(100, len(ids), block)):
-        chunk = ids[lo:lo + block]
-        for side in ((over_http, in_process) if i % 2 == 0 else (in_process, over_http)):
-            for slide in chunk:
-                a, b = side(slide)
-                if side is over_http:
-                    http_times.append(a)
-                    if b is not None:
-                        inside.append(b)
-                else:
-                    search_times.append(a)
-                    with_json.append(b)
-    conn.close()
-    p50 = lambda values: float(np.percentile(np.asarray(values) * 1000, 50)) if values else None  # noqa: E731
-    return {"n": n, "where": where, "block": block, "http_p50_ms": p50(http_times),
-            "http_p99_ms": float(np.percentile(np.asarray(http_times) * 1000, 99)), "server_search_p50_ms": p50(inside),
-            "in_process_p50_ms": p50(search_times), "in_process_p99_ms": float(np.percentile(np.asarray(search_times) * 1000, 99)),
-            "in_process_with_json_p50_ms": p50(with_json), "ratio": p50(http_times) / p50(search_times)}
+    sides = {"raw": over_raw, "http.client": over_http_client, "in_process": in_process}
+    ids = slide_ids(n_slides, n + 100, seed=1 if where else 0)
+    _alternate(sides, ids[:100], 100)  # warm every side
+    got = _alternate(sides, ids[100:], block)
+    raw.close()
+    client.close()
+    http_times, inside = [t for t, _ in got["raw"]], [s for _, s in got["raw"] if s is not None]
+    search_times, with_json = [t for t, _ in got["in_process"]], [j for _, j in got["in_process"]]
+    return {"n": n, "where": where, "block": block, "http_p50_ms": _p50(http_times),
+            "http_p99_ms": float(np.percentile(np.asarray(http_times) * 1000, 99)), "server_search_p50_ms": _p50(inside),
+            "http_client_p50_ms": _p50([t for t, _ in got["http.client"]]),
+            "in_process_p50_ms": _p50(search_times), "in_process_p99_ms": float(np.percentile(np.asarray(search_times) * 1000, 99)),
+            "in_process_with_json_p50_ms": _p50(with_json), "ratio": _p50(http_times) / _p50(search_times)}
 
 
-def in_process_mix(searcher, n_slides: int, seconds: float, seed: int = 7) -> dict:
-    """The load clients' text, slide, patch cycle through the library in this process (one client, ``seconds``):
-    slide queries here also follow the encoder's forward passes, as they do in the 1-client level."""
+def paired_mix(port: int, searcher, n_slides: int, seconds: float, block: int = 5, seed: int = 7) -> dict:
+    """The load clients' text, slide, patch cycle by one client, over HTTP (raw socket) and through the library
+    in this process, alternating ``block`` cycles at a time for about ``seconds`` a side: slide queries then
+    follow the encoder's forward passes on both sides, as in the 1-client level."""
     from PIL import Image
 
-    rng, times = np.random.default_rng(seed), {k: [] for k in KINDS}
+    rng, conn = np.random.default_rng(seed), RawConnection(port)
     uploads = [patch_png(seed * 100 + i) for i in range(8)]
-    deadline, i = time.monotonic() + seconds, 0
-    while time.monotonic() < deadline:
+    forms = [multipart(data) for data in uploads]
+
+    def query(i: int) -> tuple[str, object]:
         kind = KINDS[i % 3]
-        i += 1
+        if kind == "text":
+            return kind, " ".join(rng.choice(WORDS, 4)) + f" {uuid.uuid4().hex[:6]}"
+        return kind, f"S{int(rng.integers(n_slides)):06d}" if kind == "slide" else int(rng.integers(len(uploads)))
+
+    def over_http(item: tuple[str, object]) -> tuple[str, float]:
+        kind, value = item
+        start = time.perf_counter()
+        if kind == "patch":
+            body, ctype = forms[value]
+            status, _ = conn.request("POST", "/api/search/patch?k=10", body=body, headers={"Content-Type": ctype})
+        else:
+            url = (f"/api/search/text?q={value.replace(' ', '+')}&k=10" if kind == "text"
+                   else f"/api/search/slide?slide_id={value}&k=10")
+            status, _ = conn.request("GET", url)
+        if status != 200:
+            raise SystemExit(f"{kind} query failed: {status}")
+        return kind, time.perf_counter() - start
+
+    def in_process(item: tuple[str, object]) -> tuple[str, float]:
+        kind, value = item
         start = time.perf_counter()
         if kind == "text":
-            searcher.search_text(" ".join(rng.choice(WORDS, 4)) + f" {uuid.uuid4().hex[:6]}", k=10)
+            searcher.search_text(value, k=10)
         elif kind == "slide":
-            searcher.search_slide(f"S{int(rng.integers(n_slides)):06d}", k=10)
+            searcher.search_slide(value, k=10)
         else:
-            searcher.search_patch(Image.open(io.BytesIO(uploads[int(rng.integers(len(uploads)))])).convert("RGB"), k=10)
-        times[kind].append(time.perf_counter() - start)
-    return {kind: {"n": len(v), "p50_ms": float(np.percentile(np.asarray(v) * 1000, 50))} for kind, v in times.items()}
+            searcher.search_patch(Image.open(io.BytesIO(uploads[value])).convert("RGB"), k=10)
+        return kind, time.perf_counter() - start
 
-
-def http_client_slide(port: int, n_slides: int, n: int = 1000) -> dict:
-    """p50 of sequential slide queries (k = 10) through ``http.client`` (the client's own cost included)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    times = []
-    for i, slide in enumerate(slide_ids(n_slides, n + 20)):
-        start = time.perf_counter()
-        conn.request("GET", f"/api/search/slide?slide_id={slide}&k=10")
-        response = conn.getresponse()
-        response.read()
-        if response.status != 200:
-            raise SystemExit(f"slide query failed: {response.status}")
-        if i >= 20:
-            times.append(time.perf_counter() - start)
+    cycle_s = sum(in_process(query(i))[1] for i in range(3))  # one cycle, also a warm-up
+    items = [query(i) for i in range(3 * max(block, round(seconds / max(cycle_s, 1e-3) / block) * block))]
+    got = _alternate({"http": over_http, "in_process": in_process}, items, 3 * block)
     conn.close()
-    return {"n": n, "client": "http.client", "p50_ms": float(np.percentile(np.asarray(times) * 1000, 50))}
+    out = {side: {kind: {"n": sum(k == kind for k, _ in rows), "p50_ms": _p50([t for k, t in rows if k == kind])}
+                  for kind in KINDS} for side, rows in got.items()}
+    out["block_cycles"], out["slide_ratio"] = block, out["http"]["slide"]["p50_ms"] / out["in_process"]["slide"]["p50_ms"]
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -327,26 +351,24 @@ def markdown(result: dict) -> str:
             lines.append(f"| {level['clients']} | {kind} | {k['n']} | {k['qps']:.1f} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} | "
                          f"{level['errors']} | {rss['start']:.0f} → {rss['max']:.0f} → {rss['end']:.0f} | "
                          f"{level['texts_per_batch'] or 0:.1f} |")
-    alone, filtered, hc = result["slide_alone"], result["filtered_slide"], result["slide_http_client"]
-    http1, warm = result["levels"][0]["kinds"]["slide"], result["warmup"]
+    alone, filtered, mix, warm = result["slide_alone"], result["filtered_slide"], result["mix"], result["warmup"]
     lines += ["", f"Warm-up ({warm['requests']} requests, 4 clients, not in the table): {warm['errors']} errors.", "",
-              "Slide queries, one client alone, HTTP (raw keep-alive socket) and in-process `search_slide` (k = 10) in "
-              f"alternating blocks of {alone['block']} of the same ids, in one run:", "",
-              "| queries | filter | HTTP p50 / p99 ms | in-process p50 / p99 ms | with its JSON p50 ms | search inside the server "
-              "(`Server-Timing`) p50 ms | HTTP / in-process |", "|---|---|---|---|---|---|---|"]
+              "Slide queries, one client alone (k = 10): HTTP through a raw keep-alive socket and through `http.client`, "
+              f"and in-process `search_slide`, the same ids, alternating in blocks of {alone['block']} in one run:", "",
+              "| queries | filter | HTTP p50 / p99 ms | `http.client` p50 ms | in-process p50 / p99 ms | with its JSON p50 ms | "
+              "search inside the server (`Server-Timing`) p50 ms | HTTP / in-process |", "|---|---|---|---|---|---|---|---|"]
     for row in (alone, filtered):
         inside = row["server_search_p50_ms"]
         lines.append(f"| {row['n']} | {row['where'] or '—'} | {row['http_p50_ms']:.2f} / {row['http_p99_ms']:.2f} | "
-                     f"{row['in_process_p50_ms']:.2f} / {row['in_process_p99_ms']:.2f} | "
+                     f"{row['http_client_p50_ms']:.2f} | {row['in_process_p50_ms']:.2f} / {row['in_process_p99_ms']:.2f} | "
                      f"{row['in_process_with_json_p50_ms']:.2f} | {'—' if inside is None else f'{inside:.2f}'} | "
                      f"**{row['ratio']:.2f}×** |")
-    mix = result["in_process_mix"]
-    lines += ["", f"Through `http.client` ({hc['n']} sequential, unfiltered): p50 {hc['p50_ms']:.2f} ms = "
-              f"{hc['p50_ms'] / alone['in_process_p50_ms']:.2f}× the in-process p50.", "",
-              f"The 1-client cycle (text, slide, patch) in-process for {result['config']['seconds']:g} s: "
-              + ", ".join(f"{kind} p50 {v['p50_ms']:.2f} ms ({v['n']})" for kind, v in mix.items())
-              + f". Its slide p50 against the 1-client level's over HTTP ({http1['p50_ms']:.2f} ms): "
-              f"**{http1['p50_ms'] / mix['slide']['p50_ms']:.2f}×**."]
+    sides = {"HTTP": mix["http"], "in-process": mix["in_process"]}
+    lines += ["", f"The 1-client cycle (text, slide, patch), over HTTP and in-process, alternating {mix['block_cycles']} "
+              "cycles at a time: " + "; ".join(f"{side} " + ", ".join(f"{kind} p50 {v['p50_ms']:.2f} ms ({v['n']})"
+                                                                   for kind, v in rows.items())
+                                               for side, rows in sides.items())
+              + f". Slide queries in the cycle, HTTP / in-process: **{mix['slide_ratio']:.2f}×**."]
     return "\n".join(lines) + "\n"
 
 
@@ -398,8 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
         searcher = warm(SlideSearcher(index, encoder=load_encoder(name, checkpoint=checkpoint, device="cpu")))
         # beside the server; the two take turns, never at once
         alone, filtered = paired_slide(port, searcher, args.slides), paired_slide(port, searcher, args.slides, FILTER, 300)
-        alone_http_client = http_client_slide(port, args.slides)
-        mix = in_process_mix(searcher, args.slides, args.seconds)
+        mix = paired_mix(port, searcher, args.slides, args.seconds)
         del searcher
     finally:
         server.terminate()
@@ -408,8 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
               "encoder": ENCODERS[args.dim][0], "patches": manifest["counts"]["patches"],
               "factories": ", ".join(f"{k} {v['factory']}" for k, v in manifest["indexes"].items()),
               "config": {"clients": args.clients, "seconds": args.seconds, "max_requests": args.max_requests},
-              "warmup": warmup, "levels": levels, "slide_alone": alone, "filtered_slide": filtered,
-              "slide_http_client": alone_http_client, "in_process_mix": mix}
+              "warmup": warmup, "levels": levels, "slide_alone": alone, "filtered_slide": filtered, "mix": mix}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_serve.md").write_text(markdown(result))
