@@ -227,7 +227,8 @@ def load_level(port: int, pid: int, clients: int, seconds: float, max_requests: 
     errors = [e for t in threads for e in t.errors]
     return {"clients": clients, "seconds": wall, "requests": sum(k["n"] for k in kinds.values()) + len(errors),
             "qps": sum(k["n"] for k in kinds.values()) / wall, "kinds": kinds, "errors": len(errors),
-            "error_examples": errors[:3], "rss_mb": {"start": rss[0], "max": max(rss), "end": rss[-1]},
+            "error_examples": errors[:3], "rss_mb": {"start": rss[0], "max": max(rss), "end": rss[-1], "max_halves": [max(rss[:len(rss) // 2 or 1]),
+                                                                                     max(rss[len(rss) // 2:])]},
             "text_batches": batches, "texts_per_batch": texts / batches if batches else None}
 
 
@@ -356,13 +357,14 @@ def paired_mix(port: int, searcher, n_slides: int, seconds: float, block: int = 
 def markdown(result: dict) -> str:
     lines = [f"Machine: {result['machine']}. Index: {result['slides']:,} slides, {result['patches']:,} patches, "
              f"d = {result['dim']}, K = {result['k']} ({result['factories']}); queries embedded by {result['encoder']}.", "",
-             "| clients | kind | requests | QPS | p50 ms | p99 ms | errors | server RSS MB start → max → end | texts per batch |",
+             "| clients | kind | requests | QPS | p50 ms | p99 ms | errors | server RSS MB: start → max in the 1st / 2nd half "
+             "→ end | texts per batch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for level in result["levels"]:
         rss = level["rss_mb"]
         for kind, k in level["kinds"].items():
             lines.append(f"| {level['clients']} | {kind} | {k['n']} | {k['qps']:.1f} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} | "
-                         f"{level['errors']} | {rss['start']:.0f} → {rss['max']:.0f} → {rss['end']:.0f} | "
+                         f"{level['errors']} | {rss['start']:.0f} → {rss['max_halves'][0]:.0f} / {rss['max_halves'][1]:.0f} → {rss['end']:.0f} | "
                          f"{level['texts_per_batch'] or 0:.1f} |")
     alone, filtered, mix, warm = result["slide_alone"], result["filtered_slide"], result["mix"], result["warmup"]
     lines += ["", f"Warm-up ({warm['requests']} requests, 4 clients, not in the table): {warm['errors']} errors.", "",
