@@ -22,7 +22,7 @@ class RerankedIndex(vi.CompositeIndex):
         gather: ids → their exact vectors (len(ids), d) as float32, in the order asked.
         pool: candidates fetched per query (at least ``k``).
         score: (ids, queries) → exact scores (len(queries), len(ids)); default ``queries @ gather(ids).T``
-            (the store's reads its vectors a chunk at a time).
+            (the store's scores its stored vectors a chunk at a time: ``Snapshot.scores``).
     """
 
     def __init__(self, inner, gather: Callable[[np.ndarray], np.ndarray], pool: int = RERANK_POOL,
