@@ -138,6 +138,23 @@ class RawConnection:
         self.sock.close()
 
 
+def draw_query(rng, kind: str, n_slides: int, n_uploads: int):
+    """A query of ``kind``: a unique text (no cache hits), a random slide id, or an upload's number."""
+    if kind == "text":
+        return " ".join(rng.choice(WORDS, 4)) + f" {uuid.uuid4().hex[:6]}"
+    return f"S{int(rng.integers(n_slides)):06d}" if kind == "slide" else int(rng.integers(n_uploads))
+
+
+def http_request(kind: str, value, forms: list[tuple[bytes, str]]) -> tuple[str, str, bytes | None, dict]:
+    """(method, url, body, headers) of a ``draw_query`` value (``forms``: the uploads as multipart bodies)."""
+    if kind == "text":
+        return "GET", f"/api/search/text?q={value.replace(' ', '+')}&k=10", None, {}
+    if kind == "slide":
+        return "GET", f"/api/search/slide?slide_id={value}&k=10", None, {}
+    body, ctype = forms[value]
+    return "POST", "/api/search/patch?k=10", body, {"Content-Type": ctype}
+
+
 class Client(threading.Thread):
     """One keep-alive connection sending a cycle of text, slide and patch queries until told to stop."""
 
@@ -151,13 +168,7 @@ class Client(threading.Thread):
         self.errors: list[str] = []
 
     def request(self, kind: str) -> tuple[str, str, bytes | None, dict]:
-        if kind == "text":
-            words = " ".join(self.rng.choice(WORDS, 4))
-            return "GET", f"/api/search/text?q={words.replace(' ', '+')}+{uuid.uuid4().hex[:6]}&k=10", None, {}
-        if kind == "slide":
-            return "GET", f"/api/search/slide?slide_id=S{int(self.rng.integers(self.n_slides)):06d}&k=10", None, {}
-        body, ctype = self.uploads[int(self.rng.integers(len(self.uploads)))]
-        return "POST", "/api/search/patch?k=10", body, {"Content-Type": ctype}
+        return http_request(kind, draw_query(self.rng, kind, self.n_slides, len(self.uploads)), self.uploads)
 
     def run(self) -> None:
         conn = RawConnection(self.port)
@@ -314,21 +325,14 @@ def paired_mix(port: int, searcher, n_slides: int, seconds: float, block: int = 
 
     def query(i: int) -> tuple[str, object]:
         kind = KINDS[i % 3]
-        if kind == "text":
-            return kind, " ".join(rng.choice(WORDS, 4)) + f" {uuid.uuid4().hex[:6]}"
-        return kind, f"S{int(rng.integers(n_slides)):06d}" if kind == "slide" else int(rng.integers(len(uploads)))
+        return kind, draw_query(rng, kind, n_slides, len(uploads))
 
     def over_http(item: tuple[str, object]) -> tuple[str, float]:
         kind, value = item
+        method, url, body, headers = http_request(kind, value, forms)
         conn.fresh_if_idle()  # after the other side's block
         start = time.perf_counter()
-        if kind == "patch":
-            body, ctype = forms[value]
-            status, _ = conn.request("POST", "/api/search/patch?k=10", body=body, headers={"Content-Type": ctype})
-        else:
-            url = (f"/api/search/text?q={value.replace(' ', '+')}&k=10" if kind == "text"
-                   else f"/api/search/slide?slide_id={value}&k=10")
-            status, _ = conn.request("GET", url)
+        status, _ = conn.request(method, url, body=body, headers=headers)
         if status != 200:
             raise SystemExit(f"{kind} query failed: {status}")
         return kind, time.perf_counter() - start

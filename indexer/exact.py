@@ -99,7 +99,8 @@ class RowFile:
             OSError: a row past the end of the file (a truncated segment).
         """
         if out is None:
-            out, rows = np.empty((len(positions), self.shape[1]), np.float32), np.arange(len(positions))
+            out = np.empty((len(positions), self.shape[1]), np.float32)
+        rows = np.arange(len(positions)) if rows is None else rows
         if self.dtype == np.float32:
             self._read(positions, (out[r] for r in rows))
         else:

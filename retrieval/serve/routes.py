@@ -89,7 +89,7 @@ def search_text(request: Request, q: str = Query(..., min_length=1, max_length=1
 @router.get("/api/search/slide", tags=["search"], summary="Slide → slide")
 async def search_slide(request: Request, slide_id: str = Query(..., max_length=200, description=SLIDE_ID),
                        k: int = K, where: Optional[str] = WHERE, exclude_same: Optional[str] = EXCLUDE,
-                       mode: Mode = MODE) -> JSON:
+                       mode: Mode = MODE) -> Response:
     from starlette.concurrency import run_in_threadpool
 
     service = _service(request)
