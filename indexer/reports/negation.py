@@ -60,6 +60,11 @@ def _phrases(items: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
 _TABLES = [(kind, polarity, _phrases(items)) for kind, polarity, items in (
     ("pseudo", None, PSEUDO), ("pre", UNCERTAIN, PRE_UNCERTAIN), ("post", UNCERTAIN, POST_UNCERTAIN),
     ("pre", NEGATED, PRE_NEGATION), ("post", NEGATED, POST_NEGATION), ("term", None, TERMINATION))]
+# first word → the trigger phrases it starts, in table order (longest first within a table): one dict look-up a word
+_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str, str | None, str]]] = {}
+for _kind, _polarity, _items in _TABLES:
+    for _words, _phrase in _items:
+        _BY_FIRST.setdefault(_words[0], []).append((_words, _kind, _polarity, _phrase))
 
 
 def scopes(text: str) -> list[Scope]:
@@ -135,12 +140,10 @@ def affirmed_text(text: str) -> str:
 def _match(tokens: list[str], i: int) -> tuple[str, str | None, str, int] | None:
     """The longest trigger phrase starting at token i (pseudo triggers first, so they win ties)."""
     best = None
-    for kind, polarity, phrases in _TABLES:
-        for words, phrase in phrases:
-            n = len(words)
-            if tuple(tokens[i:i + n]) == words and (best is None or n > best[3]):
-                best = (kind, polarity, phrase, n)
-                break
+    for words, kind, polarity, phrase in _BY_FIRST.get(tokens[i], ()):
+        n = len(words)
+        if (best is None or n > best[3]) and tuple(tokens[i:i + n]) == words:
+            best = (kind, polarity, phrase, n)
     return best
 
 
