@@ -38,6 +38,15 @@ class ReportIndex:
     def available(self) -> bool:
         return self.files is not None and self.files.info["sentences"] > 0
 
+    @classmethod
+    def from_folder(cls, folder) -> "ReportIndex":
+        """The report tables of a folder written by ``indexer/reports/store.py`` (no index around them)."""
+        from indexer.reports.store import ReportFiles
+
+        out = cls.__new__(cls)
+        out.files = ReportFiles(folder)
+        return out
+
     @cached_property
     def source(self):
         """The report source (``report_source.py``) over these tables."""
@@ -232,6 +241,14 @@ class ReportEvidence:
         rows = self.source.top(self.scores, depth)
         return {int(self.slide_of[r]): float(self.scores.fused[r]) for r in rows}
 
+    def _allowed(self, name: str) -> np.ndarray:
+        """One view's scores of the allowed reports (computed once per query)."""
+        cache = self.__dict__.setdefault("_views", {})
+        if name not in cache:
+            values = getattr(self.scores, name)
+            cache[name] = values if self.mask.all() else values[self.mask]
+        return cache[name]
+
     def explain(self, slide_row: int, image_hits: dict) -> dict[str, Any] | None:
         """A hit's report evidence: its best sentence, highlights and ranks ({"contradicts": True} instead
         when its report contradicts the query); None when the slide has no report."""
@@ -242,7 +259,7 @@ class ReportEvidence:
         r = int(found[0])
         for name, values in (("lexical", self.scores.lexical), ("dense", self.scores.dense)):
             if name == "dense" or values[r] > 0:
-                ranks[name] = int((values[self.mask] > values[r]).sum()) + 1
+                ranks[name] = int(np.count_nonzero(self._allowed(name) > values[r])) + 1
         if slide_row in self.contradicted:
             return {"contradicts": True, "ranks": {k: v for k, v in ranks.items() if k == "image"}}
         out = self.source.best_sentence(r, self.query)

@@ -11,7 +11,8 @@ benchmark, ``benchmarks/reports_real.py``):
 ``score = w·lexical + (1 − w)·dense``, w = W_SHORT for a short query (≤ SHORT_WORDS words kept) and W_LONG
 for a longer one (a report pasted as the query). Polarity: a short query asserts its findings ("necrosis":
 necrosis affirmed; "no necrosis": necrosis negated); a report that states an asserted finding only with the
-other polarity contradicts the query and drops below every report that does not (score − 2). A long query
+other polarity contradicts the query and drops below every report that does not (score − 2); one that states
+each asserted finding it names both ways is mixed evidence (score − 0.5). A long query
 asserts nothing: a report states some findings and denies others, and its tagged words already match a
 report that denies the same things. All of it is numpy over arrays read once; no report text is parsed.
 """
@@ -31,6 +32,7 @@ SHORT_WORDS = 8
 W_SHORT, W_LONG = 0.5, 0.5
 POOL = 100
 CONTRADICTS = -2.0
+MIXED = -0.5
 
 
 @dataclass
@@ -101,11 +103,11 @@ class ReportSource:
         return np.asarray(self.files.reports.column("slide_id").to_pylist(), object)
 
     @cached_property
-    def _sentences(self) -> tuple[np.ndarray, list[str], list[str]]:
-        reports = self.files.reports
-        first = reports.column("first_sentence").to_numpy()
+    def _sentences(self):
+        """(first sentence row of each report, sentence texts, sentence tagged words) as Arrow arrays."""
+        first = self.files.reports.column("first_sentence").to_numpy()
         sentences = self.files.sentences
-        return first, sentences.column("text").to_pylist(), sentences.column("tokens").to_pylist()
+        return first, sentences.column("text").combine_chunks(), sentences.column("tokens").combine_chunks()
 
     def slide_rows(self, live: dict[str, int]) -> np.ndarray:
         """slide_row of each report row (−1: its slide is not in this version)."""
@@ -134,20 +136,24 @@ class ReportSource:
         if usable.any():
             fused[usable] = combine(lexical[usable], dense[usable],
                                     (W_SHORT if query.short else W_LONG) if w is None else w, POOL if pool is None else pool)
-        contradicts = self.contradicting(query)
+        contradicts, mixed = self.polarity(query)
         fused[contradicts & usable] += CONTRADICTS
+        fused[mixed & usable] += MIXED
         return ReportScores(lexical, dense, fused, contradicts)
 
-    def contradicting(self, query: ReportQuery) -> np.ndarray:
-        """Reports that state a finding the query asserts only with the other polarity."""
+    def polarity(self, query: ReportQuery) -> tuple[np.ndarray, np.ndarray]:
+        """Reports that contradict a short query (they state an asserted finding only with the other
+        polarity), and reports that are mixed (every asserted finding they state, they state both ways)."""
         lexical = self.files.lexical
-        out = np.zeros(lexical.n, bool)
+        contradicts = np.zeros(lexical.n, bool)
+        stated, both = np.zeros(lexical.n, np.int32), np.zeros(lexical.n, np.int32)
         for token in query.asserted:
             stem = untagged(token)
-            other = "neg_" + stem if token == stem else stem
-            states = np.setdiff1d(lexical.documents_with(other), lexical.documents_with(token))
-            out[states] = True
-        return out
+            same, other = lexical.documents_with(token), lexical.documents_with("neg_" + stem if token == stem else stem)
+            contradicts[np.setdiff1d(other, same)] = True
+            stated[np.union1d(same, other)] += 1
+            both[np.intersect1d(same, other)] += 1
+        return contradicts, (stated > 0) & (both == stated) & ~contradicts
 
     def best_sentence(self, report_row: int, query: ReportQuery) -> dict:
         """The report's sentence sharing the most (idf-weighted) tagged words with the query, and the
@@ -156,9 +162,10 @@ class ReportSource:
         start = int(first[report_row])
         stop = int(first[report_row + 1]) if report_row + 1 < len(first) else len(texts)
         wanted = set(query.tokens)
-        weights = [sum(self._idf(t) for t in set(tokens[i].split()) & wanted) for i in range(start, stop)]
+        weights = [sum(self._idf(t) for t in set(w.split()) & wanted)
+                   for w in tokens.slice(start, stop - start).to_pylist()]
         best = start + int(np.argmax(weights)) if weights else start
-        text = texts[best] if best < len(texts) else ""
+        text = texts[best].as_py() if best < len(texts) else ""
         spans = [[a, b] for t, a, b in tagged_spans(text) if t in wanted]
         return {"sentence": text, "highlights": spans, "sentence_row": best,
                 "via": "lexical" if weights and max(weights) > 0 else "dense"}

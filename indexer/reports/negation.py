@@ -75,6 +75,8 @@ def scopes(text: str) -> list[Scope]:
     [('necrosis or lymphovascular invasion', 'negated')]
     >>> [(t[s.start:s.end], s.polarity) for t in ["Mucin present but necrosis cannot be excluded"] for s in scopes(t)]
     [('necrosis', 'uncertain')]
+    >>> [(t[s.start:s.end], s.polarity) for t in ["Lymphovascular invasion: not identified"] for s in scopes(t)]
+    [('Lymphovascular invasion', 'negated')]
     """
     words = [(m.group(0).lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
     tokens = [w for w, _, _ in words]
@@ -94,12 +96,15 @@ def scopes(text: str) -> list[Scope]:
         if mark is None or mark[0] not in ("pre", "post"):
             continue
         kind, polarity, phrase = mark
+        after = i + lengths[i]
+        if kind == "pre" and i > 0 and tokens[i - 1] == ":" and (after == len(tokens) or tokens[after] in _BREAK):
+            kind = "post"  # a synoptic value: "Perineural invasion: no."
         if kind == "pre":
-            lo = hi = i + lengths[i]
+            lo = hi = after
             while hi < len(tokens) and hi - lo < WINDOW and tokens[hi] not in _BREAK and marks[hi] is None:
                 hi += 1
         else:
-            lo = hi = i
+            lo = hi = i - 1 if i > 0 and tokens[i - 1] == ":" else i  # "Lymphovascular invasion: not identified"
             while lo > 0 and hi - lo < WINDOW and tokens[lo - 1] not in _BREAK and marks[lo - 1] is None \
                     and not _inside_mark(marks, lengths, lo - 1):
                 lo -= 1

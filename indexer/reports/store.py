@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.reports.ingest import REPORT_COLUMN, report_texts
+from indexer.reports.lexical import build_lexical
 from indexer.store.atomic import fsync_dir
 
 FORMAT = 2  # 1: sentence embeddings and a sentence BM25 (re-index those)
@@ -101,7 +102,6 @@ def build_reports(root: Path, number: int, metadata: pa.Table | None, previous: 
     relative to ``root``. ``previous``: the folder of the live version (reused for unchanged reports)."""
     from indexer.reports.analyze import analyze
     from indexer.reports.attributes import AttributeMatcher, bank_terms
-    from indexer.reports.lexical import build_lexical
     from indexer.reports.model import load_report_model
 
     t0 = time.perf_counter()
@@ -121,55 +121,66 @@ def build_reports(root: Path, number: int, metadata: pa.Table | None, previous: 
     t1 = time.perf_counter()
     fresh_vectors = model.encode([texts[s] for s in fresh])
     t2 = time.perf_counter()
-    tables = _assemble(order, fresh, new, fresh_vectors, old if reusable else None, digests)
-    folder = root / "reports" / f"v{number:06d}"
-    build = folder.with_name(f".build-{folder.name}")
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
-    sentences, reports, attributes, vectors, tokens = tables
-    pq.write_table(sentences, build / SENTENCES)
-    pq.write_table(reports, build / REPORTS)
-    pq.write_table(attributes, build / ATTRIBUTES)
-    np.save(build / VECTORS, vectors.astype(np.float16).reshape(-1, model.dim))
-    build_lexical(tokens, build / LEXICAL)
-    np.save(build / PHRASES, matcher.phrase_vectors)
-    info = {"format": FORMAT, "column": config.column, "model": model.name, "model_path": model.path,
-            "model_sha256": model.sha256, "dim": model.dim, "bank": bank.name, "bank_sha256": bank.sha256,
-            "slides": len(texts), "sentences": sentences.num_rows, "attributes": attributes.num_rows,
+    pieces = {r.slide_id: (r, fresh_vectors[j]) for j, r in enumerate(new)}
+    pieces.update(_kept(old, [s for s in order if s not in pieces]) if reusable else {})
+    info = {"column": config.column, "bank": bank.name, "bank_sha256": bank.sha256,
             "reused_slides": len(order) - len(fresh), "encoded_slides": len(fresh),
             "encoded_sentences": sum(len(r.sentences) for r in new),
             "timings": {"load model": round(t_model - t0, 3), "split+tag+attributes": round(t1 - t_model, 3),
-                        "encode": round(t2 - t1, 3), "write": round(time.perf_counter() - t2, 3)}}
-    (build / INFO).write_text(json.dumps(info, indent=1) + "\n")
-    build.rename(folder)
-    fsync_dir(folder.parent)
+                        "encode": round(t2 - t1, 3)}}
+    folder = root / "reports" / f"v{number:06d}"
+    write_reports(folder, [pieces[s] for s in order], digests, model, matcher.phrase_vectors, info)
     return str(folder.relative_to(root))
 
 
-def _assemble(order: list[str], fresh: list[str], new: list, fresh_vectors: np.ndarray, old: ReportFiles | None,
-              digests: dict[str, str]):
-    """The tables of all reports in ``order`` (sorted slide ids): fresh ones from ``new`` (ReportRows),
-    the others copied from ``old``."""
+def write_reports(folder: Path, pieces: list, digests: dict[str, str], model, phrase_vectors: np.ndarray,
+                  info: dict[str, Any]) -> None:
+    """Write a report folder atomically (built beside it, then renamed) from (ReportRows, vector) per report,
+    in slide_id order; ``info`` is completed with the model and the counts."""
+    t0 = time.perf_counter()
+    sentences, reports, attributes, vectors, tokens = _tables(pieces, digests, model.dim)
+    build = folder.with_name(f".build-{folder.name}")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    pq.write_table(sentences, build / SENTENCES)
+    pq.write_table(reports, build / REPORTS)
+    pq.write_table(attributes, build / ATTRIBUTES)
+    np.save(build / VECTORS, vectors.astype(np.float16))
+    build_lexical(tokens, build / LEXICAL)
+    np.save(build / PHRASES, phrase_vectors)
+    info = {"format": FORMAT, **info, "model": model.name, "model_path": model.path, "model_sha256": model.sha256,
+            "dim": model.dim, "slides": len(pieces), "sentences": sentences.num_rows, "attributes": attributes.num_rows}
+    info.setdefault("timings", {})["write"] = round(time.perf_counter() - t0, 3)
+    (build / INFO).write_text(json.dumps(info, indent=1) + "\n")
+    build.rename(folder)
+    fsync_dir(folder.parent)
+
+
+def _kept(old: ReportFiles, slide_ids: list[str]) -> dict[str, tuple]:
+    """(ReportRows, vector) of ``slide_ids`` as ``old`` stores them."""
     from indexer.reports.analyze import ReportRows
 
-    pieces = {r.slide_id: (r, fresh_vectors[j]) for j, r in enumerate(new)}
-    kept = [s for s in order if s not in pieces]
-    if kept:
-        sentences, attributes = old.sentences.to_pylist(), old.attributes.to_pylist()
-        by_row: dict[int, list[dict]] = {}
-        for a in attributes:
-            by_row.setdefault(a["sentence_row"], []).append(a)
-        reports = {r["slide_id"]: r for r in old.reports.to_pylist()}
-        for slide_id in kept:
-            r = reports[slide_id]
-            rows = sentences[r["first_sentence"]:r["first_sentence"] + r["sentences"]]
-            attrs = [{**a, "sentence": i} for i, x in enumerate(rows) for a in by_row.get(x["sentence_row"], ())]
-            words = [w for x in rows for w in x["tokens"].split()]
-            pieces[slide_id] = (ReportRows(slide_id, rows, attrs, words), np.asarray(old.vectors[r["report_row"]]))
+    if not slide_ids:
+        return {}
+    sentences, out = old.sentences.to_pylist(), {}
+    by_row: dict[int, list[dict]] = {}
+    for a in old.attributes.to_pylist():
+        by_row.setdefault(a["sentence_row"], []).append(a)
+    reports = {r["slide_id"]: r for r in old.reports.to_pylist()}
+    for slide_id in slide_ids:
+        r = reports[slide_id]
+        rows = sentences[r["first_sentence"]:r["first_sentence"] + r["sentences"]]
+        attrs = [{**a, "sentence": i} for i, x in enumerate(rows) for a in by_row.get(x["sentence_row"], ())]
+        words = [w for x in rows for w in x["tokens"].split()]
+        out[slide_id] = (ReportRows(slide_id, rows, attrs, words), np.asarray(old.vectors[r["report_row"]]))
+    return out
+
+
+def _tables(pieces: list, digests: dict[str, str], dim: int):
+    """The sentence, report and attribute tables, the vectors and the BM25 documents of (ReportRows, vector)s."""
     sent_out, rep_out, attr_out, vectors, tokens = [], [], [], [], []
-    for row, slide_id in enumerate(order):
-        report, vector = pieces[slide_id]
-        first = len(sent_out)
+    for row, (report, vector) in enumerate(pieces):
+        slide_id, first = report.slide_id, len(sent_out)
         sent_out.extend({"sentence_row": first + i, "slide_id": slide_id, "position": i, "start": x["start"],
                          "end": x["end"], "text": x["text"], "tokens": x["tokens"], "report_sha256": digests[slide_id]}
                         for i, x in enumerate(report.sentences))
@@ -179,7 +190,6 @@ def _assemble(order: list[str], fresh: list[str], new: list, fresh_vectors: np.n
                         "first_sentence": first, "sentences": len(report.sentences)})
         vectors.append(np.asarray(vector, np.float32))
         tokens.append(report.tokens)
-    dim = fresh_vectors.shape[1]
     return (pa.Table.from_pylist(sent_out, SENTENCE_SCHEMA), pa.Table.from_pylist(rep_out, REPORT_SCHEMA),
             pa.Table.from_pylist(attr_out, ATTRIBUTE_SCHEMA),
             np.asarray(vectors, np.float32).reshape(len(vectors), dim), tokens)
