@@ -250,27 +250,34 @@ def tune(methods: Methods, rows: list[dict]) -> dict:
 
 def tiled(reports, size: int, folder: Path, seed: int = 0):
     """A report folder of ``size`` reports: the corpus's reports repeated under new slide ids, vectors jittered."""
-    from indexer.reports.analyze import ReportRows
-    from indexer.reports.store import write_reports
+    import pyarrow as pa
 
-    files, rng = reports.files, np.random.default_rng(seed)
-    sentences = files.sentences.to_pylist()
-    base = []
-    for r in files.reports.to_pylist():
-        rows = sentences[r["first_sentence"]:r["first_sentence"] + r["sentences"]]
-        base.append((rows, [w for x in rows for w in x["tokens"].split()], np.asarray(files.vectors[r["report_row"]], np.float32)))
-    pieces, digests = [], {}
-    for i in range(size):
-        rows, words, vector = base[i % len(base)]
-        slide_id = f"T{i:07d}"
-        v = vector + rng.normal(0, 0.02, vector.shape).astype(np.float32)
-        pieces.append((ReportRows(slide_id, rows, [], words), v / np.linalg.norm(v)))
-        digests[slide_id] = f"{i % len(base)}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    write_reports(folder, pieces, digests, reports.source.model, np.zeros((0, reports.source.model.dim)), {})
+    from indexer.reports.store import ATTRIBUTE_SCHEMA, REPORT_SCHEMA, write_reports
     from retrieval.report_search import ReportIndex
 
+    files, rng = reports.files, np.random.default_rng(seed)
+    base_reports = files.reports
+    first = base_reports.column("first_sentence").to_numpy()
+    count = base_reports.column("sentences").to_numpy()
+    source = np.arange(size) % base_reports.num_rows
+    take = np.concatenate([np.arange(first[r], first[r] + count[r]) for r in source])
+    slide_ids = np.asarray([f"T{i:07d}" for i in range(size)], object)
+    sentences = files.sentences.take(pa.array(take))
+    sentences = sentences.set_column(0, "sentence_row", pa.array(np.arange(len(take)), pa.int64()))
+    sentences = sentences.set_column(1, "slide_id", pa.array(np.repeat(slide_ids, count[source]).tolist(), pa.string()))
+    starts = np.concatenate([[0], np.cumsum(count[source])[:-1]])
+    table = pa.table({"report_row": np.arange(size), "slide_id": slide_ids.tolist(),
+                      "report_sha256": [str(r) for r in source], "first_sentence": starts,
+                      "sentences": count[source].astype(np.int32)}, schema=REPORT_SCHEMA)
+    vectors = np.asarray(files.vectors, np.float32)[source] + rng.normal(0, 0.02, (size, files.vectors.shape[1]))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tokens = files.sentences.column("tokens").to_pylist()
+    words = [[w for t in tokens[first[r]:first[r] + count[r]] for w in t.split()] for r in range(base_reports.num_rows)]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    model = reports.source.model
+    write_reports(folder, (sentences, table, ATTRIBUTE_SCHEMA.empty_table(), vectors.astype(np.float32),
+                           [words[r] for r in source]), model, np.zeros((0, model.dim)), {})
     return ReportIndex.from_folder(folder)
 
 
@@ -364,6 +371,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="time the report path at --sizes reports")
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--first-query", action="store_true", help="time a fresh process's first report query")
+    parser.add_argument("--no-quality", action="store_true", help="skip the held-out quality figures")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from retrieval.bench_search import machine_description
@@ -385,10 +393,11 @@ def main() -> None:
 
     result["fusion"] = {"W_SHORT": report_source.W_SHORT, "W_LONG": report_source.W_LONG, "POOL": report_source.POOL,
                         "SHORT_WORDS": report_source.SHORT_WORDS}
-    quality = evaluate(Methods(held, held_rows, args.seed), held_rows)
-    quality.pop("collected")
-    quality.pop("per_query")
-    result["held-out"] = quality
+    if not args.no_quality:
+        quality = evaluate(Methods(held, held_rows, args.seed), held_rows)
+        quality.pop("collected")
+        quality.pop("per_query")
+        result["held-out"] = quality
     if args.speed:
         result["speed"] = speed(held, held_rows, [int(s) for s in args.sizes.split(",")], args.out)
     if args.first_query:

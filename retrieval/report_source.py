@@ -29,7 +29,7 @@ from indexer.errors import QueryError
 from indexer.reports.lexical import tagged_spans, tagged_tokens, top_k, untagged
 
 SHORT_WORDS = 8
-W_SHORT, W_LONG = 0.5, 0.5
+W_SHORT, W_LONG = 0.6, 0.4  # tuned: benchmarks/reports_real.py --tune (grid 0.2-0.8 × pool 10-300)
 POOL = 100
 CONTRADICTS = -2.0
 MIXED = -0.5

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +48,6 @@ def test_a_malformed_csv_is_refused_in_one_line(tmp_path, body):
     with pytest.raises(UserError) as failure:
         read_metadata_csv(path)
     assert "not a readable CSV" in str(failure.value) and len(str(failure.value).splitlines()) == 1
-
-
-def test_the_cli_refuses_a_malformed_csv_in_one_line(planted_index, tmp_path, run_cli):
-    idx, _, _ = planted_index
-    index = tmp_path / "idx"
-    shutil.copytree(idx, index)
-    bad = tmp_path / "bad.csv"
-    bad.write_text('slide_id,report\nS01,"Necrosis.\nS02,x,y,z\n')
-    out = run_cli("metadata", index, bad)
-    assert out.exit_code != 0 and "not a readable CSV" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")

@@ -190,7 +190,9 @@ def test_reports_from_a_metadata_column_and_bad_sources(planted_index, tmp_path,
     assert out.exit_code == 0, out.stderr
     version, info = info_of(index)
     assert info["column"] == "notes" and info["slides"] == 2
-    for args, needle in (((csv, "--reports", "nosuchcolumn"), "no such metadata column"),
+    bad = tmp_path / "bad.csv"
+    bad.write_text('slide_id,notes\nS01,"Necrosis.\nS02,x,y,z\n')  # an unclosed quote
+    for args, needle in (((csv, "--reports", "nosuchcolumn"), "no such metadata column"), ((bad,), "not a readable CSV"),
                          ((csv, "--reports", str(csv)), "not a folder"),
                          (("--reports", str(tmp_path), "--report-model", str(tmp_path)), "no <slide_id>.txt"),
                          ((), "give a metadata CSV")):

@@ -4,8 +4,8 @@
 A folder whose modules are Transformer → Pooling (mean or CLS) → optional Normalize (all-MiniLM-L6-v2 and
 most sentence models) is run with ``transformers`` directly: importing ``sentence_transformers`` alone
 costs ~2.4 s here, which would put the first report query over its 2-s budget. Any other folder goes
-through ``SentenceTransformer``. On a CPU with native bfloat16 (AVX512-BF16/AMX) the model runs under
-bfloat16 autocast: 3× faster, cosine to the float32 embedding ≥ 0.9999.
+through ``SentenceTransformer``. On a CPU with native bfloat16 (AVX512-BF16/AMX), index-time batches of
+long texts run under bfloat16 autocast: 3× faster, cosine to the float32 embedding ≥ 0.9999.
 """
 
 from __future__ import annotations
@@ -59,9 +59,8 @@ class ReportModel:
         """Unit embeddings (len(texts), dim), float32; a text longer than the model's window is truncated."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        with _autocast():
-            out = self.model.encode(list(texts), batch_size=BATCH, convert_to_numpy=True, normalize_embeddings=True,
-                                    show_progress_bar=False)
+        out = self.model.encode(list(texts), batch_size=BATCH, convert_to_numpy=True, normalize_embeddings=True,
+                                show_progress_bar=False)
         return np.ascontiguousarray(out, np.float32)
 
 
@@ -77,20 +76,35 @@ class _PlainEncoder:
         self.net = AutoModel.from_pretrained(folder, local_files_only=True).eval()
 
     def encode(self, texts: list[str], batch_size: int = BATCH, normalize_embeddings: bool = True, **_) -> np.ndarray:
+        """Unit embeddings; on a bfloat16 CPU, a batch of long texts runs under autocast at one fixed shape
+        (BATCH × max_length: oneDNN compiles a kernel per input shape, ~2 s each, so varied shapes would cost
+        more than they save), everything else in float32."""
         torch = self.torch
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+        order = np.argsort([-n for n in lengths], kind="stable")  # similar lengths share a batch: less padding
         out = np.zeros((len(texts), self.net.config.hidden_size), np.float32)
+        long = native_bf16() and not os.environ.get("SLIDESEARCH_REPORT_FP32") and len(texts) >= 8
+        threads = torch.get_num_threads()
+        if len(texts) < 8 and max(lengths) <= 64:
+            torch.set_num_threads(1)  # a short query: one thread is as fast, and never spins against a busy core
+        try:
+            return self._encode(texts, lengths, order, out, long, batch_size, normalize_embeddings)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _encode(self, texts, lengths, order, out, long, batch_size, normalize_embeddings) -> np.ndarray:
+        torch = self.torch
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 rows = order[start:start + batch_size]
-                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                fixed = long and lengths[rows[-1]] * 2 > self.max_length
+                batch = self.tokenizer([texts[i] for i in rows] + [""] * (batch_size - len(rows) if fixed else 0),
+                                       padding="max_length" if fixed else True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt")
-                hidden = self.net(**batch).last_hidden_state.float()
-                if self.pooling == "cls":
-                    pooled = hidden[:, 0]
-                else:
-                    mask = batch["attention_mask"].unsqueeze(-1).float()
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fixed):
+                    hidden = self.net(**batch).last_hidden_state.float()[:len(rows)]
+                mask = batch["attention_mask"][:len(rows)].unsqueeze(-1).float()
+                pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 if normalize_embeddings:
                     pooled = torch.nn.functional.normalize(pooled, dim=1)
                 out[rows] = pooled.numpy()
@@ -165,16 +179,6 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def _autocast():
-    import contextlib
-
-    if not native_bf16() or os.environ.get("SLIDESEARCH_REPORT_FP32"):
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def weights_sha256(folder: Path) -> str:

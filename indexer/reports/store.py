@@ -129,16 +129,16 @@ def build_reports(root: Path, number: int, metadata: pa.Table | None, previous: 
             "timings": {"load model": round(t_model - t0, 3), "split+tag+attributes": round(t1 - t_model, 3),
                         "encode": round(t2 - t1, 3)}}
     folder = root / "reports" / f"v{number:06d}"
-    write_reports(folder, [pieces[s] for s in order], digests, model, matcher.phrase_vectors, info)
+    write_reports(folder, _tables([pieces[s] for s in order], digests, model.dim), model, matcher.phrase_vectors, info)
     return str(folder.relative_to(root))
 
 
-def write_reports(folder: Path, pieces: list, digests: dict[str, str], model, phrase_vectors: np.ndarray,
-                  info: dict[str, Any]) -> None:
-    """Write a report folder atomically (built beside it, then renamed) from (ReportRows, vector) per report,
-    in slide_id order; ``info`` is completed with the model and the counts."""
+def write_reports(folder: Path, tables: tuple, model, phrase_vectors: np.ndarray, info: dict[str, Any]) -> None:
+    """Write a report folder atomically (built beside it, then renamed) from its tables (sentences, reports,
+    attributes, vectors, BM25 documents: one list of tagged words per report), in slide_id order; ``info`` is
+    completed with the model and the counts."""
     t0 = time.perf_counter()
-    sentences, reports, attributes, vectors, tokens = _tables(pieces, digests, model.dim)
+    sentences, reports, attributes, vectors, tokens = tables
     build = folder.with_name(f".build-{folder.name}")
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
@@ -149,7 +149,7 @@ def write_reports(folder: Path, pieces: list, digests: dict[str, str], model, ph
     build_lexical(tokens, build / LEXICAL)
     np.save(build / PHRASES, phrase_vectors)
     info = {"format": FORMAT, **info, "model": model.name, "model_path": model.path, "model_sha256": model.sha256,
-            "dim": model.dim, "slides": len(pieces), "sentences": sentences.num_rows, "attributes": attributes.num_rows}
+            "dim": model.dim, "slides": reports.num_rows, "sentences": sentences.num_rows, "attributes": attributes.num_rows}
     info.setdefault("timings", {})["write"] = round(time.perf_counter() - t0, 3)
     (build / INFO).write_text(json.dumps(info, indent=1) + "\n")
     build.rename(folder)
