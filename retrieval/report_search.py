@@ -234,7 +234,7 @@ class ReportEvidence:
             mask &= np.isin(self.slide_of, allowed)
         self.mask = mask
         self.scores = self.source.score(self.query, mask)
-        self.contradicted = {int(self.slide_of[r]) for r in np.flatnonzero(self.scores.contradicts & mask)}
+        self.contradicted = set(self.slide_of[self.scores.contradicts & mask].tolist())
 
     def slide_scores(self, depth: int) -> dict[int, float]:
         """slide_row → fused report score of the ``depth`` best allowed reports, best first."""

