@@ -4,7 +4,7 @@ A report's score fuses two report-level views (weights and pool tuned on the tun
 benchmark, ``benchmarks/reports_real.py``):
 
 - lexical: BM25 of the query's polarity-tagged words against the report's (``indexer/reports/lexical.py``),
-  divided by the best report's BM25;
+  divided by the best report's BM25 (a long query: its LONG_TERMS rarest words);
 - dense: cosine of the query to the report vector (the report model over the report text), min-max scaled
   between the POOL-th best report and the best one (reports below the POOL-th count 0).
 
@@ -31,6 +31,7 @@ from indexer.reports.lexical import tagged_spans, tagged_tokens, top_k, untagged
 SHORT_WORDS = 8
 W_SHORT, W_LONG = 0.6, 0.4  # tuned: benchmarks/reports_real.py --tune (grid 0.2-0.8 × pool 10-300)
 POOL = 100
+LONG_TERMS = 64  # a long query's BM25 uses its LONG_TERMS rarest words: common words cost the most, weigh the least
 CONTRADICTS = -2.0
 MIXED = -0.5
 
@@ -129,7 +130,7 @@ class ReportSource:
               pool: int | None = None) -> ReportScores:
         """Scores of every report (``mask``: reports allowed; the others score −inf)."""
         n = self.files.lexical.n
-        lexical = self.files.lexical.scores(query.tokens)
+        lexical = self.files.lexical.scores(query.tokens if query.short else self.rarest(query.tokens, LONG_TERMS))
         dense = self.vectors @ query.vector.astype(np.float32) if n else np.zeros(0, np.float32)
         usable = np.ones(n, bool) if mask is None else mask
         fused = np.full(n, -np.inf, np.float32)
@@ -140,6 +141,14 @@ class ReportSource:
         fused[contradicts & usable] += CONTRADICTS
         fused[mixed & usable] += MIXED
         return ReportScores(lexical, dense, fused, contradicts)
+
+    def rarest(self, tokens: list[str], keep: int) -> list[str]:
+        """``tokens`` (with repeats) restricted to the ``keep`` distinct ones found in fewest reports."""
+        lexical = self.files.lexical
+        df = {t: int(lexical.indptr[lexical.vocab[t] + 1] - lexical.indptr[lexical.vocab[t]])
+              for t in set(tokens) if t in lexical.vocab}
+        kept = set(sorted(df, key=lambda t: (df[t], t))[:keep])
+        return [t for t in tokens if t in kept]
 
     def polarity(self, query: ReportQuery) -> tuple[np.ndarray, np.ndarray]:
         """Reports that contradict a short query (they state an asserted finding only with the other
