@@ -101,10 +101,10 @@ class Methods:
     def __init__(self, reports, rows: list[dict], seed: int):
         import bm25s
 
-        from indexer.reports.lexical import _stemmer
+        from indexer.reports.lexical import stemmer
 
         self.source, self.rows = reports.source, rows
-        self.tokenize = lambda texts: bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=False,
+        self.tokenize = lambda texts: bm25s.tokenize(texts, stopwords="en", stemmer=stemmer(), show_progress=False,
                                                      return_ids=False)
         self.bm25 = bm25s.BM25()
         self.bm25.index(self.tokenize([r["report"] for r in rows]), show_progress=False)

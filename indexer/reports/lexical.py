@@ -28,7 +28,8 @@ POLARITY_WORDS = frozenset({
 
 
 @lru_cache(maxsize=1)
-def _stemmer():
+def stemmer():
+    """The English Snowball stemmer (PyStemmer), shared."""
     import Stemmer
 
     return Stemmer.Stemmer("english")
@@ -43,7 +44,7 @@ def _stopwords() -> frozenset[str]:
 
 def stem(word: str) -> str:
     """The stem of one word, as the index stores it (no polarity tag)."""
-    return _stemmer().stemWord(word.lower())
+    return stemmer().stemWord(word.lower())
 
 
 def tagged_tokens(text: str, found: list[Scope] | None = None) -> list[str]:
@@ -60,7 +61,7 @@ def tagged_spans(text: str, found: list[Scope] | None = None) -> list[tuple[str,
     found = scopes(text) if found is None else found
     stop = _stopwords()
     kept = [(w, m.start(), m.end()) for m in _TOKEN.finditer(text) if (w := m.group(0).lower()) not in stop]
-    stems = _stemmer().stemWords([w for w, _, _ in kept])
+    stems = stemmer().stemWords([w for w, _, _ in kept])
     out = []
     for s, (_, start, end) in zip(stems, kept):
         scope = next((x for x in found if x.start <= start < x.end), None) if found else None
