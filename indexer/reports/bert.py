@@ -65,7 +65,7 @@ class Bert:
 
 
 class Tokenizer:
-    """``tokenizer.json`` through the ``tokenizers`` library: ids and attention masks as torch tensors."""
+    """``tokenizer.json`` through the ``tokenizers`` library: truncated ids, then padded torch tensors."""
 
     def __init__(self, folder: Path, max_length: int):
         from tokenizers import Tokenizer as Fast
@@ -75,18 +75,17 @@ class Tokenizer:
         self.fast.enable_truncation(max_length)
         self.max_length = max_length
 
-    def lengths(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self.fast.encode_batch(texts)]
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, truncated to max_length (special tokens included)."""
+        return [e.ids for e in self.fast.encode_batch(texts)]
 
-    def __call__(self, texts: list[str], fixed: bool):
-        """(input_ids, attention_mask) padded to the longest text, or to max_length when ``fixed``."""
+    def pad(self, ids: list[list[int]], width: int):
+        """(input_ids, attention_mask), (len(ids), width) long tensors: ids left-aligned, zeros after."""
         import torch
 
-        encoded = self.fast.encode_batch(texts)
-        width = self.max_length if fixed else max(len(e.ids) for e in encoded)
-        ids = torch.zeros((len(texts), width), dtype=torch.long)
-        mask = torch.zeros((len(texts), width), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            ids[i, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-            mask[i, :len(e.ids)] = 1
-        return ids, mask
+        out = torch.zeros((len(ids), width), dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, :len(row)] = 1
+        return out, mask
