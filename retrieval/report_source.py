@@ -26,7 +26,7 @@ from functools import cached_property
 import numpy as np
 
 from indexer.errors import QueryError
-from indexer.reports.lexical import tagged_spans, tagged_tokens, top_k, untagged
+from indexer.reports.lexical import stored_spans, tagged_tokens, top_k, untagged
 
 SHORT_WORDS = 8
 W_SHORT, W_LONG = 0.6, 0.4  # tuned: benchmarks/reports_real.py --tune (grid 0.2-0.8 × pool 10-300)
@@ -44,6 +44,7 @@ class ReportQuery:
     tokens: list[str]
     short: bool
     vector: np.ndarray = field(repr=False)
+    idf: dict[str, float] = field(repr=False)  # each distinct word's log(1 + reports / reports with it)
 
     @property
     def asserted(self) -> list[str]:
@@ -84,7 +85,7 @@ class ReportSource:
 
     def ready(self) -> None:
         """Load everything a query needs now."""
-        _ = self.model, self.vectors, self.files.lexical, self.report_slide
+        _ = self.model, self.vectors, self.files.lexical, self.report_slide, self._sentences
 
     @property
     def model(self):
@@ -124,13 +125,20 @@ class ReportSource:
         if not (text or "").strip():
             raise QueryError("empty text query")
         tokens = tagged_tokens(text)
-        return ReportQuery(text, tokens, len(tokens) <= SHORT_WORDS, self.model.encode([text])[0])
+        return ReportQuery(text, tokens, len(tokens) <= SHORT_WORDS, self.model.encode([text])[0], self.idf(tokens))
+
+    def idf(self, tokens: list[str]) -> dict[str, float]:
+        """log(1 + reports / reports with the word) of each distinct word (a word in no report: as in one)."""
+        lexical, distinct = self.files.lexical, list(dict.fromkeys(tokens))
+        ids = np.asarray([lexical.vocab.get(t, -1) for t in distinct], np.int64)
+        df = np.where(ids >= 0, lexical.indptr[ids + 1] - lexical.indptr[ids], 0) if len(ids) else ids
+        return dict(zip(distinct, np.log1p(lexical.n / np.maximum(1, df)).tolist()))
 
     def score(self, query: ReportQuery, mask: np.ndarray | None = None, w: float | None = None,
               pool: int | None = None) -> ReportScores:
         """Scores of every report (``mask``: reports allowed; the others score −inf)."""
         n = self.files.lexical.n
-        lexical = self.files.lexical.scores(query.tokens if query.short else self.rarest(query.tokens, LONG_TERMS))
+        lexical = self.files.lexical.scores(query.tokens if query.short else self.rarest(query, LONG_TERMS))
         dense = self.vectors @ query.vector.astype(np.float32) if n else np.zeros(0, np.float32)
         usable = np.ones(n, bool) if mask is None else mask
         fused = np.full(n, -np.inf, np.float32)
@@ -142,13 +150,11 @@ class ReportSource:
         fused[mixed & usable] += MIXED
         return ReportScores(lexical, dense, fused, contradicts)
 
-    def rarest(self, tokens: list[str], keep: int) -> list[str]:
-        """``tokens`` (with repeats) restricted to the ``keep`` distinct ones found in fewest reports."""
-        lexical = self.files.lexical
-        df = {t: int(lexical.indptr[lexical.vocab[t] + 1] - lexical.indptr[lexical.vocab[t]])
-              for t in set(tokens) if t in lexical.vocab}
-        kept = set(sorted(df, key=lambda t: (df[t], t))[:keep])
-        return [t for t in tokens if t in kept]
+    def rarest(self, query: ReportQuery, keep: int) -> list[str]:
+        """The query's words (with repeats) restricted to the ``keep`` distinct ones found in fewest reports."""
+        vocab = self.files.lexical.vocab
+        kept = set(sorted((t for t in query.idf if t in vocab), key=lambda t: (-query.idf[t], t))[:keep])
+        return [t for t in query.tokens if t in kept]
 
     def polarity(self, query: ReportQuery) -> tuple[np.ndarray, np.ndarray]:
         """Reports that contradict a short query (they state an asserted finding only with the other
@@ -172,21 +178,14 @@ class ReportSource:
         first, texts, tokens = self._sentences
         start = int(first[report_row])
         stop = int(first[report_row + 1]) if report_row + 1 < len(first) else len(texts)
-        wanted = set(query.tokens)
-        idf: dict[str, float] = {}
-        weights = [sum(idf[t] if t in idf else idf.setdefault(t, self._idf(t)) for t in set(w.split()) & wanted)
-                   for w in tokens.slice(start, stop - start).to_pylist()]
-        best = start + int(np.argmax(weights)) if weights else start
-        text = texts[best].as_py() if best < len(texts) else ""
-        spans = [[a, b] for t, a, b in tagged_spans(text) if t in wanted]
-        return {"sentence": text, "highlights": spans, "sentence_row": best,
+        idf = query.idf
+        words = [w.split() for w in tokens.slice(start, stop - start).to_pylist()]
+        weights = [sum(map(idf.__getitem__, idf.keys() & w)) for w in words]
+        best = int(np.argmax(weights)) if weights else 0
+        text = texts[start + best].as_py() if start + best < len(texts) else ""
+        spans = [[a, b] for t, a, b in stored_spans(text, words[best] if words else []) if t in idf]
+        return {"sentence": text, "highlights": spans, "sentence_row": start + best,
                 "via": "lexical" if weights and max(weights) > 0 else "dense"}
-
-    def _idf(self, token: str) -> float:
-        lexical = self.files.lexical
-        t = lexical.vocab.get(token)
-        df = 0 if t is None else int(lexical.indptr[t + 1] - lexical.indptr[t])
-        return float(np.log1p(lexical.n / max(1, df)))
 
     def top(self, scores: ReportScores, k: int) -> np.ndarray:
         """The k best report rows (allowed ones only), best first."""

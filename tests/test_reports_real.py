@@ -94,3 +94,13 @@ def test_polarity_demotes_reports_that_deny_what_a_short_query_asserts(real_repo
                                source.parse("necrosis present"))
     start, end = hit["highlights"][0]
     assert hit["sentence"][start:end].lower().startswith("necros")
+
+
+def test_highlights_from_stored_words_equal_a_fresh_negex_pass(real_reports):
+    from indexer.reports.lexical import stored_spans, tagged_spans
+
+    sentences = real_reports[0].files.sentences
+    texts, tokens = sentences.column("text").to_pylist(), sentences.column("tokens").to_pylist()
+    assert len(texts) > 1000 and sum(" neg_" in f" {t}" for t in tokens) > 50
+    for text, words in zip(texts, tokens):
+        assert stored_spans(text, words.split()) == tagged_spans(text)

@@ -59,14 +59,31 @@ def tagged_tokens(text: str, found: list[Scope] | None = None) -> list[str]:
 def tagged_spans(text: str, found: list[Scope] | None = None) -> list[tuple[str, int, int]]:
     """(tagged stem, start, end) of each kept word of one sentence (or short query)."""
     found = scopes(text) if found is None else found
-    stop = _stopwords()
-    kept = [(w, m.start(), m.end()) for m in _TOKEN.finditer(text) if (w := m.group(0).lower()) not in stop]
+    kept = _kept_words(text)
     stems = stemmer().stemWords([w for w, _, _ in kept])
     out = []
     for s, (_, start, end) in zip(stems, kept):
         scope = next((x for x in found if x.start <= start < x.end), None) if found else None
         out.append((PREFIX[scope.polarity] + s if scope is not None else s, start, end))
     return out
+
+
+def stored_spans(text: str, tokens: list[str]) -> list[tuple[str, int, int]]:
+    """``tagged_spans`` of a sentence whose tagged words the index stored (``tokens``): no NegEx pass.
+
+    >>> stored_spans("No necrosis.", ["neg_necrosi"])
+    [('neg_necrosi', 3, 11)]
+    """
+    kept = _kept_words(text)
+    if len(kept) != len(tokens):  # not this sentence's stored words: tag it again
+        return tagged_spans(text)
+    return [(t, start, end) for t, (_, start, end) in zip(tokens, kept)]
+
+
+def _kept_words(text: str) -> list[tuple[str, int, int]]:
+    """(lower-cased word, start, end) of each word that is not a stop or polarity word."""
+    stop = _stopwords()
+    return [(w, m.start(), m.end()) for m in _TOKEN.finditer(text) if (w := m.group(0).lower()) not in stop]
 
 
 def untagged(token: str) -> str:
