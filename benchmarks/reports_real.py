@@ -362,6 +362,23 @@ def first_query(rows: list[dict], out: Path, runs: int = 3) -> dict:
             "runs": runs}
 
 
+def provenance(machine: str) -> dict:
+    """The command, the commit (``-dirty`` with uncommitted changes) and the machine of this run."""
+    from indexer.reports.model import native_bf16
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    memory = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:")), 0) if Path("/proc/meminfo").is_file() else 0
+    return {"command": " ".join(["python", str(Path(sys.argv[0]).resolve().relative_to(ROOT)
+                                              if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0]),
+                                 *sys.argv[1:]]),
+            "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain") else ""),
+            "machine": f"{machine}, {memory / 2**20:.0f} GiB, native bfloat16: {'yes' if native_bf16() else 'no'}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, default=DATA)
@@ -378,7 +395,7 @@ def main() -> None:
 
     rows = load(args.csv)
     tune_rows, held_rows = split(rows, args.seed)
-    result: dict = {"machine": machine_description(), "data": str(args.csv.relative_to(ROOT) if args.csv.is_relative_to(ROOT) else args.csv),
+    result: dict = {**provenance(machine_description()), "data": str(args.csv.relative_to(ROOT) if args.csv.is_relative_to(ROOT) else args.csv),
                     "reports": {"tune": len(tune_rows), "held-out": len(held_rows)},
                     "types": len({r["cancer_type"] for r in rows})}
     if args.tune:
