@@ -22,7 +22,7 @@ class SlidePatches:
     """
 
     def __init__(self, slide_path: str | Path, grid: "TileGrid", preprocess: Callable, mpp: float | None = None):
-        self.slide_path, self.grid, self.preprocess, self.mpp = Path(slide_path), grid, preprocess, mpp
+        self.slide_path, self.grid, self.preprocess, self.mpp = slide_path, grid, preprocess, mpp  # a URL stays a str
         self._slide: Any = None
 
     def open(self) -> Any:

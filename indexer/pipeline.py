@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from indexer.aggregate import AggregationConfig
+from indexer.dicomweb_sources import list_sources, source_facts
 from indexer.encode import file_facts
 from indexer.encoders import file_sha256
 from indexer.engines.job import EncodeJob, SlideOutcome
@@ -156,7 +157,7 @@ def run_index(
     already committed with the same file and settings are skipped; staged work of a killed run is resumed.
 
     Args:
-        inputs: slide files or directories.
+        inputs: slide files or directories, or DICOMweb URLs (``indexer.dicomweb_sources``).
         out: the index directory (created if missing).
         config: model, tiling, bank and index options.
         metadata_csv: optional CSV of user columns, merged into the stored metadata.
@@ -170,11 +171,12 @@ def run_index(
     from indexer.store.compact import auto_merge, vacuum
 
     # Every check comes before the first write: a refused run leaves the index as it was.
-    slides = [(check_slide_id(slide_id_of(p)), p) for p in collect_slides(inputs)]
+    slides, notes = list_sources(inputs, lambda files: [(check_slide_id(slide_id_of(p)), p)
+                                                        for p in collect_slides(files)])
     new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
     report_table, report_config = report_source(reports, new_metadata, report_model)
     timings: dict[str, float] = defaultdict(float)
-    report = IndexReport(out=Path(out))
+    report = IndexReport(out=Path(out), notes=notes)
     bank = load_bank(config.bank)
     with open_engine(config, out, report) as engine:
         t0 = time.perf_counter()
@@ -253,7 +255,7 @@ class _Run:
         """Skip, refuse or resume one slide (None), or the job that encodes it; a failure is recorded, never raised."""
         mpp = self.config.mpp or self.overrides.get(slide_id)
         fingerprint = self.settings.fingerprint(mpp)
-        facts = {"slide_id": slide_id, "path": str(path), **file_facts(path), "fingerprint": fingerprint,
+        facts = {"slide_id": slide_id, "path": str(path), **source_facts(path, file_facts), "fingerprint": fingerprint,
                  "mpp_override": mpp}
         live = self.writer.live_slides.get(slide_id)
         same_file = live is not None and _same_file(live, facts, path)
@@ -341,7 +343,9 @@ class _Run:
 
 
 def _same_file(record: dict[str, Any], facts: dict[str, Any], path: Path) -> bool:
-    """Same content as recorded: equal size and mtime, else equal sha256."""
+    """Same content as recorded: equal size and mtime, else equal sha256 (known up front for a DICOMweb series)."""
+    if facts.get("sha256") is not None:
+        return record.get("sha256") == facts["sha256"]
     if (record.get("size_bytes"), record.get("mtime_ns")) == (facts["size_bytes"], facts["mtime_ns"]):
         return True
     if record.get("size_bytes") != facts["size_bytes"]:

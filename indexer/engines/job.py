@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from indexer.encode import encode_slide
@@ -21,7 +20,7 @@ class EncodeJob:
 
     Attributes:
         slide_id: its id.
-        path: the slide file or DICOM folder (on storage every worker sees at the same path).
+        path: the slide file or DICOM folder (on storage every worker sees at the same path), or DICOMweb URL.
         facts: slide_id, path, size_bytes, mtime_ns, fingerprint, mpp_override (and sha256 when known).
         mpp: microns per pixel given for it (None: the file's).
         live: its committed record, when the index has one (decides what a commit replaces).
@@ -75,7 +74,7 @@ def run_job(job: EncodeJob, config, encoder, staging: Staging, progress: StagePr
         return SlideOutcome(record, 0, reason, dict(timings))
 
     try:
-        encoded = encode_slide(Path(job.path), record, config, encoder, job.mpp, timings, progress)
+        encoded = encode_slide(job.path, record, config, encoder, job.mpp, timings, progress)
     except UserError as exc:
         return fail(str(exc))
     except ImportError:

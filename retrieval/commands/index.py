@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from indexer.errors import UserError
-from retrieval.cli_app import app, guarded, print_json
+from retrieval.cli_app import DICOMWEB_TOKEN_OPTION, app, guarded, print_json
 
 REPORTS_HELP = ("Index pathology reports for report search: a folder of <slide_id>.txt files, or the metadata "
                 "column holding them (e.g. report). Later metadata that changes them re-indexes the changed ones.")
@@ -35,7 +35,9 @@ def parse_bytes(text: str | None) -> int | None:
 @app.command("index")
 @guarded
 def index_command(
-    slides: List[Path] = typer.Argument(..., help="Slide files or directories (searched recursively)."),
+    slides: List[str] = typer.Argument(..., metavar="SLIDES...", help="Slide files or directories (searched "
+                                       "recursively), or DICOMweb URLs: dicomweb+http(s)://HOST:PORT/PATH, optionally "
+                                       "…/studies/UID or …/studies/UID/series/UID (each WSI series is one slide)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory (created, or resumed/appended)."),
     model: str = typer.Option("tiny", "--model", "-m", help="Encoder name (see `slidesearch models`)."),
     checkpoint: Optional[str] = typer.Option(None, help="Local weights for the encoder."),
@@ -65,16 +67,20 @@ def index_command(
     address: Optional[str] = typer.Option(None, help="Ray engine: the cluster, auto or HOST:PORT (default: the running one, else a new local one)."),
     actors: Optional[int] = typer.Option(None, min=1, help="Ray engine: encoder actors (default: one per GPU, else as many as the CPUs hold)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer of the index instead of refusing."),
+    dicomweb_token_file: Optional[Path] = DICOMWEB_TOKEN_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Index slides: tile, embed, aggregate, and write Parquet + FAISS (resumable; exit 3 if some slides failed)."""
     import dataclasses
 
+    from indexer.slides.dicomweb import use_token_file
+
     from indexer.aggregate import AggregationConfig
     from indexer.pipeline import IndexConfig, run_index
     from indexer.tiling import TilingConfig
 
+    use_token_file(dicomweb_token_file)
     if features is not None and not features.is_dir():
         raise UserError(f"--features {features}: no such directory")
     if (slide_features is None) != (slide_encoder is None):

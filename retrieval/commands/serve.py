@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from retrieval.cli_app import app, fail, guarded
+from retrieval.cli_app import DICOMWEB_TOKEN_OPTION, app, fail, guarded
 from retrieval.serve import DEFAULT_HOST, DEFAULT_PORT, one_thread_per_request, url
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -22,13 +22,16 @@ def serve_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for embedding queries)."),
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="Let pages from this origin call the API (repeatable; default: CORS off)."),
     workers: Optional[int] = typer.Option(None, "--concurrency", help="Expensive requests (searches, tiles, heatmaps) running at once (default: CPU count)."),
+    dicomweb_token_file: Optional[Path] = DICOMWEB_TOKEN_OPTION,
 ) -> None:
     """Serve INDEX over HTTP: the API (OpenAPI at /docs) and the search page at /; follows new versions live."""
     one_thread_per_request()
     import uvicorn
 
+    from indexer.slides.dicomweb import use_token_file
     from retrieval.serve.app import create_app
 
+    use_token_file(dicomweb_token_file)
     if not 0 < port < 65536:
         fail(f"--port {port}: expected 1-65535")
     if host not in LOOPBACK:
