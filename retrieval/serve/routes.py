@@ -141,6 +141,25 @@ def slide_detail(request: Request, slide_id: str, kind: Optional[Kind] = Query(N
     return JSON(_service(request).slide_detail(slide_id, kind, q, expand, mode))
 
 
+@router.get("/api/slides/{slide_id}/matches.geojson", tags=["slides"], response_class=Response,
+            summary="The slide's matches for a query as QuPath GeoJSON (the file `search … --geojson` writes)",
+            responses={200: {"content": {"application/geo+json": {}}}})
+def matches_geojson(request: Request, slide_id: str, kind: Kind = Query(..., description="The query's kind."),
+                    q: str = Query(..., max_length=1000, description="Text, slide id or region of the query."),
+                    rank: int = Query(1, ge=1, le=100000, description="The hit's rank in the page's result."),
+                    mode: Mode = MODE, expand: bool = EXPAND) -> Response:
+    from indexer.slide_ids import safe_file_name
+    from retrieval.geojson import MEDIA_TYPE, SUFFIX, geojson_bytes, hit_feature_collection
+    from retrieval.serve.service import NotFoundError
+
+    hit = _service(request).slide_detail(slide_id, kind, q, expand, mode)["hit"]
+    if hit is None:
+        raise NotFoundError(f"slide {slide_id[:80]!r} is no hit of this query")
+    name = f"{safe_file_name(slide_id)}{SUFFIX}"
+    return Response(geojson_bytes(hit_feature_collection({**hit, "rank": rank}, kind, q)), media_type=MEDIA_TYPE,
+                    headers={"Content-Disposition": f"attachment; filename=\"{name}\""})
+
+
 @router.get("/api/slides/{slide_id}/thumbnail.png", tags=["slides"], response_class=Response, responses={200: IMAGE_TYPES})
 def thumbnail(request: Request, slide_id: str, max_px: int = Query(256, ge=16, le=1024)) -> Response:
     service = _service(request)

@@ -129,12 +129,24 @@ function renderCards() {
     const card = el("article", { class: "card", "data-slide-id": hit.slide_id },
       el("h3", {}, el("span", { text: `${hit.rank}. ${hit.slide_id}` }), el("span", { class: "score", text: hit.score.toFixed(3) })),
       el("img", { class: "thumb", src: `${slideURL(hit.slide_id)}/thumbnail.png?max_px=256`, alt: hit.slide_id, loading: "lazy" }),
-      meta, ...reportLine(hit), el("div", { class: "muted", text: "prototypes" }), protos, el("div", { class: "muted", text: "best patches" }), crops);
+      meta, ...reportLine(hit), el("div", { class: "muted", text: "prototypes" }), protos, el("div", { class: "muted", text: "best patches" }), crops,
+      ...geojsonLink(hit));
     card.addEventListener("click", () => { state.open = hit.slide_id; writeURL(true); openViewer(hit.slide_id, hit); });
     return card;
   });
   $("#results").replaceChildren(...cards);
   if (!cards.length) $("#results").append(el("p", { class: "muted", text: "no slides matched" }));
+}
+
+// The hit's matched patches as a QuPath GeoJSON file (the one `search … --geojson` writes); not for an uploaded image.
+function geojsonLink(hit) {
+  if (!state.q) return [];
+  const p = new URLSearchParams({ kind: state.mode, q: state.q, rank: hit.rank });
+  if (state.mode === "slide") p.set("mode", state.smode);
+  const link = el("a", { class: "geojson", href: `${slideURL(hit.slide_id)}/matches.geojson?${p}`,
+    download: `${hit.slide_id}.geojson`, title: "the matched patches as QuPath annotations", text: "QuPath GeoJSON" });
+  link.addEventListener("click", (event) => event.stopPropagation());
+  return [link];
 }
 
 function openViewer(slideId, hit) {
