@@ -23,6 +23,7 @@ SCHEMES = ("dicomweb+http", "dicomweb+https")
 TOKEN_ENV = "SLIDESEARCH_DICOMWEB_TOKEN_FILE"
 TIMEOUT = (10.0, 120.0)  # seconds to connect, and to wait for each answer
 RETRIES = 3  # on a refused connection, 502, 503 and 504 (with backoff)
+FRAME_CACHE = (32 << 20, 16 << 20)  # bytes of encoded and decoded frames each open slide keeps (wsidicom's: 100 MB each)
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -189,11 +190,12 @@ class DicomWebSlide(WsiDicomSlide):
         if address.series is None:
             raise SlideError(f"{url}: names no series; a DICOMweb slide is …/studies/UID/series/UID")
         self.url = address.url()
-        from wsidicom import WsiDicom, WsiDicomWebClient
+        from wsidicom import Settings, WsiDicom, WsiDicomWebClient
 
         client = WsiDicomWebClient(dicomweb_client(address))
+        settings = Settings(encoded_frame_cache_size=FRAME_CACHE[0], decoded_frame_cache_size=FRAME_CACHE[1])
         try:
-            wsi = WsiDicom.open_web(client, address.study, address.series)
+            wsi = WsiDicom.open_web(client, address.study, address.series, settings=settings)
         except Exception as exc:  # noqa: BLE001 - HTTP failures, and wsidicom's errors for a foreign series
             why = http_problem(exc) or f"not a readable whole-slide image series ({one_line(exc)})"
             raise SlideError(f"{self.url}: {why}") from None
