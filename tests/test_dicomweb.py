@@ -121,6 +121,17 @@ def test_indexes_every_wsi_series_and_a_region_query_equals_the_one_on_the_sourc
         assert [h[2] for h in over_http] == [h[2] for h in from_disk]
 
 
+def test_tiles_reads_a_dicomweb_series_as_the_same_folder_from_disk(archive, run_cli):
+    ids = archive["a_uids"]
+    url = f"{archive['orthanc'].source}/studies/{ids['study']}/series/{ids['series']}"
+    over_http, from_disk = (run_cli("tiles", source, "--mag", "10", "--json") for source in (url, archive["a"]))
+    assert over_http.exit_code == 0 and from_disk.exit_code == 0, over_http.output
+    web, disk = json.loads(over_http.stdout), json.loads(from_disk.stdout)
+    assert web["vendor"] == "dicomweb" and web["path"] == url and disk["vendor"] == "dicom"
+    for key in ("dimensions", "mpp", "tiling", "tissue_fraction", "patches"):
+        assert web[key] == disk[key], key
+
+
 def test_a_rerun_indexes_only_new_or_changed_series(archive, run_cli, tmp_path):
     orthanc = archive["orthanc"]
     out = tmp_path / "index"
