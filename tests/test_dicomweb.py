@@ -178,6 +178,12 @@ def test_unreachable_servers_and_malformed_urls_get_one_line(run_cli, tmp_path):
     assert code == 2 and "credentials do not belong in the URL" in line and "secret" not in line
     code, _, result = index(run_cli, "dicomweb+http://127.0.0.1:1/dicom-web/studies/not-a-uid", "--out", tmp_path / "c")
     assert code == 2 and "is not a DICOM UID" in one_error_line(result)
+    (tmp_path / "two.token").write_text("two tokens\n")
+    for token, why in ((tmp_path / "none.token", "cannot be read"), (tmp_path / "two.token", "one bearer token")):
+        code, _, result = index(run_cli, "dicomweb+http://127.0.0.1:1/dicom-web", "--out", tmp_path / "d",
+                                "--dicomweb-token-file", token)
+        assert code == 2 and why in one_error_line(result)
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_orthanc_asking_for_credentials_gets_one_line(archive, run_cli, tmp_path):
