@@ -395,7 +395,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
         exact = _search_few(index, q, k, allowed)
         if exact is not None:
             return exact
-    params = _filter_params(index, allowed)
+    params = filter_params(index, allowed)
     if params is not None:
         try:
             return _pad(*index.search(q, min(k, limit, allowed.size), params=params), k)
@@ -570,7 +570,9 @@ def _selector(allowed: np.ndarray):
     return faiss.IDSelectorBatch(allowed)
 
 
-def _filter_params(index, allowed):
+def filter_params(index, allowed: np.ndarray):
+    """FAISS search parameters restricting ``index`` to ``allowed`` (sorted unique ids), with IVF nprobe and HNSW
+    efSearch widened by ``ntotal / |allowed|``; None for indexes that take none (GPU ones, other kinds)."""
     import faiss
 
     if _is_gpu(index):
