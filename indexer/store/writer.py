@@ -311,7 +311,7 @@ class IndexWriter:
         segments[first:first + len(old_ids)] = [entry]
         rows = np.setdiff1d(self.tombstones, dropped_rows)
         new = self.version.successor(segments=tuple(segments), next_segment=self.version.next_segment + 1,
-                                     operation=operation, timings={},
+                                     operation=operation, timings={}, devices={"faiss": faiss_label()},
                                      quantizers=self.version.quantizers if quantizers is None else quantizers)
         counts = {**new.counts, "tombstoned": int(len(rows))}
         tomb = write_tombstones(self.paths, new.number, rows) if len(rows) else None
