@@ -17,6 +17,8 @@ from indexer.errors import DeviceError
 
 DEVICE_ENV = "SLIDESEARCH_FAISS_DEVICE"  # auto | cpu | cuda ("cpu" keeps FAISS off a present GPU)
 _CHOICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
+GPU_PQ_BYTES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)  # GpuIndexIVFPQ code sizes (8-bit codes)
+SHARED_MEMORY = 48 * 1024  # bytes of shared memory per block FAISS counts on for IVF-PQ lookup tables
 
 
 class FaissGpu:
@@ -42,7 +44,10 @@ class FaissGpu:
 
         if self._resources is None:  # kept alive for as long as GPU indexes may use it
             self._resources = faiss.StandardGpuResources()
-        return faiss.index_cpu_to_gpu(self._resources, self.device, index)
+        options = faiss.GpuClonerOptions()
+        pq = _pq(index)  # wide PQ codes need float16 lookup tables to fit the shared memory (64 bytes: 64 KB)
+        options.useFloat16 = pq is not None and 4 * pq.M * (1 << pq.nbits) > SHARED_MEMORY
+        return faiss.index_cpu_to_gpu(self._resources, self.device, index, options)
 
     def to_cpu(self, index):
         import faiss
@@ -113,7 +118,8 @@ def faiss_label() -> str:
     """Where this process's FAISS builds run: ``cpu``, or the GPU with what stays on the CPU."""
     if not gpu_enabled():
         return "cpu"
-    return f"{gpu_backend().label()} (IVF training and adds; Flat and HNSW indexes are built on the CPU)"
+    return (f"{gpu_backend().label()} (IVF training and adds where FAISS has a GPU version; Flat and HNSW indexes "
+            "are built on the CPU)")
 
 
 def base_index(index):
@@ -125,11 +131,16 @@ def base_index(index):
 
 
 def gpu_implemented(index) -> bool:
-    """Whether FAISS has a GPU version of ``index``'s type: Flat and IVF (Flat, PQ, SQ); not HNSW graphs."""
+    """Whether FAISS has a GPU version of ``index``: Flat, IVF-Flat, IVF-SQ, and IVF-PQ with 8-bit codes of a size
+    ``GpuIndexIVFPQ`` supports (up to 96 bytes); not HNSW graphs, nor the 7-bit or 128-byte PQ codes of small or
+    very wide collections."""
     import faiss
 
     base = base_index(index)
-    return isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer))
+    if isinstance(base, faiss.IndexIVFPQ):
+        pq = base.pq
+        return pq.nbits == 8 and pq.M in GPU_PQ_BYTES and bool(base.by_residual) and base.polysemous_ht == 0
+    return isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer))
 
 
 def is_gpu(index) -> bool:
@@ -179,6 +190,14 @@ def _flat_coarse(index) -> Iterator[None]:
         yield
     finally:
         ivf.quantizer = real
+
+
+def _pq(index):
+    """The product quantizer of an IVF-PQ index, else None."""
+    import faiss
+
+    base = base_index(index)
+    return base.pq if isinstance(base, faiss.IndexIVFPQ) else None
 
 
 def _first_line(exc: BaseException) -> str:

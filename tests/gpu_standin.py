@@ -2,14 +2,15 @@
 
 Its "GPU" indexes are real FAISS indexes (CPU clones), so everything searched, trained or added through them gives
 real results that tests compare with the CPU path. It keeps FAISS's GPU cloner rules, so code that would fail on
-a GPU fails here too: an HNSW graph has no GPU version, and an IVF index moves only with a flat coarse quantizer
-(``allowCpuCoarseQuantizer`` is off by default). ``fail`` makes every move raise, like an out-of-memory GPU.
+a GPU fails here too: an HNSW graph has no GPU version, IVF-PQ needs 8-bit codes of a supported size, and an IVF
+index moves only with a flat coarse quantizer (``allowCpuCoarseQuantizer`` is off by default). ``fail`` makes every move raise, like an out-of-memory GPU.
 """
 
 from __future__ import annotations
 
 import faiss
 
+from indexer.faiss_device import GPU_PQ_BYTES
 from indexer.faiss_device import base_index as _base
 
 
@@ -37,6 +38,8 @@ class StandInGpu:
             raise RuntimeError(f"Error in GpuIndex: {self.fail}")
         if isinstance(base, faiss.IndexHNSW):
             raise RuntimeError("This index type is not implemented on GPU.")
+        if isinstance(base, faiss.IndexIVFPQ) and (base.pq.nbits != 8 or base.pq.M not in GPU_PQ_BYTES):
+            raise RuntimeError("GPU: only pq.nbits == 8 is supported")
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None and not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
             raise RuntimeError("This index type is not implemented on GPU and allowCpuCoarseQuantizer is set to false.")

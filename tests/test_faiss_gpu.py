@@ -21,7 +21,8 @@ from indexer.store.reader import Snapshot
 from indexer.store.rerank import RerankedIndex, open_index
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
-PLAN = quantizer.QuantizerPlan(nlist=32, nprobe=8)  # trained once the collection reaches 39·32 vectors
+PLAN = quantizer.QuantizerPlan(nlist=256, nprobe=16)  # trained at 39·256 vectors: 8-bit codes, as a GPU needs
+SLIDES, PATCHES, SEGMENT = 75, 200, 25  # 3 segments of 5,000 patches: the second crosses the threshold
 
 
 def _unit(n, d=32, seed=0):
@@ -46,11 +47,11 @@ def store(tmp_path_factory):
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
     root = tmp_path_factory.mktemp("gpu") / "index"
-    gen = bench.ScaleGenerator(dim=32, k=4, patches=50)
+    gen = bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantizer, "PLAN", PLAN)
-        bench.write_collection(root, 60, gen, 20)
-    queries = np.stack([gen.patch_draws(int(s), 1, stream=70 + i)[1][0] for i, s in enumerate(range(0, 60, 2))])
+        bench.write_collection(root, SLIDES, gen, SEGMENT)
+    queries = np.stack([gen.patch_draws(int(s), 1, stream=70 + i)[1][0] for i, s in enumerate(range(0, SLIDES, 3))])
     return root, queries.astype(np.float32)
 
 
@@ -78,8 +79,8 @@ def test_device_choice_follows_the_environment_and_refuses_in_one_line(monkeypat
 
 
 def test_training_and_adding_on_the_gpu_give_the_cpu_result():
-    x, ids = _unit(3000), np.arange(3000, dtype=np.int64) * 7 + 1
-    choice = vi.IndexChoice("ivf_pq", nlist=16, m=4, nbits=6, nprobe=4)
+    x, ids = _unit(12_000), np.arange(12_000, dtype=np.int64) * 7 + 1
+    choice = vi.IndexChoice("ivf_pq", nlist=16, m=4, nbits=8, nprobe=4)
     cpu = vi.add_to_trained(vi.train_index(x, choice), x, ids)
     gpu = StandInGpu()
     with fd.use_gpu_backend(gpu):
@@ -87,7 +88,7 @@ def test_training_and_adding_on_the_gpu_give_the_cpu_result():
         index = vi.add_to_trained(trained, x, ids)
     assert gpu.to_gpu_log == ["IndexIVFPQ", "IndexIVFPQ"] and gpu.to_cpu_log == ["IndexIVFPQ", "IndexIVFPQ"]
     assert not gpu.is_gpu(trained) and not gpu.is_gpu(index)  # results come back to the CPU
-    assert faiss.downcast_index(index).nprobe == 4 and index.ntotal == 3000
+    assert faiss.downcast_index(index).nprobe == 4 and index.ntotal == 12_000
     q = _unit(50, seed=5)
     np.testing.assert_array_equal(vi.search(index, q, 10)[1], vi.search(cpu, q, 10)[1])
     with fd.use_gpu_backend(gpu):
@@ -123,9 +124,9 @@ def test_searchable_indexes_move_to_the_gpu_with_a_flat_coarse_quantizer(store):
         kept = faiss.extract_index_ivf(cpu.inner.parts[1])
         assert isinstance(faiss.downcast_index(kept.quantizer), faiss.IndexHNSW)  # the loaded index is unchanged
         scores, found = vi.search(moved, q, 10)
-        allowed = np.arange(0, 3000, 3)
+        allowed = np.arange(0, SLIDES * PATCHES, 3)
         f_scores, f_found = vi.search(moved, q, 10, allowed)  # "GPU" indexes take no selector: over-fetch
-    exact = q @ snapshot.vectors("patches", np.arange(3000)).T
+    exact = q @ snapshot.vectors("patches", np.arange(SLIDES * PATCHES)).T
     kth = np.sort(exact, axis=1)[:, -10]
     assert np.mean(scores >= kth[:, None] - 1e-5) > 0.9  # re-ranked answers, as on the CPU
     np.testing.assert_allclose(scores, vi.search(cpu, q, 10)[0], atol=0.05)
@@ -135,10 +136,14 @@ def test_searchable_indexes_move_to_the_gpu_with_a_flat_coarse_quantizer(store):
 
 
 def test_an_index_type_without_a_gpu_version_stays_on_the_cpu_and_says_so():
-    x, ids = _unit(500), np.arange(500)
+    x, ids = _unit(5000), np.arange(5000)
     hnsw = vi.build_index(x, ids, vi.IndexChoice("hnsw"))
+    seven_bit = vi.choice_for_kind("ivf_pq", 5000, 32)  # too few vectors for 256 centroids: 7-bit codes
+    assert seven_bit.nbits == 7
     gpu = StandInGpu()
     with fd.use_gpu_backend(gpu):
         assert fd.gpu_implemented(vi.build_index(x, ids, vi.IndexChoice("flat")))
         assert not fd.gpu_implemented(hnsw) and fd.to_gpu(hnsw) is None and gpu.to_gpu_log == []
+        small = vi.add_to_trained(vi.train_index(x, seven_bit), x, ids)  # trained and filled on the CPU, no error
+        assert not fd.gpu_implemented(small) and gpu.to_gpu_log == [] and small.ntotal == 5000
         assert "Flat and HNSW indexes are built on the CPU" in fd.faiss_label()
