@@ -44,7 +44,7 @@ step search_small "Search API latency vs bare FAISS: small vectors, d = 128, K =
   "python benchmarks/search.py --sizes 1000,10000 --flat-at '' --queries 100 --warmup 10 --out {out}" \
   "python benchmarks/search.py --sizes 1000,10000,100000 --out {out}"
 step search_model "Search API latency vs bare FAISS: model-sized vectors, d = 512, K = 16 (issue #6)" \
-  "python benchmarks/search.py --sizes 10000 --dim 512 --k 16 --flat-at '' --encoder none --queries 100 --warmup 10 --out {out}" \
+  "python benchmarks/search.py --sizes 5000 --dim 512 --k 16 --flat-at '' --encoder none --queries 100 --warmup 10 --out {out}" \
   "python benchmarks/search.py --sizes 100000 --dim 512 --k 16 --flat-at '' --encoder none --out {out}"
 step faiss "FAISS search speed by index kind (issue #7)" \
   "python benchmarks/search_faiss.py --out {out} --sizes 10000 --queries 200 --latency-queries 50 --seconds-per-point 0.5" \

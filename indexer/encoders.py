@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from indexer.devices import check_precision, default_precision, resolve_device
-from indexer.errors import ModelError
+from indexer.errors import DeviceError, ModelError
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `slidesearch --help` is instant
     import torch
@@ -176,7 +176,14 @@ def load_encoder(name: str, checkpoint: str | None = None, device: str = "auto",
     if checkpoint is not None and checkpoint != RANDOM_WEIGHTS and not Path(checkpoint).exists():
         raise ModelError(f"checkpoint not found: {checkpoint}")
     precision = None if precision is None else check_precision(precision)
-    encoder = factory(spec, checkpoint=checkpoint, device=resolve_device(device), batch_size=batch_size)
+    where = resolve_device(device)
+    try:
+        encoder = factory(spec, checkpoint=checkpoint, device=where, batch_size=batch_size)
+    except RuntimeError as exc:  # e.g. CUDA out of memory, a CUDA error: one line, never a CPU fallback
+        if not where.startswith("cuda"):
+            raise
+        raise DeviceError(f"cannot load {name} onto {where} ({first_line(exc)}); free the GPU or pass --device cpu") \
+            from None
     if precision is not None:
         encoder.precision = precision
     return encoder

@@ -133,3 +133,19 @@ def test_index_and_info_report_the_devices_used(run_cli, folder, tmp_path):
     assert "devices: encoder cpu, fp32; FAISS cpu" in human.stdout
     removed = run_cli("remove", out, "A")
     assert removed.exit_code == 0 and json.loads(run_cli("info", out, "--json").stdout)["devices"] == {}
+
+
+def test_a_model_that_fails_to_load_on_the_gpu_is_one_line(monkeypatch):
+    from indexer import encoders
+
+    def factory(spec, *, checkpoint, device, batch_size):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")
+
+    monkeypatch.setitem(encoders._REGISTRY, "oom-test", (factory, encoders.EncoderInfo("oom-test", 1, "", True, "")))
+    monkeypatch.setattr(devices, "probe_torch", lambda: TorchProbe(True, 1, ("NVIDIA H100",)))
+    with pytest.raises(DeviceError) as failed:
+        load_encoder("oom-test", device="cuda")
+    assert str(failed.value) == ("cannot load oom-test onto cuda (RuntimeError: CUDA out of memory. Tried to allocate "
+                                 "2.00 GiB); free the GPU or pass --device cpu")
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):  # on the CPU a failure is not a device problem
+        load_encoder("oom-test", device="cpu")
