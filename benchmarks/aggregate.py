@@ -12,7 +12,6 @@ weights, batches of 32×3×224×224) measured on this machine's CPU, whose slown
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import header, provenance  # noqa: E402
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 from benchmarks.rates import gpu_encoder_rate  # noqa: E402
 from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize  # noqa: E402
 
@@ -103,12 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"provenance": facts, "patches": args.patches, "dim": DIM, "chunk": config.chunk, "tau": config.tau,
               "aggregation": {str(k): v for k, v in rows.items()}, "gpu_rate": gpu_rate, "gpu_rate_source": gpu_source,
               "cpu_vit_b16_rate": cpu_rate, "peak_memory_mb_200k_k32": peak}
-    text = markdown(result)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_aggregate.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "bench_aggregate.md").write_text(text)
+    write_outputs(args.out, "aggregate", result, markdown(result))
     return result
 
 

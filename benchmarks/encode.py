@@ -13,7 +13,6 @@ the encoder overlap, so end-to-end ≈ min(reader, encoder), a ratio of min(1, r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import header, provenance  # noqa: E402
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 from benchmarks.rates import gpu_encoder_rate  # noqa: E402
 from indexer.embedding import iter_slide_embeddings  # noqa: E402
 from indexer.encoders import load_encoder  # noqa: E402
@@ -146,12 +145,7 @@ def main(argv: list[str] | None = None) -> list:
     result = {"provenance": facts, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gpu_rate": gpu_rate, "gpu_rate_source": gpu_source,
               "rows": rows}
-    text = markdown(result)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_encode.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "bench_encode.md").write_text(text)
+    write_outputs(args.out, "encode", result, markdown(result))
     return result
 
 

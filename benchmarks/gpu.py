@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import header, provenance  # noqa: E402
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 
 MODELS = {"ViT-B/16": ("ViT-B-16", 224), "CONCH-sized (ViT-B/16 at 448 px)": ("ViT-B-16", 448)}
 PARITY = 0.03  # |recall@10 on the GPU − on the CPU| allowed (k-means on another device finds other centroids)
@@ -236,9 +236,8 @@ def markdown(result: dict) -> str:
 
 
 def write_report(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_gpu.md").write_text(markdown(result))
+    """Print the report and write bench_gpu.json and bench_gpu.md into ``out``."""
+    write_outputs(out, "gpu", result, markdown(result))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     result["index"] = run
     result["problems"] = ran_on_cpu(result)
     write_report(result, args.out)
-    print(markdown(result))
     for line in result["problems"]:
         print(f"error: {line}", file=sys.stderr)
     return 1 if result["problems"] else 0

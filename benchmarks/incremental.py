@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import header, provenance  # noqa: E402
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 
 SEGMENT_SLIDES = 2000
 TARGET_RATIO = 1.5  # issue 11: an add at 10^4 slides costs at most 1.5× an add at 10^2
@@ -234,12 +234,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
             shutil.rmtree(work, ignore_errors=True)
     result["provenance"] = facts
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_incremental.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_incremental.md").write_text(markdown(result))
-    plot(result, out / "bench_incremental.png")
-    print(markdown(result))
+    write_outputs(Path(args.out), "incremental", result, markdown(result))
+    plot(result, Path(args.out) / "bench_incremental.png")
     return result
 
 

@@ -58,6 +58,17 @@ def header(facts: dict) -> str:
             f"{facts['machine']}; 1-min load average at the start {facts['load_avg_1min']}.\n")
 
 
+def write_outputs(out: Path | None, stem: str, result: dict, text: str) -> None:
+    """Print the Markdown ``text``; with ``out``, also write ``bench_<stem>.json`` (``result``) and ``.md`` there."""
+    print(text)
+    if out is None:
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"bench_{stem}.md").write_text(text)
+
+
 def kept(folder: Path) -> str | None:
     """For a ``--keep`` folder: None when it is new (it is stamped with this commit), else a warning line naming
     the commit that wrote it (printed on stderr, and to be shown with the figures)."""

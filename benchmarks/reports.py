@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="write bench_reports.json, .md and .png here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from benchmarks.provenance import provenance
+    from benchmarks.provenance import provenance, write_outputs
 
     facts = provenance("benchmarks/reports.py", argv)
     import planted
@@ -195,12 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
               "commit_s": {"first build": round(first, 2), "one report changed": round(one, 2),
                            "encoded_slides_after_change": info["encoded_slides"]},
               **evaluate(SlideSearcher(index), truth)}
-    text = markdown(result)
-    print(text)
+    write_outputs(args.out, "reports", result, markdown(result))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_reports.json").write_text(json.dumps(result, indent=1) + "\n")
-        (args.out / "bench_reports.md").write_text(text)
         _plot(result, args.out / "bench_reports.png")
     return result
 

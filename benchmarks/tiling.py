@@ -6,7 +6,6 @@ Usage: python benchmarks/tiling.py [--size 20000] [--repeats 3] [--limit N] [--o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.provenance import header, provenance  # noqa: E402
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 from indexer.slides import open_slide  # noqa: E402
 from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide  # noqa: E402
 from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide  # noqa: E402
@@ -82,11 +81,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{', '.join(f'{v:.0f}' for v in pyramid)}; {n:,} patches a run) |",
         f"| same grid from level 0 + resize | median {med_res:.0f} patches/s → the pyramid level is "
         f"{med_pyr / med_res:.2f}× faster |"]) + "\n"
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_tiling.md").write_text(text)
-        (args.out / "bench_tiling.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_outputs(args.out, "tiling", result, text)
     return text
 
 

@@ -3,7 +3,6 @@ detector that fails any step that ran on the CPU, and the report (no GPU needed)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmark_module import load_benchmark
 from gpu_standin import StandInGpu
 from indexer import devices
 from indexer import faiss_device as fd
@@ -24,11 +24,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu")
 
 
 @pytest.fixture(autouse=True)

@@ -3,21 +3,15 @@ add that made it (so the figures include merges), model load excluded, each N me
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "incremental.py"
+from benchmark_module import load_benchmark
 
 
 def test_adds_include_an_automatic_merge_and_the_report_says_so(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_incremental", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("incremental")
     out = tmp_path / "out"
     result = bench.main(["--sizes", "20,40", "--patches", "20", "--adds", "11", "--work", str(tmp_path / "w"),
                          "--out", str(out)])

@@ -4,14 +4,13 @@ share no term and no content-word pair with the knowledge banks or the planted c
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmark_module import load_benchmark
 from indexer.reports import negation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +22,7 @@ TRIGGERS = {t for table in (negation.PRE_NEGATION, negation.POST_NEGATION, negat
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reports", ROOT / "benchmarks" / "reports.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reports")
 
 
 def words(text: str) -> list[str]:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
+from benchmark_module import load_benchmark
 from gpu_standin import StandInGpu
 from indexer import devices
 from indexer import faiss_device as fd
@@ -20,7 +18,6 @@ from indexer.store import quantizer
 from indexer.store.reader import Snapshot
 from indexer.store.rerank import RerankedIndex, open_index
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
 PLAN = quantizer.QuantizerPlan(nlist=256, nprobe=16)  # trained at 39·256 vectors: 8-bit codes, as a GPU needs
 SLIDES, PATCHES, SEGMENT = 75, 200, 25  # 3 segments of 5,000 patches: the second crosses the threshold
 
@@ -42,10 +39,7 @@ def auto_device(monkeypatch):
 def store(tmp_path_factory):
     """Three segments: a Flat one below the threshold, two IVF-PQ ones under a quantizer trained on the CPU
     with an HNSW coarse quantizer (``IVF32_HNSW32``), the kind a GPU cannot take as it is."""
-    spec = importlib.util.spec_from_file_location("bench_scale_gpu", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("scale")
     root = tmp_path_factory.mktemp("gpu") / "index"
     gen = bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
     with pytest.MonkeyPatch.context() as mp:
