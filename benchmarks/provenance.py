@@ -33,15 +33,13 @@ def commit() -> str:
 
 
 def machine() -> str:
-    """CPU model, cores, memory and GPUs (the NVIDIA driver's list), in one line."""
+    """CPU model, cores, FAISS threads and GPUs (``machine_description``), memory, and the NVIDIA driver's GPUs."""
     from indexer.devices import system_gpus
+    from retrieval.bench_search import machine_description
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU")
-    kib = next((int(line.split()[1]) for line in _lines("/proc/meminfo") if line.startswith("MemTotal:")), 0)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpus = system_gpus()
-    return (f"{cpu}, {os.cpu_count()} cores, {kib / 2**20:.0f} GiB, "
-            + (", ".join(gpus) if gpus else "no GPU"))
+    return f"{machine_description()}, {memory:.0f} GiB" + (f", {', '.join(gpus)}" if gpus else "")
 
 
 def provenance(script: str, argv: list[str] | None = None) -> dict:
@@ -84,13 +82,6 @@ def kept(folder: Path) -> str | None:
                "indexes; delete the folder for a fresh run"))
     print(f"warning: {line}", file=sys.stderr)
     return line
-
-
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":

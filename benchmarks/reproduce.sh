@@ -173,6 +173,12 @@ TOTAL=$((SECONDS - START))
   echo "Every figure below comes from the command shown in its section, run on this code with fresh indexes; the"
   echo "earlier log of figures, with what superseded them, is [HISTORY.md](HISTORY.md). Figures from one run compare"
   echo "with each other; compare across runs only as ratios, and mind each section's load average (a shared machine)."
+  if [ $QUICK = 1 ]; then
+    echo
+    echo "Quick mode measures reduced sizes. The sizes the targets name (10⁵ slides, 10⁶–10⁷ patch vectors, the full demo"
+    echo "and benchmark cohorts) are the full run's, \`bash benchmarks/reproduce.sh\` (hours on 2 cores); where it has not"
+    echo "run on this code, HISTORY.md holds the last full-size figures, from older code and marked so."
+  fi
   if [ ${#FAILED[@]} -gt 0 ]; then echo; echo "**Failed steps: ${FAILED[*]}.**"; fi
   echo
   cat "$BODY"
