@@ -41,7 +41,7 @@ step index "Indexing speed, time by stage and peak memory (issue #5)" \
   "python benchmarks/index.py --out {out} --slides 2 5 --models tiny" \
   "python benchmarks/index.py --out {out}"
 step search_small "Search API latency vs bare FAISS: small vectors, d = 128, K = 8 (issue #6)" \
-  "python benchmarks/search.py --sizes 1000,10000 --flat-at '' --queries 100 --warmup 10 --out {out}" \
+  "python benchmarks/search.py --sizes 1000,10000,100000 --flat-at '' --queries 100 --warmup 10 --out {out}" \
   "python benchmarks/search.py --sizes 1000,10000,100000 --out {out}"
 step search_model "Search API latency vs bare FAISS: model-sized vectors, d = 512, K = 16 (issue #6)" \
   "python benchmarks/search.py --sizes 5000 --dim 512 --k 16 --flat-at '' --encoder none --queries 100 --warmup 10 --out {out}" \
@@ -53,7 +53,7 @@ step demo "Demo and leave-one-patient-out retrieval (issue #7)" \
   "slidesearch demo --out {out} --quiet > {out}/demo.txt" \
   "slidesearch demo --out {out} --quiet > {out}/demo.txt"
 step incremental "Adding one slide, automatic merges included (issue #11)" \
-  "python benchmarks/incremental.py --sizes 100,1000 --patches 200 --adds 12 --out {out}" \
+  "python benchmarks/incremental.py --sizes 100,1000,10000 --patches 100 --adds 12 --out {out}" \
   "python benchmarks/incremental.py --sizes 100,1000,10000 --patches 1000 --adds 30 --out {out}"
 step scale "Out-of-core scale: trained-once IVF-PQ, exact re-rank (issue #13)" \
   "python benchmarks/scale.py --sizes 1e5 --slides-at 0 --queries 200 --out {out}" \
