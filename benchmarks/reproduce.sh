@@ -56,16 +56,16 @@ step incremental "Adding one slide, automatic merges included (issue #11)" \
   "python benchmarks/incremental.py --sizes 100,1000,10000 --patches 100 --adds 12 --out {out}" \
   "python benchmarks/incremental.py --sizes 100,1000,10000 --patches 1000 --adds 30 --out {out}"
 step scale "Out-of-core scale: trained-once IVF-PQ, exact re-rank (issue #13)" \
-  "python benchmarks/scale.py --sizes 1e5 --slides-at 0 --queries 200 --out {out}" \
+  "python benchmarks/scale.py --sizes 1e5 --nlist 1024 --slides-at 0 --queries 200 --out {out}" \
   "python benchmarks/scale.py --sizes 1e5,1e6,1e7 --slides-at 1e5 --out {out}"
 step serve "Serving under load (issue #14)" \
   "python benchmarks/serve.py --slides 5000 --dim 128 --k 8 --clients 1,4 --seconds 5 --out {out}" \
   "python benchmarks/serve.py --out {out}"
 step ray "The Ray engine (issue #15)" \
-  "python benchmarks/ray_engine.py --slides 4 --repeats 1 --warmup 0 --commit-slides 4 --commit-patches 1000 --out {out}" \
+  "python benchmarks/ray_engine.py --slides 4 --repeats 1 --warmup 0 --commit-slides 4 --commit-patches 5000 --out {out}" \
   "python benchmarks/ray_engine.py --out {out}"
 step multistain "Multi-stain cases, cross-stain search, slide-encoder space (issue #16)" \
-  "python benchmarks/multistain.py --work {out}/work --out {out} --patients 8 --size 1024" \
+  "python benchmarks/multistain.py --work {out}/work --out {out} --patients 24 --size 1024" \
   "python benchmarks/multistain.py --work {out}/work --out {out}/serial --patients 48 --size 1024 --ihc-section serial --concentration 6 && python benchmarks/multistain.py --work {out}/work2 --out {out}/same --patients 48 --size 1024"
 step reports "Reports as a second view (issue #17)" \
   "python benchmarks/reports.py --slides 30 --work {out}/work --out {out}" \
