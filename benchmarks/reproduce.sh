@@ -15,8 +15,9 @@
 # Each command runs from the repository root (in bash, with .venv/bin first on PATH and OMP_WAIT_POLICY=PASSIVE)
 # with {out} replaced by an empty folder of its own. Every bench*.md it writes under {out} becomes its section (in
 # path order), every *.txt directly in {out} a code block and every bench*.png a figure; a non-zero exit marks the
-# section FAILED and the run goes on (the script then exits 1). A fifth word `gpu` skips the step, saying so, where
-# torch sees no CUDA GPU.
+# section FAILED and the run goes on (the script then exits 1). A fifth word NEED runs the step only where the
+# function `needs_NEED` below succeeds; otherwise the section says "Not run:" and what that function printed
+# (`gpu`: torch sees a CUDA GPU). A step that needs another service gets its own `needs_…` function.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +27,12 @@ export OMP_WAIT_POLICY=PASSIVE
 
 NAMES=() TITLES=() QUICKS=() FULLS=() NEEDS=()
 step() { NAMES+=("$1"); TITLES+=("$2"); QUICKS+=("$3"); FULLS+=("$4"); NEEDS+=("${5:-}"); }
+
+# Conditions a step may need: succeed, or print why not and fail.
+needs_gpu() {
+  python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+    || { echo "torch sees no CUDA GPU on this machine"; return 1; }
+}
 
 # ---- the steps, in report order ---------------------------------------------------------------------------
 step tiling "Patch reading and tiling (issue #2)" \
@@ -83,7 +90,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY="${2:?--only needs step names}"; shift ;;
     --list) LIST=1 ;;
     --publish) PUBLISH=1 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -112,7 +119,6 @@ rm -rf "$OUT/figures" && mkdir -p "$OUT/figures"
 FACTS="$(python benchmarks/provenance.py)"
 BODY="$OUT/.sections.md" && : > "$BODY"
 FAILED=() START=$SECONDS
-has_gpu() { python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
 
 for i in "${!NAMES[@]}"; do
   name="${NAMES[$i]}"
@@ -127,9 +133,9 @@ for i in "${!NAMES[@]}"; do
     echo "## ${TITLES[$i]}"
     echo
   } >> "$BODY"
-  if [ "${NEEDS[$i]}" = gpu ] && ! has_gpu; then
-    echo "[$name] skipped: no CUDA GPU here" >&2
-    printf 'Not run: torch sees no CUDA GPU on this machine. On a CUDA machine: `%s`.\n\n' "$shown" >> "$BODY"
+  if [ -n "${NEEDS[$i]}" ] && ! why="$("needs_${NEEDS[$i]}")"; then
+    echo "[$name] skipped: $why" >&2
+    printf 'Not run: %s. Where it can run: `%s`.\n\n' "$why" "$shown" >> "$BODY"
     continue
   fi
   echo "[$name] $shown" >&2
