@@ -28,3 +28,7 @@ class QueryError(UserError):
 
 class LimitError(QueryError):
     """A query input is over a size limit (bytes or pixels); the HTTP API answers 413."""
+
+
+class DeviceError(UserError):
+    """A device was asked for, or a GPU is present, but cannot be used (never a silent fallback to the CPU)."""

@@ -39,7 +39,8 @@ def index_command(
                                        "recursively), or DICOMweb URLs: dicomweb+http(s)://HOST:PORT/PATH, optionally "
                                        "…/studies/UID or …/studies/UID/series/UID (each WSI series is one slide)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory (created, or resumed/appended)."),
-    model: str = typer.Option("tiny", "--model", "-m", help="Encoder name (see `slidesearch models`)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Encoder name, required (see `slidesearch models`; tiny has random weights)."),
     checkpoint: Optional[str] = typer.Option(None, help="Local weights for the encoder."),
     mag: float = typer.Option(20.0, "--mag", help="Target magnification of patches."),
     patch: int = typer.Option(224, "--patch", help="Patch side in pixels at the target magnification."),
@@ -50,7 +51,8 @@ def index_command(
     report_model: Optional[str] = typer.Option(None, "--report-model", help=REPORT_MODEL_HELP),
     max_patches: Optional[int] = typer.Option(None, help="Sample at most this many patches per slide."),
     mpp: Optional[float] = typer.Option(None, help="Microns per pixel for slides whose files lack it."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="Encoder device: auto (a GPU when usable; one present but unusable is "
+                                            "an error), cpu or cuda. FAISS: SLIDESEARCH_FAISS_DEVICE=auto|cpu|cuda."),
     batch_size: int = typer.Option(64, help="Patches per encoder batch."),
     workers: int = typer.Option(2, help="Patch-reading worker processes."),
     tau: Optional[float] = typer.Option(None, help="Softmax temperature of the prototype attention."),
@@ -111,7 +113,7 @@ def index_command(
         "out": str(report.out), "version": report.version, "indexed": report.indexed, "resumed": report.resumed,
         "skipped": report.skipped, "failed": report.failed, "notes": report.notes,
         "patches_encoded": report.patches_encoded, "counts": report.counts,
-        "timings_s": {k: round(v, 3) for k, v in report.timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in report.timings.items()}, "devices": report.devices,
     }
     if as_json:
         print_json(summary)
@@ -132,10 +134,18 @@ def _print_summary(summary: dict) -> None:
     )
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items())
     console.print(f"time by stage: {timing}")
+    console.print(device_line(summary["devices"]), highlight=False)
     for note in summary["notes"]:
         console.print(note, highlight=False, markup=False)
     for slide_id, reason in summary["failed"].items():
         console.print(f"[red]failed[/] {slide_id}: {reason}", highlight=False)
+
+
+def device_line(devices: dict[str, str]) -> str:
+    """``devices: encoder …; FAISS …`` (where a run's encoder and FAISS builds ran)."""
+    parts = [f"encoder {devices['encoder']}"] if devices.get("encoder") else []
+    parts += [f"FAISS {devices['faiss']}"] if devices.get("faiss") else []
+    return "devices: " + ("; ".join(parts) or "none recorded")
 
 
 @app.command("info")
@@ -171,6 +181,9 @@ def info_command(
                       f"{entry['recall_at_10']:.3f}", "—" if reranked is None else f"{reranked:.3f}",
                       f"{entry['nbytes'] / 1e6:.1f} MB")
     console.print(table)
+    if info["devices"]:
+        console.print(device_line(info["devices"]) + f" (the {info['operation']} run that made version "
+                      f"{info['version']})", highlight=False)
     queries = sorted({e.get("recall_queries", "self") for e in info["indexes"].values()})
     console.print(f"recall@10 against exact search, on {' and '.join(queries)} queries (the lowest segment's); "
                   "re-ranked: after the exact re-rank of compressed hits")
