@@ -20,8 +20,10 @@ def running(app, timeout_s: float = 30.0) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 until the block ends; yields the base URL."""
     import uvicorn
 
+    from retrieval.serve.protocol import server_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, lifespan="off"))  # as `slidesearch serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

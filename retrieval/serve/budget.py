@@ -1,0 +1,149 @@
+"""One server-wide budget for expensive work (searches, encoding, decoded uploads, slide reads, heatmaps).
+
+A job holds one of ``slots`` (work running at once) and its estimated working memory out of ``memory``
+bytes (a decoded upload: its pixels; a heatmap: the slide's patch features). A job that does not fit waits
+in a FIFO queue of at most ``queue`` requests, for at most ``wait_s`` seconds; past either it gets
+:class:`BusyError` (HTTP 503 with ``Retry-After``). Waiting happens on the event loop without blocking it
+(an ``asyncio`` future per waiter); the job itself runs in a worker thread of the budget's own pool, so
+requests outside the budget (health, info, the page) never wait behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from indexer.errors import LimitError, UserError
+
+T = TypeVar("T")
+MB = 1 << 20
+
+
+class BusyError(UserError):
+    """The server is at its budget and its wait queue is full, or the wait ran out (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Sizes of the budget (``slidesearch serve --concurrency --memory-budget --queue --queue-wait``).
+
+    Args:
+        slots: jobs running at once (default: the CPU count, at least 2).
+        memory_mb: MiB of estimated working memory of the jobs running at once (a 2^25-px upload decodes to
+            ~256 MiB; a JPEG is decoded at the scale the model needs, far less).
+        queue: requests waiting for the budget; one more gets 503 at once.
+        wait_s: seconds a request waits at most, then 503.
+    """
+
+    slots: int | None = None
+    memory_mb: int = 512
+    queue: int = 64
+    wait_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.slots is not None and self.slots < 1:
+            raise UserError(f"--concurrency {self.slots}: expected at least 1")
+        if self.memory_mb < 64:
+            raise UserError(f"--memory-budget {self.memory_mb}: expected at least 64 (MiB)")
+        if self.queue < 0 or not self.wait_s > 0:
+            raise UserError(f"--queue {self.queue} / --queue-wait {self.wait_s}: expected a queue >= 0 and a wait > 0 s")
+
+
+class Budget:
+    """Slots and memory for expensive jobs, a bounded FIFO queue in front (see the module docstring)."""
+
+    def __init__(self, config: BudgetConfig = BudgetConfig()):
+        import anyio
+
+        self.slots = config.slots or max(2, os.cpu_count() or 2)
+        self.memory, self.queue, self.wait_s = config.memory_mb * MB, config.queue, config.wait_s
+        self.running = self.used = 0
+        self.served = self.refused = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+        self._seconds = 0.5  # moving average of a job's duration, for Retry-After
+        self._limiter = anyio.CapacityLimiter(self.slots)
+
+    def stats(self) -> dict[str, Any]:
+        """Running and waiting jobs, memory held, jobs served and refused (for ``/api/info``)."""
+        return {"slots": self.slots, "memory_mb": self.memory // MB, "queue": self.queue, "wait_s": self.wait_s,
+                "running": self.running, "waiting": len(self._waiters), "memory_used_mb": round(self.used / MB, 1),
+                "served": self.served, "refused": self.refused}
+
+    async def run(self, fn: Callable[..., T], *args: Any, cost: int = 0) -> T:
+        """``fn(*args)`` in a worker thread once a slot and ``cost`` bytes are free (BusyError when not in time)."""
+        import anyio
+
+        cost = max(0, int(cost))
+        if cost > self.memory:
+            raise LimitError(f"this request needs about {cost / MB:,.0f} MiB of working memory, over the server's "
+                             f"budget of {self.memory // MB:,} MiB (slidesearch serve --memory-budget)")
+        await self._acquire(cost)
+        start = time.monotonic()
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self._seconds = 0.9 * self._seconds + 0.1 * (time.monotonic() - start)
+            self._release(cost)
+
+    def _fits(self, cost: int) -> bool:
+        return self.running < self.slots and self.used + cost <= self.memory
+
+    def _grant(self, cost: int) -> None:
+        self.running += 1
+        self.used += cost
+        self.served += 1
+
+    async def _acquire(self, cost: int) -> None:
+        if not self._waiters and self._fits(cost):
+            self._grant(cost)
+            return
+        if len(self._waiters) >= self.queue:
+            self.refused += 1
+            raise BusyError(f"the server is busy ({self.running} requests running, {len(self._waiters)} waiting); "
+                            "try again shortly", self.retry_after())
+        future = asyncio.get_running_loop().create_future()
+        entry = (cost, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait({future}, timeout=self.wait_s)
+        except BaseException:  # cancelled while waiting: give back a grant that came, or leave the queue
+            self._leave(entry, cost)
+            raise
+        if not future.done():
+            self._leave(entry, cost)
+            self.refused += 1
+            raise BusyError(f"the server is busy: no capacity within {self.wait_s:g} s; try again shortly",
+                            self.retry_after())
+
+    def _leave(self, entry: tuple[int, asyncio.Future], cost: int) -> None:
+        if entry[1].done():
+            self._release(cost)
+        else:
+            entry[1].cancel()
+            self._waiters.remove(entry)
+            self._wake()
+
+    def _release(self, cost: int) -> None:
+        self.running -= 1
+        self.used -= cost
+        self._wake()
+
+    def _wake(self) -> None:
+        """Grant waiting jobs in order while the first one fits (FIFO: a large upload is not passed forever)."""
+        while self._waiters and self._fits(self._waiters[0][0]):
+            cost, future = self._waiters.popleft()
+            self._grant(cost)
+            future.set_result(None)
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the queue ahead of it at the recent job duration."""
+        return max(1, math.ceil(self._seconds * (len(self._waiters) + 1) / self.slots))
