@@ -117,22 +117,30 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell st
 CSV_LEAD = ("rank", "case_id", "slide_id", "score", "slides", "report_sentence", "report_attributes")
 
 
+def technical_columns() -> list[str]:
+    """The metadata columns slidesearch computes itself (file, geometry, tiling, stain detection), not the user's."""
+    from indexer.store.segments import SLIDE_SCHEMA
+
+    return [name for name in SLIDE_SCHEMA.names if name != "slide_id"] + ["stain_source"]
+
+
 def result_csv(data: dict[str, Any]) -> str:
     """A search answer as CSV, one row a hit: rank, slide_id, score, the report evidence when there is any, then
-    every metadata column (first seen first). ``data`` is ``result_json``'s shape, or a case result's
-    ``to_dict()`` (rows are cases: rank, case_id, score, the matched slide_id, the slides by stain, and the
-    matched slide's metadata). Text cells that a spreadsheet would run as a formula are prefixed with ``'``.
+    the metadata columns, the user's first (first seen first), then slidesearch's own. ``data`` is
+    ``result_json``'s shape, or a case result's ``to_dict()`` (rows are cases: rank, case_id, the matched slide_id,
+    score, the slides by stain, and the matched slide's metadata). Text cells that a spreadsheet would run as a
+    formula are prefixed with ``'``.
 
     >>> print(result_csv({"kind": "slide", "hits": [{"rank": 1, "slide_id": "=A", "score": 0.5,
-    ...                                                "metadata": {"label": "x", "n": None}}]}), end="")
-    rank,slide_id,score,label,n
-    1,'=A,0.5,x,
+    ...                                                "metadata": {"width": 9, "label": "x", "n": None}}]}), end="")
+    rank,slide_id,score,label,n,width
+    1,'=A,0.5,x,,9
     """
     import csv
     import io
 
     cases = data.get("kind") == "case"
-    rows = []
+    rows, metadata = [], []
     for hit in data.get("hits", ()):
         slide = hit["matched"] if cases else hit
         row = {"rank": hit["rank"], **({"case_id": hit["case_id"]} if cases else {}), "slide_id": slide["slide_id"],
@@ -144,13 +152,16 @@ def result_csv(data: dict[str, Any]) -> str:
             row["report_sentence"] = report["sentence"]
         if report.get("attributes"):
             row["report_attributes"] = "; ".join(f"{name} {value:g}" for name, value in report["attributes"].items())
-        rows.append({**row, **{key: value for key, value in slide["metadata"].items() if key not in row}})
-    lead = [c for c in CSV_LEAD if any(c in row for row in rows)] or ["rank", "slide_id", "score"]
-    columns = list(dict.fromkeys([*lead, *(key for row in rows for key in row)]))
+        rows.append((row, slide["metadata"]))
+        metadata += [key for key in slide["metadata"] if key not in row]
+    lead = [c for c in CSV_LEAD if any(c in row for row, _ in rows)] or ["rank", "slide_id", "score"]
+    technical = set(technical_columns())
+    names = list(dict.fromkeys(metadata))
+    columns = lead + [c for c in names if c not in technical and c not in lead] + [c for c in names if c in technical]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({key: _cell(row.get(key)) for key in columns} for row in rows)
+    writer.writerows({key: _cell(row[key] if key in row else meta.get(key)) for key in columns} for row, meta in rows)
     return out.getvalue()
 
 

@@ -224,8 +224,8 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """``slidesearch info`` of the served version (computed once a version), plus what the server serves."""
-        from indexer.store.segments import SLIDE_SCHEMA
         from retrieval.catalog import index_info
+        from retrieval.results import technical_columns
 
         searcher = self.live.current()
         version = searcher.catalog.snapshot.version.number
@@ -234,8 +234,7 @@ class Service:
                 self._info = (version, index_info(searcher.catalog))
             info = self._info[1]
         batcher = self.encoder
-        technical = [name for name in SLIDE_SCHEMA.names if name != "slide_id"] + ["stain_source"]
         return {**info, "served": {"version": info["version"], "encoder": batcher.name if batcher else None,
-                                   "encoder_error": self.encoder_error, "technical_columns": technical,
+                                   "encoder_error": self.encoder_error, "technical_columns": technical_columns(),
                                    "text_batches": batcher.batches if batcher else 0,
                                    "texts_encoded": batcher.texts if batcher else 0, "budget": self.budget.stats()}}
