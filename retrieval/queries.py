@@ -158,13 +158,36 @@ def open_query_image(source, label: str | None = None, min_side: int | None = No
         return img
 
 
-def decode_query_image(img):
-    """The RGB pixels of an image from ``open_query_image`` (closed afterwards), with its one-line errors."""
+REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"})
+
+
+def decode_query_image(img, min_side: int | None = None):
+    """The RGB pixels of an image from ``open_query_image`` (closed afterwards), with its one-line errors.
+
+    With ``min_side``, an image larger than twice that on its shorter side is reduced by a whole factor (box
+    filter) to a shorter side of at least ``min_side`` px before its RGB conversion, and the full decode is freed
+    at once: a model that sees a few hundred px then never holds a second full-size copy.
+    """
     label = img.query_label
     with _read_errors(label), img:
-        out = img.convert("RGB")
+        img.load()
+        full = img if img.mode in REDUCIBLE_MODES else img.convert("RGB")
+        factor = min(full.size) // min_side if min_side else 1
+        small = full.reduce(factor) if factor >= 2 else full
+        out = small.convert("RGB")
+    for image in {id(i): i for i in (img, full, small)}.values():
+        if image is not out:
+            image.close()
     out.filename = label
     return out
+
+
+def decode_bytes(img) -> int:
+    """Bytes ``decode_query_image`` holds at most for a lazily opened image (its decode at 4 bytes a pixel, 1 for
+    1-byte modes, plus an RGB copy where the mode must be converted before it is reduced)."""
+    width, height = img.size
+    stored = 1 if img.mode in ("1", "L", "P") else 4
+    return width * height * (stored + (0 if img.mode in REDUCIBLE_MODES else 4))
 
 
 class _read_errors:

@@ -36,3 +36,49 @@ def running(app, timeout_s: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (``VmRSS``, or its peak ``VmHWM``) in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":")) / 1024
+
+
+@contextmanager
+def serve_process(index, *options: str, env: dict | None = None, timeout_s: float = 120.0) -> Iterator[tuple[str, object]]:
+    """`slidesearch serve INDEX --port P OPTIONS…` in a process of its own (the planted encoder registered), until the
+    block ends; yields (base URL, the Popen). Its stderr goes to a file, shown when it does not start."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    port = free_port()
+    tests = str(Path(__file__).resolve().parent)
+    code = (f"import sys; sys.path.insert(0, {tests!r}); import planted; from retrieval.cli import main; "
+            f"sys.argv = ['slidesearch', 'serve'] + sys.argv[1:]; main()")
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "-c", code, str(index), "--port", str(port), *options],
+                               stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/api/health", timeout=5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the server did not start: {log.read().decode(errors='replace')[-2000:]}")
+                time.sleep(0.2)
+        yield base, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

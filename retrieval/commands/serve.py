@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from retrieval.cli_app import app, fail, guarded
-from retrieval.serve import DEFAULT_HOST, DEFAULT_PORT, one_thread_per_request, url
+from retrieval.serve import DEFAULT_HOST, DEFAULT_PORT, one_thread_per_request, return_freed_memory, url
 from retrieval.serve.budget import BudgetConfig
 from retrieval.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 
@@ -36,6 +36,7 @@ def serve_command(
 ) -> None:
     """Serve INDEX over HTTP: the API (OpenAPI at /docs) and the search page at /; follows new versions live."""
     one_thread_per_request()
+    return_freed_memory()
     import uvicorn
 
     from retrieval.serve.access import read_token, refuse_exposed_without_token

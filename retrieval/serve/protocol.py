@@ -25,6 +25,7 @@ HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 60.0
 MAX_HEAD_BYTES = 64 << 10
 KEEP_ALIVE_S = 5
+LINGER_S = 1.0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -38,7 +39,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_parsed = 0  # raw bytes read while the head is incomplete; its parsed size
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -49,24 +51,42 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # an error was answered: what the client still sends is dropped until the close
+            return
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and not (self._lingering or self.transport.is_closing()):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._reply(431, f"the request line and headers are over the limit of {self.max_head_bytes:,} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._head_parsed = True, 0, 0
         if self._deadline is None:
             self._arm(self.header_timeout, head=True)
 
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)  # a head that arrives in one read is measured here, not in data_received
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_parsed += len(name) + len(value) + 4
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_parsed > self.max_head_bytes:
+            return self._reply(431, f"the request line and headers are over the limit of {self.max_head_bytes:,} bytes")
         self._arm(self.body_timeout, head=False)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._lingering:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._lingering:
+            return
         self._disarm()
         super().on_message_complete()
 
@@ -84,7 +104,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _expired(self, head: bool) -> None:
         self._deadline = None
-        if self.transport.is_closing():
+        if self._lingering or self.transport.is_closing():
             return
         if head and (self.cycle is None or self.cycle.response_complete):
             self._reply(408, f"the request line and headers did not arrive within {self.header_timeout:g} s")
@@ -92,14 +112,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _reply(self, status: int, message: str) -> None:
-        """Answer ``{"error": message}`` and close the connection (only between responses, or before the first)."""
+        """Answer ``{"error": message}`` (unless a response has started) and close the connection.
+
+        The close lingers: the write side is shut and what the client still sends is read and dropped for up to
+        ``LINGER_S``, so the answer is not lost to a reset from closing on unread data (RFC 9112, 9.6).
+        """
+        if self._lingering:
+            return
         self._disarm()
         body = orjson.dumps({"error": message})
         if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
             head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
                     f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
             self.transport.write(head + body)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self._lingering = True
+            self.transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
 
 def guarded_protocol(header_timeout: float = HEADER_TIMEOUT_S, body_timeout: float = BODY_TIMEOUT_S,
