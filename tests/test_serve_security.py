@@ -92,7 +92,7 @@ def test_audit_log_has_one_json_line_per_api_request_and_no_image_bytes(guarded)
     client, _, log = guarded
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     marker = "necrosis audit-marker"
-    client.get("/api/search/text", params={"q": marker, "k": 2}, headers=bearer)
+    client.get("/api/search/text", params={"q": marker, "k": 2}, headers={**bearer, "X-Forwarded-For": "10.9.9.9"})
     client.get("/api/info")  # refused: no token
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 90)).save(buffer, "PNG")

@@ -143,10 +143,11 @@ def guarded_protocol(header_timeout: float = HEADER_TIMEOUT_S, body_timeout: flo
 def server_config(app: Any, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S,
                   body_timeout: float = BODY_TIMEOUT_S, max_connections: int = 512, **overrides: Any):
     """The ``uvicorn.Config`` ``slidesearch serve`` runs: the guarded protocol, no WebSockets, no access log (the
-    audit log is the app's), no ``server`` header, and at most ``max_connections`` open connections (503 past it)."""
+    audit log is the app's), no ``server`` header, ``X-Forwarded-*`` not trusted (a local client cannot forge the
+    audit log's address), and at most ``max_connections`` open connections (503 past it)."""
     import uvicorn
 
     options = dict(host=host, port=port, http=guarded_protocol(header_timeout, body_timeout), ws="none",
                    log_level="warning", access_log=False, server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
-                   limit_concurrency=max_connections)
+                   limit_concurrency=max_connections, proxy_headers=False)
     return uvicorn.Config(app, **{**options, **overrides})
