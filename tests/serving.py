@@ -82,3 +82,37 @@ def serve_process(index, *options: str, env: dict | None = None, timeout_s: floa
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+LAB_REPORTS = {
+    "S01": "Adenocarcinoma with fibrous stroma. No necrosis identified.",
+    "S03": "Extensive tumour necrosis is present. Stroma is desmoplastic.",
+    "S04": "Necrosis and lymphocytes; negative for mucin.",
+    "S05": "Mucinous carcinoma: pools of extracellular mucin.",
+    "S07": "Dense lymphoid infiltrate with mature fat.",
+}
+LAB_STAINS = {"S02": "IHC", "S04": "IHC", "S06": "IHC", "S08": "IHC"}  # each patient (case): one H&E, one IHC slide
+
+
+def make_lab_index(planted_index: tuple, root) -> object:
+    """A copy of the planted index under ``root`` with stains (two per case) and reports for five slides, added by
+    `slidesearch metadata INDEX stains.csv --reports FOLDER`; returns the index path."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from retrieval.cli import app
+
+    root = Path(root)
+    shutil.copytree(planted_index[0], root / "idx")
+    folder = root / "reports"
+    folder.mkdir()
+    for slide_id, text in LAB_REPORTS.items():
+        (folder / f"{slide_id}.txt").write_text(text)
+    table = root / "stains.csv"
+    table.write_text("slide_id,stain\n" + "".join(f"S0{i},{LAB_STAINS.get(f'S0{i}', 'H&E')}\n" for i in range(1, 9)))
+    result = CliRunner().invoke(app, ["metadata", str(root / "idx"), str(table), "--reports", str(folder)])
+    if result.exit_code != 0:
+        raise RuntimeError(result.output)
+    return root / "idx"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 
 import httpx
 import pytest
@@ -14,16 +13,7 @@ from typer.testing import CliRunner
 
 import planted  # noqa: F401 - registers the planted encoder
 from retrieval.cli import app as cli_app
-from serving import running
-
-REPORTS = {
-    "S01": "Adenocarcinoma with fibrous stroma. No necrosis identified.",
-    "S03": "Extensive tumour necrosis is present. Stroma is desmoplastic.",
-    "S04": "Necrosis and lymphocytes; negative for mucin.",
-    "S05": "Mucinous carcinoma: pools of extracellular mucin.",
-    "S07": "Dense lymphoid infiltrate with mature fat.",
-}
-STAINS = {"S02": "IHC", "S04": "IHC", "S06": "IHC", "S08": "IHC"}  # each patient (case): one H&E and one IHC slide
+from serving import make_lab_index, running
 
 
 def cli_json(*args) -> dict:
@@ -34,18 +24,7 @@ def cli_json(*args) -> dict:
 
 @pytest.fixture(scope="module")
 def lab_index(planted_index, tmp_path_factory):
-    """The planted index with stains (two per case) and reports for five slides, added by `slidesearch metadata`."""
-    root = tmp_path_factory.mktemp("lab")
-    shutil.copytree(planted_index[0], root / "idx")
-    folder = root / "reports"
-    folder.mkdir()
-    for slide_id, text in REPORTS.items():
-        (folder / f"{slide_id}.txt").write_text(text)
-    table = root / "stains.csv"
-    table.write_text("slide_id,stain\n" + "".join(f"S0{i},{STAINS.get(f'S0{i}', 'H&E')}\n" for i in range(1, 9)))
-    result = CliRunner().invoke(cli_app, ["metadata", str(root / "idx"), str(table), "--reports", str(folder)])
-    assert result.exit_code == 0, result.output
-    return root / "idx"
+    return make_lab_index(planted_index, tmp_path_factory.mktemp("lab"))
 
 
 @pytest.fixture(scope="module")
