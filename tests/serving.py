@@ -116,3 +116,28 @@ def make_lab_index(planted_index: tuple, root) -> object:
     if result.exit_code != 0:
         raise RuntimeError(result.output)
     return root / "idx"
+
+
+def multipart(data: bytes, name: str = "patch.png") -> tuple[bytes, dict]:
+    """A multipart/form-data body with ``data`` as the ``image`` field, and its Content-Type header."""
+    boundary = "slidesearch-upload-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def flood_images(side: int = 5792) -> tuple[bytes, bytes]:
+    """A ``side``²-px JPEG (33.5 MP and ~17 MB by default: textured, as a scanned field) and a PNG of the same size and
+    ~100 kB (a decompression bomb within the pixel limit: decoding it holds all its pixels)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 255, (side // 4, side // 4, 3), dtype=np.uint8)).resize((side, side))
+    noisy = np.asarray(coarse).astype(np.int16) + rng.integers(-40, 40, (side, side, 3), dtype=np.int16)
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(jpeg, "JPEG", quality=82)
+    Image.new("RGB", (side, side), (210, 120, 170)).save(png, "PNG")
+    return jpeg.getvalue(), png.getvalue()

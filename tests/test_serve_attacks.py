@@ -4,16 +4,14 @@ flood stays within a memory bound, half-open and slow connections are closed, ov
 from __future__ import annotations
 
 import http.client
-import io
 import socket
 import threading
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from serving import rss_mb, serve_process
+from serving import flood_images, multipart, rss_mb, serve_process
 
 HEALTH_P99_S = 0.5
 FLOOD_BOUND_MB = 1024
@@ -108,26 +106,6 @@ def test_health_stays_fast_while_regions_heatmaps_and_slide_queries_load_the_ser
     assert p99 <= HEALTH_P99_S, f"health p99 {p99:.3f} s over {len(probe.seconds)} probes"
     assert served.count(200) >= 100 and not [s for s in served if s not in (200, 503)], sorted(set(served))
     assert all(t.statuses.count(200) for t in loops[-4:])  # the slide queries were answered too
-
-
-def flood_images() -> tuple[bytes, bytes]:
-    """A 33.5-MP JPEG of ~17 MB (textured, as a scanned field) and a 33.5-MP PNG of ~100 kB (a decompression bomb
-    within the pixel limit: the server must hold all its pixels to decode it)."""
-    side = 5792
-    rng = np.random.default_rng(0)
-    coarse = Image.fromarray(rng.integers(0, 255, (side // 4, side // 4, 3), dtype=np.uint8)).resize((side, side))
-    noisy = np.asarray(coarse).astype(np.int16) + rng.integers(-40, 40, (side, side, 3), dtype=np.int16)
-    jpeg, png = io.BytesIO(), io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(jpeg, "JPEG", quality=82)
-    Image.new("RGB", (side, side), (210, 120, 170)).save(png, "PNG")
-    return jpeg.getvalue(), png.getvalue()
-
-
-def multipart(data: bytes, name: str) -> tuple[bytes, dict]:
-    boundary = "slidesearch-flood"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def test_upload_flood_stays_within_a_gigabyte_of_idle(planted_index):

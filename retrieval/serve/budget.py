@@ -2,8 +2,8 @@
 
 A job holds one of ``slots`` (work running at once) and its estimated working memory out of ``memory``
 bytes (a decoded upload: its pixels; a heatmap: the slide's patch features). A job that does not fit waits
-in a FIFO queue of at most ``queue`` requests, for at most ``wait_s`` seconds; past either it gets
-:class:`BusyError` (HTTP 503 with ``Retry-After``). Waiting happens on the event loop without blocking it
+in a queue (searches before pixels, each in order) of at most ``queue`` requests in all, for at most ``wait_s``
+seconds; past either it gets :class:`BusyError` (HTTP 503 with ``Retry-After``). Waiting happens on the event loop without blocking it
 (an ``asyncio`` future per waiter); the job itself runs in a worker thread of the budget's own pool, so
 requests outside the budget (health, info, the page) never wait behind it.
 """
@@ -22,6 +22,7 @@ from indexer.errors import LimitError, UserError
 
 T = TypeVar("T")
 MB = 1 << 20
+LANES = ("search", "pixels")  # in order of priority
 
 
 class BusyError(UserError):
@@ -59,7 +60,13 @@ class BudgetConfig:
 
 
 class Budget:
-    """Slots and memory for expensive jobs, a bounded FIFO queue in front (see the module docstring)."""
+    """Slots and memory for expensive jobs, bounded FIFO queues in front (see the module docstring).
+
+    Jobs wait in one of ``LANES``, in order of priority: a search (a person waiting on it, a few milliseconds
+    of work) is granted the next free slot before pixels (the many tiles, crops and heatmaps a viewer asks for),
+    so a search does not queue behind a page of tiles. A lane's head that does not fit in memory lets a later
+    lane's smaller job pass; within a lane, jobs are granted in order.
+    """
 
     def __init__(self, config: BudgetConfig = BudgetConfig()):
         import anyio
@@ -68,25 +75,33 @@ class Budget:
         self.memory, self.queue, self.wait_s = config.memory_mb * MB, config.queue, config.wait_s
         self.running = self.used = 0
         self.served = self.refused = 0
-        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+        self._waiters: dict[str, deque[tuple[int, asyncio.Future]]] = {lane: deque() for lane in LANES}
         self._seconds = 0.5  # moving average of a job's duration, for Retry-After
         self._limiter = anyio.CapacityLimiter(self.slots)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiters.values())
 
     def stats(self) -> dict[str, Any]:
         """Running and waiting jobs, memory held, jobs served and refused (for ``/api/info``)."""
         return {"slots": self.slots, "memory_mb": self.memory // MB, "queue": self.queue, "wait_s": self.wait_s,
-                "running": self.running, "waiting": len(self._waiters), "memory_used_mb": round(self.used / MB, 1),
-                "served": self.served, "refused": self.refused}
+                "running": self.running, "waiting": {lane: len(q) for lane, q in self._waiters.items()},
+                "memory_used_mb": round(self.used / MB, 1), "served": self.served, "refused": self.refused}
 
-    async def run(self, fn: Callable[..., T], *args: Any, cost: int = 0) -> T:
-        """``fn(*args)`` in a worker thread once a slot and ``cost`` bytes are free (BusyError when not in time)."""
+    async def run(self, fn: Callable[..., T], *args: Any, cost: int = 0, lane: str = "pixels") -> T:
+        """``fn(*args)`` in a worker thread once a slot and ``cost`` bytes are free (BusyError when not in time).
+
+        Args:
+            lane: ``search`` or ``pixels`` (``LANES``).
+        """
         import anyio
 
         cost = max(0, int(cost))
         if cost > self.memory:
             raise LimitError(f"this request needs about {cost / MB:,.0f} MiB of working memory, over the server's "
                              f"budget of {self.memory // MB:,} MiB (slidesearch serve --memory-budget)")
-        await self._acquire(cost)
+        await self._acquire(cost, self._waiters[lane])
         start = time.monotonic()
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -97,39 +112,34 @@ class Budget:
     def _fits(self, cost: int) -> bool:
         return self.running < self.slots and self.used + cost <= self.memory
 
-    def _grant(self, cost: int) -> None:
-        self.running += 1
-        self.used += cost
-        self.served += 1
-
-    async def _acquire(self, cost: int) -> None:
-        if not self._waiters and self._fits(cost):
-            self._grant(cost)
-            return
-        if len(self._waiters) >= self.queue:
+    async def _acquire(self, cost: int, queue: deque) -> None:
+        if self.waiting >= self.queue:
             self.refused += 1
-            raise BusyError(f"the server is busy ({self.running} requests running, {len(self._waiters)} waiting); "
+            raise BusyError(f"the server is busy ({self.running} requests running, {self.waiting} waiting); "
                             "try again shortly", self.retry_after())
         future = asyncio.get_running_loop().create_future()
         entry = (cost, future)
-        self._waiters.append(entry)
+        queue.append(entry)
+        self._wake()
+        if future.done():
+            return
         try:
             await asyncio.wait({future}, timeout=self.wait_s)
         except BaseException:  # cancelled while waiting: give back a grant that came, or leave the queue
-            self._leave(entry, cost)
+            self._leave(queue, entry)
             raise
         if not future.done():
-            self._leave(entry, cost)
+            self._leave(queue, entry)
             self.refused += 1
             raise BusyError(f"the server is busy: no capacity within {self.wait_s:g} s; try again shortly",
                             self.retry_after())
 
-    def _leave(self, entry: tuple[int, asyncio.Future], cost: int) -> None:
+    def _leave(self, queue: deque, entry: tuple[int, asyncio.Future]) -> None:
         if entry[1].done():
-            self._release(cost)
+            self._release(entry[0])
         else:
             entry[1].cancel()
-            self._waiters.remove(entry)
+            queue.remove(entry)
             self._wake()
 
     def _release(self, cost: int) -> None:
@@ -138,12 +148,17 @@ class Budget:
         self._wake()
 
     def _wake(self) -> None:
-        """Grant waiting jobs in order while the first one fits (FIFO: a large upload is not passed forever)."""
-        while self._waiters and self._fits(self._waiters[0][0]):
-            cost, future = self._waiters.popleft()
-            self._grant(cost)
+        """Grant waiting jobs, lanes in priority order, each lane in order, while a lane's first job fits."""
+        while True:
+            queue = next((q for q in self._waiters.values() if q and self._fits(q[0][0])), None)
+            if queue is None:
+                return
+            cost, future = queue.popleft()
+            self.running += 1
+            self.used += cost
+            self.served += 1
             future.set_result(None)
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the queue ahead of it at the recent job duration."""
-        return max(1, math.ceil(self._seconds * (len(self._waiters) + 1) / self.slots))
+        return max(1, math.ceil(self._seconds * (self.waiting + 1) / self.slots))

@@ -65,8 +65,8 @@ def answer(out: tuple) -> Response:
 
 
 async def budgeted(request: Request, fmt: str, search: Callable[[], Any], cost: int = 0) -> Response:
-    """Run ``search()`` under the budget in a worker thread and answer its result as ``fmt``."""
-    return answer(await service_of(request).budget.run(search_job(fmt, search), cost=cost))
+    """Run ``search()`` under the budget (its search lane) in a worker thread and answer its result as ``fmt``."""
+    return answer(await service_of(request).budget.run(search_job(fmt, search), cost=cost, lane="search"))
 
 
 def server_timing(seconds: float) -> dict[str, str]:

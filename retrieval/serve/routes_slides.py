@@ -1,6 +1,7 @@
 """Slide routes: a slide's metadata and explanation, thumbnails, crops, DeepZoom tiles and query heatmaps.
 
-Each reads slide files or patch features, so each runs in a worker thread under the server's budget.
+Each reads slide files or patch features, so each runs in a worker thread under the server's budget, in its
+pixels lane (a slide's detail, a search of one slide, in its search lane).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ async def slide_detail(request: Request, slide_id: str, kind: Optional[Kind] = Q
                        q: Optional[str] = Query(None, max_length=1000, description="Text, slide id or region of the query."),
                        mode: Mode = MODE, expand: bool = EXPAND) -> JSON:
     service = service_of(request)
-    return JSON(await service.budget.run(service.slide_detail, slide_id, kind, q, expand, mode))
+    return JSON(await service.budget.run(service.slide_detail, slide_id, kind, q, expand, mode, lane="search"))
 
 
 @router.get("/api/slides/{slide_id}/thumbnail.png", tags=["slides"], response_class=Response, responses={200: IMAGE_TYPES})
@@ -89,5 +90,5 @@ async def heatmap_upload(request: Request, slide_id: str, image: UploadFile = Fi
     service = service_of(request)
     cost = service.heatmap_cost(slide_id)  # an unknown slide is refused before the upload is read
     png, facts = await with_upload(service.budget, image, lambda pixels: service.heatmap(slide_id, "patch", None, True, pixels),
-                                   service.upload_side(), cost)
+                                   service.upload_side(), cost, lane="pixels")
     return _heatmap_response(png, facts)
