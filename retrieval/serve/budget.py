@@ -2,11 +2,11 @@
 
 A job holds one of ``slots`` (work running at once) and its estimated working memory out of ``memory``
 bytes (a decoded upload: its pixels; a heatmap: the slide's patch features). A job that does not fit waits
-in a queue (searches before pixels, each in order) of at most ``queue`` requests in all, for at most ``wait_s``
-seconds; past either it gets :class:`BusyError` (HTTP 503 with ``Retry-After``). Waiting happens on the event loop without blocking it
-(an ``asyncio`` future per waiter); the job itself runs in a worker thread of the budget's own pool, so
-requests outside the budget (health, info, the page) never wait behind it.
-"""
+in a queue (searches ahead of pixels by a second, each lane in order) of at most ``queue`` requests in all,
+for at most ``wait_s`` seconds; past either it gets :class:`BusyError` (HTTP 503 with ``Retry-After``).
+Waiting happens on the event loop without blocking it (an ``asyncio`` future per waiter); the job itself runs
+in a worker thread of the budget's own pool, so requests outside the budget (health, info, the page) never
+wait behind it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from indexer.errors import LimitError, UserError
 
 T = TypeVar("T")
 MB = 1 << 20
-LANES = ("search", "pixels")  # in order of priority
+LANES = {"search": 0.0, "pixels": 1.0}  # lane → seconds its jobs give way to the other's (a deadline's slack)
 
 
 class BusyError(UserError):
@@ -62,10 +62,11 @@ class BudgetConfig:
 class Budget:
     """Slots and memory for expensive jobs, bounded FIFO queues in front (see the module docstring).
 
-    Jobs wait in one of ``LANES``, in order of priority: a search (a person waiting on it, a few milliseconds
-    of work) is granted the next free slot before pixels (the many tiles, crops and heatmaps a viewer asks for),
-    so a search does not queue behind a page of tiles. A lane's head that does not fit in memory lets a later
-    lane's smaller job pass; within a lane, jobs are granted in order.
+    Jobs wait in one of ``LANES``; a free slot goes to the waiting job with the earliest deadline, its arrival plus
+    its lane's slack. A search (a person waiting on it, milliseconds of work) thus passes the tiles, crops and
+    heatmaps that arrived less than a second before it, so it does not queue behind a page of tiles, and pixels
+    still go ahead of searches that came a second after them (no lane starves). A job that does not fit in memory
+    lets another lane's smaller job pass; within a lane, jobs are granted in order.
     """
 
     def __init__(self, config: BudgetConfig = BudgetConfig()):
@@ -75,7 +76,7 @@ class Budget:
         self.memory, self.queue, self.wait_s = config.memory_mb * MB, config.queue, config.wait_s
         self.running = self.used = 0
         self.served = self.refused = 0
-        self._waiters: dict[str, deque[tuple[int, asyncio.Future]]] = {lane: deque() for lane in LANES}
+        self._waiters: dict[str, deque[tuple[float, int, asyncio.Future]]] = {lane: deque() for lane in LANES}
         self._seconds = 0.5  # moving average of a job's duration, for Retry-After
         self._limiter = anyio.CapacityLimiter(self.slots)
 
@@ -101,7 +102,7 @@ class Budget:
         if cost > self.memory:
             raise LimitError(f"this request needs about {cost / MB:,.0f} MiB of working memory, over the server's "
                              f"budget of {self.memory // MB:,} MiB (slidesearch serve --memory-budget)")
-        await self._acquire(cost, self._waiters[lane])
+        await self._acquire(cost, lane)
         start = time.monotonic()
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -112,13 +113,13 @@ class Budget:
     def _fits(self, cost: int) -> bool:
         return self.running < self.slots and self.used + cost <= self.memory
 
-    async def _acquire(self, cost: int, queue: deque) -> None:
+    async def _acquire(self, cost: int, lane: str) -> None:
         if self.waiting >= self.queue:
             self.refused += 1
             raise BusyError(f"the server is busy ({self.running} requests running, {self.waiting} waiting); "
                             "try again shortly", self.retry_after())
         future = asyncio.get_running_loop().create_future()
-        entry = (cost, future)
+        entry, queue = (time.monotonic() + LANES[lane], cost, future), self._waiters[lane]
         queue.append(entry)
         self._wake()
         if future.done():
@@ -134,11 +135,11 @@ class Budget:
             raise BusyError(f"the server is busy: no capacity within {self.wait_s:g} s; try again shortly",
                             self.retry_after())
 
-    def _leave(self, queue: deque, entry: tuple[int, asyncio.Future]) -> None:
-        if entry[1].done():
-            self._release(entry[0])
+    def _leave(self, queue: deque, entry: tuple[float, int, asyncio.Future]) -> None:
+        if entry[2].done():
+            self._release(entry[1])
         else:
-            entry[1].cancel()
+            entry[2].cancel()
             queue.remove(entry)
             self._wake()
 
@@ -148,12 +149,13 @@ class Budget:
         self._wake()
 
     def _wake(self) -> None:
-        """Grant waiting jobs, lanes in priority order, each lane in order, while a lane's first job fits."""
+        """Grant waiting jobs while one fits: of the lanes' first jobs, the earliest deadline that fits."""
         while True:
-            queue = next((q for q in self._waiters.values() if q and self._fits(q[0][0])), None)
+            heads = sorted((q[0][0], lane) for lane, q in self._waiters.items() if q)
+            queue = next((self._waiters[lane] for _, lane in heads if self._fits(self._waiters[lane][0][1])), None)
             if queue is None:
                 return
-            cost, future = queue.popleft()
+            _, cost, future = queue.popleft()
             self.running += 1
             self.used += cost
             self.served += 1

@@ -29,7 +29,7 @@ KINDS = ("text", "slide", "patch")
 MODES = ("proto", "mean")
 TEXT_CACHE = 512  # embedded text queries kept (a search and then its heatmaps embed once)
 HEATMAP_BYTES = 16 << 20  # a heatmap's image and its PNG, besides the slide's patch features
-UPLOAD_SIDE = 4  # an uploaded JPEG is decoded at a scale keeping at least this many times the model's input side
+UPLOAD_SIDE = 2  # an upload is decoded (JPEG) or reduced (others) to at least this many times the model's input side
 
 
 class NotFoundError(QueryError):
