@@ -16,6 +16,24 @@ def free_port() -> int:
 
 
 @contextmanager
+def app_client(index, timeout_s: float = 60.0, **options) -> Iterator["object"]:
+    """An ``httpx.Client`` on a real server of ``create_app(index, **options)`` (see ``running``)."""
+    import httpx
+
+    from retrieval.serve.app import create_app
+
+    with running(create_app(index, **options)) as base, httpx.Client(base_url=base, timeout=timeout_s) as client:
+        yield client
+
+
+def get(client, url: str, status: int = 200, **params):
+    """``client.get(url, params=params)``, asserting its status (the body shown when it differs)."""
+    response = client.get(url, params=params)
+    assert response.status_code == status, response.text
+    return response
+
+
+@contextmanager
 def running(app, timeout_s: float = 30.0) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 until the block ends; yields the base URL."""
     import uvicorn

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +14,7 @@ import planted
 from retrieval.cli import app as cli_app
 from retrieval.results import result_json
 from retrieval.search import SlideSearcher
-from serving import running
+from serving import app_client, get
 
 BORDER = planted.SLIDE_PX * 3 // 4
 
@@ -27,15 +26,12 @@ def index(planted_index):
 
 @pytest.fixture(scope="module")
 def server(index):
-    from retrieval.serve.app import create_app
-
-    with running(create_app(index)) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with app_client(index) as client:
         yield client
 
 
 def get_json(client, url, status=200, **params):
-    response = client.get(url, params=params)
-    assert response.status_code == status, response.text
+    response = get(client, url, status, **params)
     assert response.headers["content-type"].startswith("application/json")
     return response.json()
 

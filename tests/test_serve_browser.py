@@ -60,6 +60,13 @@ def give_token(page):
     page.wait_for_function("() => document.querySelector('#index-info').textContent.includes('slides')")
 
 
+def search(page, k: int, card: str = ".card") -> None:
+    """Submit the form with ``k`` and wait for ``k`` result cards."""
+    page.fill("#k", str(k))
+    page.click("#go")
+    page.wait_for_function(f"() => document.querySelectorAll('{card}').length === {k}")
+
+
 def shot(page, tmp_path, name):
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=True)
@@ -80,9 +87,7 @@ def test_text_search_viewer_heatmap_and_region_query_with_a_token(site, browser_
     page.wait_for_selector("#where-error:not([hidden])")
     assert "bad --where" in page.text_content("#where-error")
     page.fill("#where", "")
-    page.fill("#k", "4")
-    page.click("#go")
-    page.wait_for_function("() => document.querySelectorAll('.card').length === 4")
+    search(page, 4)
     first = page.locator(".card").first
     opened = first.get_attribute("data-slide-id")
     assert opened in ("S03", "S04")
@@ -134,9 +139,7 @@ def test_case_and_report_modes_and_the_csv_download(site, browser_context, tmp_p
     page.check("input[name=mode][value=case]")
     assert page.is_visible("#fusion") and not page.is_visible("#source")
     page.fill("#q", "P1")
-    page.fill("#k", "3")
-    page.click("#go")
-    page.wait_for_function("() => document.querySelectorAll('.card.case').length === 3")
+    search(page, 3, ".card.case")
     card = page.locator(".card.case").first
     rows = card.locator(".stain-row")
     assert sorted(rows.locator(".stain").all_inner_texts()) == ["H&E", "IHC"]
@@ -157,9 +160,7 @@ def test_case_and_report_modes_and_the_csv_download(site, browser_context, tmp_p
     page.check("input[name=mode][value=report]")
     assert page.is_visible("#report") and not page.is_visible("#q")
     page.fill("#report", "Sheets of necrosis.\nNo mucin is seen.")
-    page.fill("#k", "4")
-    page.click("#go")
-    page.wait_for_function("() => document.querySelectorAll('.card').length === 4")
+    search(page, 4)
     about = page.text_content("#results-about")
     assert "necrosis" in about and "left out" in about and "mucin" in about
     first = page.locator(".card").first

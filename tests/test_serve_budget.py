@@ -25,6 +25,14 @@ def blocker(release: threading.Event, log: list, name: str):
     return job
 
 
+async def one_running(budget: Budget) -> tuple[threading.Event, asyncio.Task]:
+    """A job holding a slot until the event is set."""
+    release = threading.Event()
+    task = asyncio.create_task(budget.run(blocker(release, [], "a")))
+    await asyncio.sleep(0.05)
+    return release, task
+
+
 def test_slots_bound_the_jobs_running_and_the_queue_bounds_the_waiting():
     async def main():
         budget = Budget(BudgetConfig(slots=2, memory_mb=64, queue=3, wait_s=5))
@@ -46,9 +54,7 @@ def test_slots_bound_the_jobs_running_and_the_queue_bounds_the_waiting():
 def test_a_wait_past_the_limit_gets_busy_and_leaves_the_queue():
     async def main():
         budget = Budget(BudgetConfig(slots=1, memory_mb=64, queue=5, wait_s=0.2))
-        release = threading.Event()
-        first = asyncio.create_task(budget.run(blocker(release, [], "a")))
-        await asyncio.sleep(0.05)
+        release, first = await one_running(budget)
         start = time.monotonic()
         with pytest.raises(BusyError):
             await budget.run(lambda: None)
@@ -88,9 +94,7 @@ def test_searches_go_before_pixels_and_memory_is_a_second_bound():
 def test_a_cancelled_waiter_gives_its_place_back():
     async def main():
         budget = Budget(BudgetConfig(slots=1, memory_mb=64, queue=5, wait_s=5))
-        release = threading.Event()
-        first = asyncio.create_task(budget.run(blocker(release, [], "a")))
-        await asyncio.sleep(0.05)
+        release, first = await one_running(budget)
         waiter = asyncio.create_task(budget.run(lambda: "never"))
         await asyncio.sleep(0.05)
         waiter.cancel()

@@ -7,13 +7,12 @@ import csv
 import io
 import json
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 import planted  # noqa: F401 - registers the planted encoder
 from retrieval.cli import app as cli_app
-from serving import make_lab_index, running
+from serving import app_client, get, make_lab_index
 
 
 def cli_json(*args) -> dict:
@@ -29,16 +28,8 @@ def lab_index(planted_index, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(lab_index):
-    from retrieval.serve.app import create_app
-
-    with running(create_app(lab_index)) as base, httpx.Client(base_url=base, timeout=60) as c:
+    with app_client(lab_index) as c:
         yield c
-
-
-def get(client, url, status=200, **params):
-    response = client.get(url, params=params)
-    assert response.status_code == status, response.text
-    return response
 
 
 @pytest.mark.parametrize("params, cli", [

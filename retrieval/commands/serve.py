@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 
 from retrieval.cli_app import app, fail, guarded
-from retrieval.serve import DEFAULT_HOST, DEFAULT_PORT, one_thread_per_request, return_freed_memory, url
+from retrieval.serve import (BODY_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT, HEADER_TIMEOUT_S, one_thread_per_request,
+                             return_freed_memory, url)
 from retrieval.serve.budget import BudgetConfig
-from retrieval.serve.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 
 DEFAULTS = BudgetConfig()
 

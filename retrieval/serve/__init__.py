@@ -1,6 +1,8 @@
 """`slidesearch serve`: a read-only HTTP API (FastAPI on uvicorn) and a web page over one live index."""
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+HEADER_TIMEOUT_S = 10.0  # a request line and headers must arrive within this (retrieval/serve/protocol.py)
+BODY_TIMEOUT_S = 60.0  # a request body must arrive within this
 
 
 def url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:

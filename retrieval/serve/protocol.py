@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-HEADER_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0
+from retrieval.serve import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
+
 MAX_HEAD_BYTES = 64 << 10
 KEEP_ALIVE_S = 5
 LINGER_S = 1.0
