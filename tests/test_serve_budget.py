@@ -91,6 +91,20 @@ def test_searches_go_before_pixels_and_memory_is_a_second_bound():
     run(main())
 
 
+def test_uploads_hold_at_most_half_the_slots():
+    async def main():
+        budget = Budget(BudgetConfig(slots=2, memory_mb=64, queue=5, wait_s=5))
+        release, log = threading.Event(), []
+        first = asyncio.create_task(budget.run(blocker(release, log, "upload0"), lane="upload"))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(budget.run(blocker(release, log, "upload1"), lane="upload"))
+        tile = asyncio.create_task(budget.run(lambda: "tile", lane="pixels"))
+        assert await tile == "tile" and not second.done() and budget.stats()["waiting"]["upload"] == 1
+        release.set()
+        assert await asyncio.gather(first, second) == ["upload0", "upload1"]
+    run(main())
+
+
 def test_a_cancelled_waiter_gives_its_place_back():
     async def main():
         budget = Budget(BudgetConfig(slots=1, memory_mb=64, queue=5, wait_s=5))

@@ -22,7 +22,8 @@ from indexer.errors import LimitError, UserError
 
 T = TypeVar("T")
 MB = 1 << 20
-LANES = {"search": 0.0, "pixels": 1.0}  # lane → seconds its jobs give way to the other's (a deadline's slack)
+# lane → (seconds its jobs give way to others': a deadline's slack; the share of the slots it may hold)
+LANES = {"search": (0.0, 1.0), "upload": (0.0, 0.5), "pixels": (1.0, 1.0)}
 
 
 class BusyError(UserError):
@@ -65,8 +66,10 @@ class Budget:
     Jobs wait in one of ``LANES``; a free slot goes to the waiting job with the earliest deadline, its arrival plus
     its lane's slack. A search (a person waiting on it, milliseconds of work) thus passes the tiles, crops and
     heatmaps that arrived less than a second before it, so it does not queue behind a page of tiles, and pixels
-    still go ahead of searches that came a second after them (no lane starves). A job that does not fit in memory
-    lets another lane's smaller job pass; within a lane, jobs are granted in order.
+    still go ahead of searches that came a second after them (no lane starves). Uploads (a decode of up to
+    33.5 MP, ~0.2 s of CPU) hold at most half the slots, so a flood of them leaves the rest to everyone else. A job
+    that does not fit (in memory, or in its lane's share) lets another lane's job pass; within a lane, jobs are
+    granted in order.
     """
 
     def __init__(self, config: BudgetConfig = BudgetConfig()):
@@ -77,6 +80,8 @@ class Budget:
         self.running = self.used = 0
         self.served = self.refused = 0
         self._waiters: dict[str, deque[tuple[float, int, asyncio.Future]]] = {lane: deque() for lane in LANES}
+        self._cap = {lane: max(1, int(self.slots * share)) for lane, (_, share) in LANES.items()}
+        self._in_lane = dict.fromkeys(LANES, 0)
         self._seconds = 0.5  # moving average of a job's duration, for Retry-After
         self._limiter = anyio.CapacityLimiter(self.slots)
 
@@ -94,7 +99,7 @@ class Budget:
         """``fn(*args)`` in a worker thread once a slot and ``cost`` bytes are free (BusyError when not in time).
 
         Args:
-            lane: ``search`` or ``pixels`` (``LANES``).
+            lane: ``search``, ``upload`` or ``pixels`` (``LANES``).
         """
         import anyio
 
@@ -108,10 +113,10 @@ class Budget:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         finally:
             self._seconds = 0.9 * self._seconds + 0.1 * (time.monotonic() - start)
-            self._release(cost)
+            self._release(cost, lane)
 
-    def _fits(self, cost: int) -> bool:
-        return self.running < self.slots and self.used + cost <= self.memory
+    def _fits(self, cost: int, lane: str) -> bool:
+        return self.running < self.slots and self._in_lane[lane] < self._cap[lane] and self.used + cost <= self.memory
 
     async def _acquire(self, cost: int, lane: str) -> None:
         if self.waiting >= self.queue:
@@ -119,7 +124,7 @@ class Budget:
             raise BusyError(f"the server is busy ({self.running} requests running, {self.waiting} waiting); "
                             "try again shortly", self.retry_after())
         future = asyncio.get_running_loop().create_future()
-        entry, queue = (time.monotonic() + LANES[lane], cost, future), self._waiters[lane]
+        entry, queue = (time.monotonic() + LANES[lane][0], cost, future), self._waiters[lane]
         queue.append(entry)
         self._wake()
         if future.done():
@@ -127,24 +132,25 @@ class Budget:
         try:
             await asyncio.wait({future}, timeout=self.wait_s)
         except BaseException:  # cancelled while waiting: give back a grant that came, or leave the queue
-            self._leave(queue, entry)
+            self._leave(lane, entry)
             raise
         if not future.done():
-            self._leave(queue, entry)
+            self._leave(lane, entry)
             self.refused += 1
             raise BusyError(f"the server is busy: no capacity within {self.wait_s:g} s; try again shortly",
                             self.retry_after())
 
-    def _leave(self, queue: deque, entry: tuple[float, int, asyncio.Future]) -> None:
+    def _leave(self, lane: str, entry: tuple[float, int, asyncio.Future]) -> None:
         if entry[2].done():
-            self._release(entry[1])
+            self._release(entry[1], lane)
         else:
             entry[2].cancel()
-            queue.remove(entry)
+            self._waiters[lane].remove(entry)
             self._wake()
 
-    def _release(self, cost: int) -> None:
+    def _release(self, cost: int, lane: str) -> None:
         self.running -= 1
+        self._in_lane[lane] -= 1
         self.used -= cost
         self._wake()
 
@@ -152,11 +158,12 @@ class Budget:
         """Grant waiting jobs while one fits: of the lanes' first jobs, the earliest deadline that fits."""
         while True:
             heads = sorted((q[0][0], lane) for lane, q in self._waiters.items() if q)
-            queue = next((self._waiters[lane] for _, lane in heads if self._fits(self._waiters[lane][0][1])), None)
-            if queue is None:
+            lane = next((lane for _, lane in heads if self._fits(self._waiters[lane][0][1], lane)), None)
+            if lane is None:
                 return
-            _, cost, future = queue.popleft()
+            _, cost, future = self._waiters[lane].popleft()
             self.running += 1
+            self._in_lane[lane] += 1
             self.used += cost
             self.served += 1
             future.set_result(None)

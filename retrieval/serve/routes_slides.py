@@ -90,5 +90,5 @@ async def heatmap_upload(request: Request, slide_id: str, image: UploadFile = Fi
     service = service_of(request)
     cost = service.heatmap_cost(slide_id)  # an unknown slide is refused before the upload is read
     png, facts = await with_upload(service.budget, image, lambda pixels: service.heatmap(slide_id, "patch", None, True, pixels),
-                                   service.upload_side(), cost, lane="pixels")
+                                   service.upload_side(), cost)
     return _heatmap_response(png, facts)

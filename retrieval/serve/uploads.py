@@ -16,10 +16,10 @@ T = TypeVar("T")
 
 
 async def with_upload(budget: Budget, upload: Any, work: Callable[[Any], T], min_side: int | None = None,
-                      cost: int = 0, lane: str = "search") -> T:
+                      cost: int = 0) -> T:
     """``work(pixels)`` on an upload (a Starlette ``UploadFile``), decoded under ``budget``: the header is read in a
-    thread, the decode and ``work`` run in one budgeted job (in ``lane``) holding the decoded pixels' bytes (plus
-    ``cost``)."""
+    thread, the decode and ``work`` run in one budgeted job (in the budget's upload lane) holding the decoded pixels'
+    bytes (plus ``cost``)."""
     import anyio
 
     from retrieval.queries import decode_bytes, decode_query_image, open_query_image
@@ -35,6 +35,6 @@ async def with_upload(budget: Budget, upload: Any, work: Callable[[Any], T], min
             pixels.close()
 
     try:
-        return await budget.run(job, cost=decode_bytes(opened) + cost, lane=lane)
+        return await budget.run(job, cost=decode_bytes(opened) + cost, lane="upload")
     finally:
         opened.close()
