@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
+import time
 import zlib
 
 import httpx
@@ -170,3 +171,25 @@ def test_no_cors_for_other_origins_and_server_still_answers(client):
                                                                   "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in response.headers
     assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_large_bodies_in_flight_are_bounded(base, client, monkeypatch):
+    monkeypatch.setattr("retrieval.serve.app.MAX_BODIES", 1)
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:  # an upload that has not finished
+        slow.sendall(b"POST /api/search/patch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                     b"boundary=b\r\nContent-Length: 2000000\r\n\r\n--b\r\n")
+        time.sleep(0.3)
+        second = client.post("/api/search/patch", files={"image": ("p.png", image_bytes("PNG", (900, 900)) + b"\0" * 1_200_000,
+                                                                   "image/png")})
+        assert second.status_code == 503 and second.headers["retry-after"] == "2" and "uploads" in second.json()["error"]
+        small = client.post("/api/search/patch", files={"image": ("p.png", image_bytes("PNG"), "image/png")})
+        assert small.status_code == 200  # a small body is not counted
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the slow upload's slot is given back once its connection is gone
+        big = client.post("/api/search/patch", files={"image": ("p.png", image_bytes("PNG", (900, 900)) + b"\0" * 1_200_000,
+                                                                "image/png")})
+        if big.status_code != 503:
+            break
+        time.sleep(0.2)
+    assert big.status_code in (200, 400), big.text

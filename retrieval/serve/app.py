@@ -20,6 +20,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 PACKAGED_VIEWER = Path(__file__).resolve().parent / "vendor" / "openseadragon"  # put into the wheel by setup.py
 NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"  # `npm ci` in the checkout (scripts/env.sh)
 BODY_SLACK = 64 << 10  # multipart framing allowed on top of the query-image byte limit
+SMALL_BODY = 1 << 20  # a body up to this (a report, a small patch) is not counted against MAX_BODIES
+MAX_BODIES = 32  # requests with a larger (or unsized) body in the server at once: 32 × 64 MiB spooled at most
 log = logging.getLogger("slidesearch.serve")
 
 
@@ -116,10 +118,13 @@ def create_app(index: str | Path, encoder: Any = None, device: str = "auto", cor
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over the query-image byte limit (plus framing) gets 413, however it is sent."""
+    """ASGI middleware: a request body over the query-image byte limit (plus framing) gets 413, however it is sent;
+    past ``MAX_BODIES`` requests with a large body in the server at once (uploads are spooled to disk while they
+    wait for the budget), another gets 503: disk and memory for bodies stay bounded whatever the connections."""
 
     def __init__(self, app: Any):
         self.app = app
+        self.bodies = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -130,12 +135,23 @@ class BodyLimit:
             return await self.app(scope, receive, send)  # HTTP/1.1: neither header, no body
         cap = limit("MAX_QUERY_BYTES") + BODY_SLACK
 
-        async def too_large() -> None:
-            response = JSONResponse({"error": f"request body is over the limit of {cap:,} bytes"}, status_code=413)
-            await response(scope, receive, send)
+        async def refuse(status: int, message: str, extra: dict | None = None) -> None:
+            await JSONResponse({"error": message}, status_code=status, headers=extra)(scope, receive, send)
 
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            return await too_large()
+            return await refuse(413, f"request body is over the limit of {cap:,} bytes")
+        if declared is None or not declared.isdigit() or int(declared) > SMALL_BODY:
+            if self.bodies >= MAX_BODIES:
+                return await refuse(503, f"the server is busy: {MAX_BODIES} uploads in progress; try again shortly",
+                                    {"Retry-After": "2"})
+            self.bodies += 1
+            try:
+                return await self._counted(scope, receive, send, cap, refuse)
+            finally:
+                self.bodies -= 1
+        await self._counted(scope, receive, send, cap, refuse)
+
+    async def _counted(self, scope: dict, receive: Any, send: Any, cap: int, refuse: Any) -> None:
         seen = 0
 
         async def counted() -> dict:
@@ -153,6 +169,6 @@ class BodyLimit:
             if seen <= cap:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await too_large()
+                await refuse(413, f"request body is over the limit of {cap:,} bytes")
 
         await self.app(scope, counted, replaced)
