@@ -58,9 +58,10 @@ def get(url: str):
 
 
 def health_probe(port: int, stop: threading.Event, every_s: float = 0.05) -> Loop:
+    """Health and info in turn, every ``every_s``: neither may queue behind the load."""
     def request(i: int):
         time.sleep(every_s)
-        return "GET", "/api/health", None, {}
+        return "GET", ("/api/health", "/api/info")[i % 2], None, {}
 
     return Loop(port, request, stop)
 
@@ -83,7 +84,7 @@ def port_of(base: str) -> int:
 
 
 def test_health_stays_fast_while_regions_heatmaps_and_slide_queries_load_the_server(planted_index):
-    """36 clients loading regions and heatmaps and 4 looping slide queries: health p99 within 0.5 s."""
+    """36 clients loading regions and heatmaps and 4 looping slide queries: health (and info) p99 within 0.5 s."""
     rng = np.random.default_rng(0)
     slides = [f"S0{i}" for i in range(1, 9)]
 
