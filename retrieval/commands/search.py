@@ -92,20 +92,15 @@ def search_slide(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Slide → slide: cases that look like this slide."""
+    from retrieval.cases import slide_query
     from retrieval.search import SlideSearcher
 
-    searcher = SlideSearcher(index, device=device)
-    if group is not None or space is not None or target_stain is not None:
-        from retrieval.cases import search_slide_options
+    result = slide_query(SlideSearcher(index, device=device), slide, k=k, where=where, exclude_same=exclude_same,
+                         mode=mode, space=space, target_stain=target_stain, group=group)
+    if group is not None:
+        from retrieval.commands.search_cases import show_cases
 
-        result = search_slide_options(searcher, slide, k=k, where=where, exclude_same=exclude_same,
-                                      space=space or mode, target_stain=target_stain, group=group)
-        if group is not None:
-            from retrieval.commands.search_cases import show_cases
-
-            return show_cases(result, as_json)
-    else:
-        result = searcher.search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=mode)
+        return show_cases(result, as_json)
     _show(result, as_json, thumbnails, geojson)
 
 
