@@ -5,6 +5,7 @@ region query, case mode (slides by stain), report mode (the sentence), CSV downl
 from __future__ import annotations
 
 import csv
+import json
 import io
 import os
 import shutil
@@ -98,6 +99,12 @@ def test_text_search_viewer_heatmap_and_region_query_with_a_token(site, browser_
     assert technical.get_attribute("open") is None and "width" in technical.locator("dt").all_text_contents()
     page.wait_for_function("() => [...document.querySelectorAll('.card .thumb')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.eval_on_selector(".card .thumb", "i => i.src").startswith("blob:")  # fetched with the token
+    with page.expect_download() as geojson:  # the card's QuPath file, fetched with the token
+        first.locator("a.geojson").click()
+    collection = json.loads(Path(geojson.value.path()).read_text())
+    assert geojson.value.suggested_filename == f"{opened}.geojson" and collection["type"] == "FeatureCollection"
+    assert collection["features"] and all(f["properties"]["objectType"] == "annotation" for f in collection["features"])
+    assert page.text_content("#viewer-title") != opened  # the link does not open the viewer
 
     with page.expect_response(lambda r: "/image_files/" in r.url) as tile:
         first.locator("h3").click()
