@@ -28,3 +28,13 @@ class QueryError(UserError):
 
 class LimitError(QueryError):
     """A query input is over a size limit (bytes or pixels); the HTTP API answers 413."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a slide failed, in one line: a UserError's message, else the exception's type and first line."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "ran out of memory reading this slide (is it a decompression bomb?)"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
