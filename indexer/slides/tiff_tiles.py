@@ -25,7 +25,7 @@ import numpy as np
 
 CACHE_BYTES = 48 << 20  # decoded tiles kept per open slide (two rows of tiles of a 100k-px level fit)
 _PHOTOMETRIC = (2, 6)  # RGB, YCbCr
-PROBE_PX = 256  # side of the region read both ways before a level is trusted
+PROBE_PX = 64  # side of the region read both ways before a level is trusted (a decoder's differences show in any block)
 
 
 class TiffTiles:
