@@ -15,6 +15,7 @@ composited on white are.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -23,13 +24,53 @@ from typing import Any, Callable
 
 import numpy as np
 
-CACHE_BYTES = 48 << 20  # decoded tiles kept per open slide (two rows of tiles of a 100k-px level fit)
+CACHE_BYTES = 48 << 20  # decoded tiles kept per process, all open slides together (rows of tiles of a 100k-px level)
 _PHOTOMETRIC = (2, 6)  # RGB, YCbCr
 PROBE_PX = 64  # side of the region read both ways before a level is trusted (a decoder's differences show in any block)
 
 
+class _TileCache:
+    """The process's decoded tiles, least recently used dropped first, within CACHE_BYTES for every slide together
+    (a reader or a server keeps several slides open); thread-safe."""
+
+    def __init__(self):
+        self._tiles: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._owners = itertools.count()
+
+    def owner(self) -> int:
+        """A key prefix for one open slide."""
+        return next(self._owners)
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+            return tile
+
+    def put(self, key: tuple, tile: np.ndarray) -> None:
+        with self._lock:
+            if key in self._tiles:
+                return
+            self._tiles[key] = tile
+            self._bytes += tile.nbytes
+            while self._bytes > CACHE_BYTES and len(self._tiles) > 1:
+                self._bytes -= self._tiles.popitem(last=False)[1].nbytes
+
+    def drop(self, owner: int) -> None:
+        """Forget one slide's tiles."""
+        with self._lock:
+            for key in [k for k in self._tiles if k[0] == owner]:
+                self._bytes -= self._tiles.pop(key).nbytes
+
+
+_CACHE = _TileCache()
+
+
 class TiffTiles:
-    """Direct tile decoding for the levels of one TIFF pyramid, with an LRU cache of decoded tiles.
+    """Direct tile decoding for the levels of one TIFF pyramid (decoded tiles kept in the process's cache).
 
     Args:
         path: the TIFF/SVS file.
@@ -55,9 +96,7 @@ class TiffTiles:
         self._fd = os.open(str(path), os.O_RDONLY)
         self._reference = reference
         self._checked: set[int] = set()
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()  # the cache and the checks are shared by the threads reading this slide
+        self._owner = _CACHE.owner()
         self.enabled = True
 
     def region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray | None:
@@ -73,18 +112,15 @@ class TiffTiles:
             return None
         if level not in self._checked:
             agrees = self._agrees(int(lx), int(ly), level, out)
-            with self._lock:
-                self._checked.add(level)
+            self._checked.add(level)
             if not agrees:
                 self._disable()
                 return None
         return out
 
     def _disable(self) -> None:
-        with self._lock:
-            self.enabled = False
-            self._cache.clear()
-            self._cached_bytes = 0
+        self.enabled = False
+        _CACHE.drop(self._owner)
 
     def _agrees(self, lx: int, ly: int, level: int, out: np.ndarray) -> bool:
         """OpenSlide gives the same bytes for a probe of the region (at most PROBE_PX square): its centre when
@@ -119,25 +155,17 @@ class TiffTiles:
         return out
 
     def _tile(self, level: int, page: Any, index: int) -> np.ndarray | None:
-        key = (level, index)
-        with self._lock:
-            tile = self._cache.get(key)
-            if tile is not None:
-                self._cache.move_to_end(key)
-                return tile
+        key = (self._owner, level, index)
+        tile = _CACHE.get(key)
+        if tile is not None:
+            return tile
         count = int(page.databytecounts[index])
         if count == 0:
             return None
         data = os.pread(self._fd, count, int(page.dataoffsets[index]))
         decoded = page.decode(data, index, jpegtables=page.jpegtables)[0]
         tile = np.asarray(decoded).reshape(int(page.tilelength), int(page.tilewidth), -1)[..., :3]
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = tile
-                self._cached_bytes += tile.nbytes
-            while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached_bytes -= old.nbytes
+        _CACHE.put(key, tile)
         return tile
 
     def close(self) -> None:
