@@ -143,8 +143,8 @@ def measure_limit(grids, cores: int) -> dict:
 
 
 # -- index runs --------------------------------------------------------------------------------
-def tree_rss_mb(pid: int) -> tuple[float, float]:
-    """(sum, max) resident MB over ``pid`` and its descendants, from /proc."""
+def tree_rss_mb(pid: int) -> tuple[float, float, float]:
+    """(sum, max, max over the descendants) resident MB of ``pid`` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -154,7 +154,7 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(entry))
-    total, largest, todo = 0.0, 0.0, [pid]
+    total, largest, child, todo = 0.0, 0.0, 0.0, [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
@@ -163,22 +163,32 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
         except OSError:
             continue
         total, largest = total + rss, max(largest, rss)
-    return total, largest
+        child = max(child, rss) if p != pid else child
+    return total, largest, child
 
 
 def run_index_child(folder: Path, out: Path, code: Path | None, workers: int | None) -> dict:
-    """One ``run_index`` of ``folder`` (``--model tiny``) in a fresh interpreter, with its peak RSS sampled."""
+    """One ``run_index`` of ``folder`` (``--model tiny``) in a fresh interpreter, with its RSS sampled: peaks over
+    the run (tree, largest process, largest reader) and the main process's peak while it encodes the first and the
+    second half of the slides (before the run's commit, which builds the FAISS indexes of all its patches)."""
     result = out.with_suffix(".json")
     spec = {"slides": str(folder), "out": str(out), "result": str(result), "workers": workers}
     env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     env["PYTHONPATH"] = str(code or ROOT)
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, cwd=str(code or ROOT))
-    peak, largest, stop = [0.0], [0.0], threading.Event()
+    total = len(list(folder.glob("*.svs")))
+    peak, halves, stop = [0.0, 0.0, 0.0], [0.0, 0.0], threading.Event()
 
     def sample() -> None:
+        staged, tick = 0, 0
         while not stop.wait(0.05):
-            total, big = tree_rss_mb(proc.pid)
-            peak[0], largest[0] = max(peak[0], total), max(largest[0], big)
+            rss = tree_rss_mb(proc.pid)
+            peak[:] = [max(a, b) for a, b in zip(peak, rss)]
+            if tick % 10 == 0:  # a glob of the staging folder every half second
+                staged = len(list((out / "staging").glob("*.npz"))) if not (out / "CURRENT").exists() else -1
+            tick += 1
+            if 0 <= staged < total:  # all staged: the commit has begun
+                halves[staged > total / 2] = max(halves[staged > total / 2], rss[1])
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -189,7 +199,8 @@ def run_index_child(folder: Path, out: Path, code: Path | None, workers: int | N
         raise SystemExit(f"index run failed (exit {code_}): {spec}")
     run = json.loads(result.read_text())
     start_up = run["timings"].get("load model", 0.0) + run["timings"].get("start readers", 0.0)
-    run.update(peak_tree_rss_mb=peak[0], peak_process_rss_mb=largest[0], steady_s=run["seconds"] - start_up,
+    run.update(peak_tree_rss_mb=peak[0], peak_process_rss_mb=peak[1], peak_reader_rss_mb=peak[2],
+               encoding_rss_mb=halves, steady_s=run["seconds"] - start_up,
                patches_per_s=run["patches"] / (run["seconds"] - start_up))
     return run
 
@@ -216,13 +227,19 @@ def markdown(result: dict) -> str:
     lines = [f"Command: `{result['command']}`", f"Commit: {result['commit']}",
              f"Machine: {result['machine']}; load average before/after {result['load']}.", ""]
     lines += ["| cohort | slides | patches | read/s (1 thread, OpenSlide) | preprocess+encode/s (1 thread) | limit/s "
-              "| steady patches/s | ratio | peak RSS tree / largest process MB |", "|---|---|---|---|---|---|---|---|---|"]
+              "| steady patches/s | ratio | peak RSS MB: tree / largest process / largest reader |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         lim = result["limits"][run["cohort"]]
         lines.append(f"| {run['label']} | {run['slides']} | {run['patches']:,} | {lim['read_per_s']:,.0f} | "
                      f"{lim['encode_per_s']:,.0f} | {lim['limit_per_s']:,.0f} | {run['patches_per_s']:,.0f} | "
                      f"**{run['patches_per_s'] / lim['limit_per_s']:.2f}×** | "
-                     f"{run['peak_tree_rss_mb']:,.0f} / {run['peak_process_rss_mb']:,.0f} |")
+                     f"{run['peak_tree_rss_mb']:,.0f} / {run['peak_process_rss_mb']:,.0f} / "
+                     f"{run['peak_reader_rss_mb']:,.0f} |")
+    lines += ["", "Peak RSS of the encoding process while it encodes the first / second half of the slides (before the "
+              "run's commit): " + "; ".join(f"{run['label']}: {run['encoding_rss_mb'][0]:,.0f} / "
+                                             f"{run['encoding_rss_mb'][1]:,.0f} MB" for run in result["runs"]
+                                             if not run["baseline"]) + "."]
     lines += ["", "Fast path, same patches, one thread: " + "; ".join(
         f"{c}: direct-tile read {v['direct_read_per_s']:,.0f}/s ({v['direct_read_per_s'] / v['read_per_s']:.1f}× "
         f"OpenSlide), Pillow resize + batched preprocess + encode {v['fast_preprocess_encode_per_s']:,.0f}/s, so "
