@@ -46,7 +46,7 @@ class IndexConfig:
     checkpoint: str | None = None
     device: str = "auto"
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # reader processes; None: one per core (indexer.readers.resolve_workers)
     tiling: TilingConfig = TilingConfig()
     max_patches: int | None = None
     mpp: float | None = None

@@ -80,10 +80,12 @@ def _run_cli(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path, workers):
+    """Also with reader processes, which die with the run (the group is killed) and stage nothing themselves."""
     folder = tmp_path / "slides"
     write_cohort(folder, n_patients=4, slides_per_patient=2, size=(2048, 2048), seed=5)
-    args = ["index", str(folder), "--model", "tiny", *FAST]
+    args = ["index", str(folder), "--model", "tiny", *FAST, "--workers", workers]
     reference = tmp_path / "reference"
     assert _run_cli([*args, "--out", str(reference)]).wait(timeout=300) == 0
 

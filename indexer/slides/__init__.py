@@ -135,13 +135,23 @@ class Slide:
 
         Transparent pixels are composited on white and areas past the slide edge are white.
         """
+        return self._guarded_read(lambda *args: self._backend.read_region(*args), location, level, size)
+
+    def read_array(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """:meth:`read_region` as a (h, w, 3) uint8 array, without a PIL image in between where the backend can."""
+        self._ensure_open()
+        if not hasattr(self._backend, "read_array"):
+            return np.asarray(self.read_region(location, level, size))
+        return self._guarded_read(lambda *args: self._backend.read_array(*args), location, level, size)
+
+    def _guarded_read(self, read, location: tuple[int, int], level: int, size: tuple[int, int]):
         if not 0 <= level < self.level_count:
             raise SlideError(f"{self.path}: level {level} does not exist (slide has {self.level_count})")
         x, y = int(location[0]), int(location[1])
         w, h = int(size[0]), int(size[1])
         self._ensure_open()
         try:
-            return self._backend.read_region(x, y, level, w, h)
+            return read(x, y, level, w, h)
         except SlideError:
             raise
         except MemoryError:

@@ -54,7 +54,9 @@ def index_command(
     device: str = typer.Option("auto", help="Encoder device: auto (a GPU when usable; one present but unusable is "
                                             "an error), cpu or cuda. FAISS: SLIDESEARCH_FAISS_DEVICE=auto|cpu|cuda."),
     batch_size: int = typer.Option(64, help="Patches per encoder batch."),
-    workers: int = typer.Option(2, help="Patch-reading worker processes."),
+    workers: Optional[int] = typer.Option(
+        None, min=0, help="Reader processes that prepare slides and read patches ahead of the encoder, for the whole "
+                          "run (default: one per core, one fewer with a GPU; 0: read in this process)."),
     tau: Optional[float] = typer.Option(None, help="Softmax temperature of the prototype attention."),
     alpha: Optional[float] = typer.Option(None, help="Prototype refinement weight (1 = text prototypes only)."),
     max_index_memory: Optional[str] = typer.Option(None, help="Memory budget per FAISS index, e.g. 4GB."),
