@@ -7,6 +7,7 @@ gives sentence-transformers' embeddings (float32, texts of 5-256 tokens batched 
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 
 
@@ -22,7 +23,11 @@ def plain_bert(folder: Path) -> bool:
 
 
 class Bert:
-    """``__call__(input_ids, attention_mask)`` → last hidden states (batch, tokens, hidden), like BertModel."""
+    """``__call__(input_ids, attention_mask)`` → last hidden states (batch, tokens, hidden), like BertModel.
+
+    ``bf16=True``: the arithmetic of ``torch.autocast(bfloat16)`` (matrix products and attention in bfloat16,
+    embeddings, residuals and LayerNorm in float32) with the weight matrices cast to bfloat16 once, not at
+    every product (a 1 × 256 forward on one thread: 16.4 → 12.4 ms, identical embeddings)."""
 
     def __init__(self, folder: Path):
         import torch
@@ -42,26 +47,35 @@ class Bert:
                                                    self.eps)
 
     def _linear(self, x, name: str):
-        return self.torch.nn.functional.linear(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"])
+        w = self.w16 if x.dtype == self.torch.bfloat16 else self.w
+        return self.torch.nn.functional.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
 
-    def __call__(self, input_ids, attention_mask):
+    @cached_property
+    def w16(self) -> dict:
+        """The encoder layers' weights and biases in bfloat16 (cast once, on the first bfloat16 forward)."""
+        return {k: v.to(self.torch.bfloat16) for k, v in self.w.items() if k.startswith("encoder.")}
+
+    def __call__(self, input_ids, attention_mask, bf16: bool = False):
         torch, w, F = self.torch, self.w, self.torch.nn.functional
+        low = torch.bfloat16 if bf16 else torch.float32
         n, t = input_ids.shape
         positions = torch.arange(t).unsqueeze(0)
         x = w["embeddings.word_embeddings.weight"][input_ids] + w["embeddings.position_embeddings.weight"][positions] \
             + w["embeddings.token_type_embeddings.weight"][torch.zeros_like(input_ids)]
         x = self._norm(x, "embeddings.LayerNorm")
         head = self.hidden_size // self.heads
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        bias = ((1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min).to(low)
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
-            q, k, v = (self._linear(x, f"{p}.attention.self.{m}").view(n, t, self.heads, head).transpose(1, 2)
+            h = x.to(low)
+            q, k, v = (self._linear(h, f"{p}.attention.self.{m}").view(n, t, self.heads, head).transpose(1, 2)
                        for m in ("query", "key", "value"))
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             context = context.transpose(1, 2).reshape(n, t, self.hidden_size)
-            x = self._norm(self._linear(context, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
-            inner = F.gelu(self._linear(x, f"{p}.intermediate.dense"))
-            x = self._norm(self._linear(inner, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+            x = self._norm(self._linear(context, f"{p}.attention.output.dense").float() + x,
+                           f"{p}.attention.output.LayerNorm")
+            inner = F.gelu(self._linear(x.to(low), f"{p}.intermediate.dense"))
+            x = self._norm(self._linear(inner, f"{p}.output.dense").float() + x, f"{p}.output.LayerNorm")
         return x
 
 

@@ -5,7 +5,7 @@ A folder whose modules are Transformer → Pooling (mean or CLS) → Normalize (
 sentence models) is run without ``sentence_transformers`` (whose import alone costs ~2.4 s here, over the
 first report query's 2-s budget): a BERT on ``bert.py``, another architecture through ``transformers``. Any other folder goes
 through ``SentenceTransformer``. On a CPU with native bfloat16 (AVX512-BF16/AMX), index-time batches of
-long texts and long queries run under bfloat16 autocast: 2.5-3× faster, cosine to the float32 embedding ≥ 0.9999.
+long texts and long queries run in bfloat16 (autocast's arithmetic, weights cast once): 3× faster, cosine to the float32 embedding ≥ 0.9999.
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ class _PlainEncoder:
             self.hidden_size = self.net.hidden_size
 
     def encode(self, texts: list[str], batch_size: int = BATCH, normalize_embeddings: bool = True, **_) -> np.ndarray:
-        """Unit embeddings. On a CPU with native bfloat16, long texts run under bfloat16 autocast, each at one
+        """Unit embeddings. On a CPU with native bfloat16, long texts run in bfloat16 (autocast's arithmetic), each at one
         fixed shape (oneDNN compiles a kernel per input shape, ~2 s each): an index-time batch whose texts
         are all over half the window at BATCH × max_length; a query's text over SHORT_TOKENS alone at
-        1 × max_length (a 256-token query: 18 ms against 45 ms in float32). Everything else runs in float32.
+        1 × max_length (a 256-token query: 12 ms against 39 ms in float32). Everything else runs in float32.
         A query (fewer than QUERY_TEXTS texts) runs on one thread: two torch threads spin against each
         other and against BLAS threads on a busy 2-core machine (a 256-token forward took 1.2 s there,
         against 0.1 s on one thread)."""
@@ -110,8 +110,7 @@ class _PlainEncoder:
                     fixed = bf16 and (shortest > SHORT_TOKENS if query else shortest * 2 > self.max_length)
                     batch = [ids[i] for i in rows] + self._empty * (step - len(rows) if fixed else 0)
                     input_ids, mask = self.tokenizer.pad(batch, self.max_length if fixed else len(ids[rows[0]]))
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fixed):
-                        hidden = self.net(input_ids, mask).float()[:len(rows)]
+                    hidden = self.net(input_ids, mask, bf16=fixed).float()[:len(rows)]
                     m = mask[:len(rows)].unsqueeze(-1).float()
                     pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
                     if normalize_embeddings:
@@ -153,8 +152,11 @@ class _AutoModel:
         self.net = AutoModel.from_pretrained(folder, local_files_only=True).eval()
         self.hidden_size = int(self.net.config.hidden_size)
 
-    def __call__(self, ids, mask):
-        return self.net(input_ids=ids, attention_mask=mask).last_hidden_state
+    def __call__(self, ids, mask, bf16: bool = False):
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return self.net(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
 def load_report_model(path: str | Path | None = None) -> ReportModel:
@@ -216,7 +218,7 @@ def _plain_layout(folder: Path) -> tuple[int, str] | None:
 
 @lru_cache(maxsize=1)
 def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): then autocast is 3× faster."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): then bfloat16 is 3× faster."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
