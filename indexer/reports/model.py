@@ -5,7 +5,8 @@ A folder whose modules are Transformer → Pooling (mean or CLS) → Normalize (
 sentence models) is run without ``sentence_transformers`` (whose import alone costs ~2.4 s here, over the
 first report query's 2-s budget): a BERT on ``bert.py``, another architecture through ``transformers``. Any other folder goes
 through ``SentenceTransformer``. On a CPU with native bfloat16 (AVX512-BF16/AMX), index-time batches of
-long texts and long queries run in bfloat16 (autocast's arithmetic, weights cast once): 3× faster, cosine to the float32 embedding ≥ 0.9999.
+long texts and long queries run in bfloat16 (autocast's arithmetic, weights cast once): 3× faster, cosine to
+the float32 embedding ≥ 0.9999.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ class _PlainEncoder:
             self.hidden_size = self.net.hidden_size
 
     def encode(self, texts: list[str], batch_size: int = BATCH, normalize_embeddings: bool = True, **_) -> np.ndarray:
-        """Unit embeddings. On a CPU with native bfloat16, long texts run in bfloat16 (autocast's arithmetic), each at one
-        fixed shape (oneDNN compiles a kernel per input shape, ~2 s each): an index-time batch whose texts
+        """Unit embeddings. On a CPU with native bfloat16, long texts run in bfloat16 (autocast's arithmetic),
+        each at one fixed shape (oneDNN compiles a kernel per input shape, ~2 s each): an index-time batch whose texts
         are all over half the window at BATCH × max_length; a query's text over SHORT_TOKENS alone at
         1 × max_length (a 256-token query: 12 ms against 39 ms in float32). Everything else runs in float32.
         A query (fewer than QUERY_TEXTS texts) runs on one thread: two torch threads spin against each
