@@ -76,3 +76,18 @@ def test_queries_and_batches_in_bfloat16_stay_within_1e4_of_sentence_transformer
     batched = ours.encode([texts[i] for i in long] * 11)  # index-time batches of long texts (bfloat16 where native)
     cosines = np.sum(batched.reshape(11, len(long), -1) * want[long], axis=2)
     assert float(cosines.min()) >= 0.9999
+
+
+def test_bfloat16_forward_is_autocasts_arithmetic_with_weights_cast_once(models, texts):
+    import torch
+
+    net, tokenizer = models[0].model.net, models[0].model.tokenizer
+    ids, mask = tokenizer.pad(tokenizer.ids(texts), 256)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = net(ids, mask).float()
+        got = net(ids, mask, bf16=True)
+        fp32 = net(ids, mask)
+    assert got.dtype == torch.float32 and set(net.w16) and all(w.dtype == torch.bfloat16 for w in net.w16.values())
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert float((got - fp32).abs().max()) > 0  # it did run in bfloat16
