@@ -140,14 +140,8 @@ def _count_pairs(ranked: list[str], facts: list[dict], cls: str, acc: list[int])
 
 
 def _ungated(reports, query: str, name: str, facts: list[dict]) -> list[str]:
-    """Slides by their best sentence for ``query`` without any negation handling (the baseline)."""
-    files = reports.files
-    if name == "lexical":
-        ids, _ = files.lexical.search(query, files.info["sentences"])
-    else:
-        sims = np.asarray(files.embeddings, np.float32) @ reports.model.encode([query])[0]
-        ids = np.argsort(-sims, kind="stable")
-    ranked = list(dict.fromkeys(reports.sentence_slide[i] for i in ids))
+    """Slides by one report view alone without any negation handling (the baseline)."""
+    ranked = reports.plain_ranking(query, name)
     return ranked + [f["slide_id"] for f in facts if f["slide_id"] not in ranked]
 
 

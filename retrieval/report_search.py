@@ -1,16 +1,14 @@
-"""Report evidence for text queries: BM25 and dense search over report sentences, negation-aware, fused with
-the image evidence by reciprocal rank fusion; attribute filters (``--has``). Report → slide search is in
-``retrieval/report_to_slide.py``.
+"""Report evidence for text queries: the report source (``report_source.py``) fused with the image evidence,
+and attribute filters (``--has``). Report → slide search is in ``retrieval/report_to_slide.py``.
 
-Fusion: ``score = Σ_lists 1 / (RRF_K + rank)`` over the image ranking (the current text scoring), the report
-BM25 ranking and the report dense ranking (a slide's rank in a report list is that of its best sentence).
-A sentence whose query terms or attributes it states with the other polarity ("no necrosis" for a query
-"necrosis") is no evidence, and its slide loses one top-rank share (``-1 / (RRF_K + 1)``).
+``source="report"``: slides in the order of their reports' fused score (``report_source.py``); slides with
+no report follow, and slides whose report contradicts the query come last. ``source="both"``: reciprocal
+rank fusion ``Σ_lists 1 / (RRF_K + rank)`` of the image ranking and the report ranking; a slide whose report
+contradicts the query loses one top-rank share (``−1 / (RRF_K + 1)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from itertools import islice
 from typing import Any, Iterable
@@ -18,21 +16,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from indexer.errors import QueryError
-from indexer.reports.negation import AFFIRMED, NEGATED, affirmed_text, polarity_at, scopes
-from retrieval.results import SearchResult
+from indexer.reports.negation import AFFIRMED, NEGATED
+from retrieval.results import SearchHit, SearchResult
 
 RRF_K = 60
 SOURCES = ("image", "report", "both")
-SENTENCE_CANDIDATES = 200  # best sentences per report list
+REPORT_DEPTH = 200  # report-ranked slides fused with the image ranking (source both)
 IMAGE_DEPTH = 30  # image hits fetched per requested hit, at least
-
-
-@dataclass(frozen=True)
-class QueryConcepts:
-    """What a text query asks for: stems and bank attributes, each with the polarity it asks."""
-
-    stems: dict[str, str]
-    attributes: dict[str, str]
 
 
 class ReportIndex:
@@ -48,8 +38,36 @@ class ReportIndex:
     def available(self) -> bool:
         return self.files is not None and self.files.info["sentences"] > 0
 
+    @classmethod
+    def from_folder(cls, folder) -> "ReportIndex":
+        """The report tables of a folder written by ``indexer/reports/store.py`` (no index around them)."""
+        from indexer.reports.store import ReportFiles
+
+        out = cls.__new__(cls)
+        out.files = ReportFiles(folder)
+        return out
+
     @cached_property
+    def source(self):
+        """The report source (``report_source.py``) over these tables."""
+        from retrieval.report_source import ReportSource
+
+        if not self.files.current:
+            raise QueryError("this index's reports were indexed by an older slidesearch; re-index them "
+                             "(slidesearch metadata INDEX --reports FOLDER|COLUMN)")
+        return ReportSource(self.files, self._load_model)
+
+    @property
     def model(self):
+        return self.source.model
+
+    def warm(self):
+        """Load the report model and arrays in the background (no-op without current reports)."""
+        if self.available and self.files.current:
+            return self.source.warm()
+        return None
+
+    def _load_model(self):
         from indexer.reports.model import load_report_model
 
         info = self.files.info
@@ -59,28 +77,8 @@ class ReportIndex:
                              "re-index them (slidesearch metadata INDEX --reports ...)")
         return model
 
-    @cached_property
-    def sentence_slide(self) -> np.ndarray:
-        return np.asarray(self.files.sentences.column("slide_id").to_pylist(), object)
-
-    @cached_property
-    def texts(self) -> list[str]:
-        return self.files.sentences.column("text").to_pylist()
-
-    @cached_property
-    def sentence_attributes(self) -> dict[int, dict[str, str]]:
-        """sentence_row → attribute → polarity (affirmed wins when a sentence states it both ways)."""
-        out: dict[int, dict[str, str]] = {}
-        table = self.files.attributes.select(["sentence_row", "attribute", "polarity"]).to_pylist()
-        for row in table:
-            slot = out.setdefault(row["sentence_row"], {})
-            if slot.get(row["attribute"]) != AFFIRMED:
-                slot[row["attribute"]] = row["polarity"]
-        return out
-
     def matcher(self, bank):
         from indexer.reports.attributes import AttributeMatcher, bank_terms
-
         from indexer.reports.store import PHRASES
 
         cache = self.__dict__.setdefault("_matchers", {})
@@ -90,20 +88,11 @@ class ReportIndex:
             cache[id(bank)] = AttributeMatcher(bank_terms(bank), self.model, known)
         return cache[id(bank)]
 
-    def concepts(self, query: str, bank) -> QueryConcepts:
-        """The query's content stems and bank attributes with their polarity ("no necrosis": necrosis negated)."""
-        from indexer.reports.lexical import stem_spans, query_terms
-        from indexer.reports.sentences import Span
-
-        found = scopes(query)
-        stems = {}
-        for start, end in stem_spans(query, query_terms(query)):
-            stems[_stem(query[start:end])] = polarity_at(query, start, end, found)[0]
-        attributes = {}
-        if bank is not None:
-            for f in self.matcher(bank).match([Span(0, len(query), query)])[0]:
-                attributes[f.attribute] = f.polarity
-        return QueryConcepts(stems, attributes)
+    def query_attributes(self, query: str, bank) -> dict[str, str]:
+        """The bank attributes a query names, with the polarity it asks ("no necrosis": necrosis negated)."""
+        if bank is None:
+            return {}
+        return {f.attribute: f.polarity for f in self.matcher(bank).by_synonym(query)}
 
     def slide_rows_with(self, has: Iterable[str], bank, live: dict[str, int]) -> np.ndarray:
         """slide_rows whose report states every ``--has`` attribute with the asked polarity.
@@ -143,64 +132,20 @@ class ReportIndex:
         raise QueryError(f"--has {item!r}: no report states the attribute {name!r} "
                          f"(write X, 'not X' or 'maybe X'; attributes in the reports: {shown or 'none'})")
 
-    def rank(self, query: str, concepts: QueryConcepts, live: dict[str, int], allowed: np.ndarray | None
-             ) -> tuple[dict[str, list], dict[int, dict[str, Any]], set[int]]:
-        """Report rankings of slide rows: {"lexical": rows, "dense": rows}, the best sentence of each row,
-        and the rows whose report contradicts the query."""
-        from indexer.reports.lexical import query_terms
+    def plain_ranking(self, query: str, kind: str) -> list[str]:
+        """slide_ids ranked by one view alone, ``lexical`` (BM25 of untagged words) or ``dense``, no
+        polarity handling: the ungated baseline the synthetic benchmark compares against."""
+        from indexer.reports.lexical import untagged
 
-        allowed_set = None if allowed is None else set(allowed.tolist())
-        lex_ids, lex_scores = self.files.lexical.search(affirmed_text(query) if affirmed_text(query).strip() else query,
-                                                        SENTENCE_CANDIDATES)
-        q = self.model.encode([query])[0]
-        dense = _dense_scores(self.files.embeddings, q)
-        dense_ids = np.argsort(-dense, kind="stable")[:SENTENCE_CANDIDATES]
-        terms = query_terms(query)
-        best: dict[int, dict[str, Any]] = {}
-        contradicted: set[int] = set()
-        lists: dict[str, list] = {}
-        for name, ids, scores in (("lexical", lex_ids, lex_scores), ("dense", dense_ids, dense[dense_ids])):
-            ranked: list[int] = []
-            for sid, score in zip(ids.tolist(), scores.tolist()):
-                row = live.get(self.sentence_slide[sid])
-                if row is None or (allowed_set is not None and row not in allowed_set):
-                    continue
-                verdict, spans = self._judge(sid, concepts, terms)
-                if verdict == "contradicts":
-                    contradicted.add(row)
-                    continue
-                if row in ranked or (name == "dense" and verdict == "unrelated" and score < 0.3):
-                    continue
-                ranked.append(row)
-                entry = best.get(row)
-                if entry is None or (name == "lexical" and entry["via"] != "lexical"):
-                    best[row] = {"sentence": self.texts[sid], "highlights": spans, "via": name,
-                                 "score": round(float(score), 4), "sentence_row": int(sid)}
-            lists[name] = ranked
-        contradicted -= {r for r in best}  # a report that also supports the query is not demoted
-        return lists, best, contradicted
-
-    def _judge(self, sid: int, concepts: QueryConcepts, terms: set[str]) -> tuple[str, list[list[int]]]:
-        """Whether sentence ``sid`` supports, contradicts or is unrelated to the query, and what to highlight."""
-        from indexer.reports.lexical import stem_spans
-
-        text = self.texts[sid]
-        found = scopes(text)
-        spans, verdict = [], "unrelated"
-        for start, end in stem_spans(text, terms):
-            polarity = polarity_at(text, start, end, found)[0]
-            asked = concepts.stems.get(_stem(text[start:end]), AFFIRMED)
-            if polarity != asked:
-                return "contradicts", []
-            spans.append([start, end])
-            verdict = "supports"
-        stated = self.sentence_attributes.get(sid, {})
-        for attribute, asked in concepts.attributes.items():
-            if attribute in stated:
-                if stated[attribute] != asked:
-                    return "contradicts", []
-                verdict = "supports"
-        return verdict, spans
+        source = self.source
+        q = source.parse(query)
+        if kind == "lexical":
+            q.tokens = [untagged(t) for t in q.tokens]
+            scores = np.maximum(source.files.lexical.scores(q.tokens),
+                                source.files.lexical.scores(["neg_" + t for t in q.tokens]))
+        else:
+            scores = source.vectors @ q.vector
+        return source.report_slide[np.lexsort((np.arange(len(scores)), -scores))].tolist()
 
 
 def wants_reports(catalog, source: str | None, has: Iterable[str]) -> bool:
@@ -219,69 +164,105 @@ def fused_text_search(searcher, query: str, k: int, where: str | None, expand: b
     has, source = list(has), source or "both"
     if k < 1:
         raise QueryError(f"k must be at least 1 (got {k})")
+    if not (query or "").strip():
+        raise QueryError("empty text query")
     reports = searcher.report_index
+    live = searcher.arrays.ids
     allowed = searcher.catalog.allowed_slide_rows(where)
     if has:
-        rows = reports.slide_rows_with(has, searcher.bank, searcher.arrays.ids)
+        rows = reports.slide_rows_with(has, searcher.bank, live)
         allowed = rows if allowed is None else np.intersect1d(allowed, rows)
-    lists: dict[str, list[int]] = {}
-    image_hits: dict[int, Any] = {}
     details: dict[str, Any] = {"source": source, "has": has}
+    image_hits: dict[int, SearchHit] = {}
     if source in ("image", "both"):
         q, qd = searcher.text_vector(query, where, expand)
-        depth = min(len(searcher.arrays.ids), max(k * 3, IMAGE_DEPTH))
+        depth = min(len(live), max(k * 3, IMAGE_DEPTH))
         image = searcher.search_text_vector(q, depth, where, query=query, details=qd, allowed=allowed)
         image_hits = {h.slide_row: h for h in image.hits}
-        lists["image"] = list(image_hits)
         details.update(image.details)
-    best, contradicted = {}, set()
-    if source in ("report", "both") and reports.available:
-        concepts = reports.concepts(query, searcher.bank)
-        report_lists, best, contradicted = reports.rank(query, concepts, searcher.arrays.ids, allowed)
-        lists.update(report_lists)
-        details["query_attributes"] = concepts.attributes
+    evidence = ReportEvidence(reports, query, live, allowed) if source in ("report", "both") and reports.available \
+        else None
+    if evidence is not None:
+        details["query_attributes"] = reports.query_attributes(query, searcher.bank)
+    if source == "report":
+        score = evidence.slide_scores(max(k, REPORT_DEPTH)) if evidence else {}
+        details["fusion"] = {"method": "report", "lists": ["lexical", "dense"]}
+    else:
+        lists = {"image": list(image_hits)}
+        if evidence is not None:
+            lists["report"] = list(evidence.slide_scores(REPORT_DEPTH))
+        score = rrf(lists, evidence.contradicted if evidence else set())
+        details["fusion"] = {**details.get("fusion", {}), "method": "rrf", "rrf_k": RRF_K, "lists": list(lists)}
+    if len(score) < k:  # fewer slides with evidence than asked: the rest score 0, above contradicted ones
+        pool = sorted(live.values()) if allowed is None else allowed.tolist()
+        score.update((int(r), 0.0) for r in islice((r for r in pool if int(r) not in score), k))
+    order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
+    hits = []
+    for rank, row in enumerate(order, 1):
+        base = image_hits.get(row)
+        meta = searcher.arrays.metadata[row]
+        report = evidence.explain(row, image_hits) if evidence is not None else None
+        hits.append(SearchHit(rank, meta["slide_id"], row, float(score[row]), meta,
+                              base.prototypes if base else (), base.patches if base else (), report))
+    return SearchResult("text", query, tuple(hits), details)
+
+
+def rrf(lists: dict[str, list[int]], contradicted: set[int]) -> dict[int, float]:
+    """Reciprocal rank fusion of ranked slide rows; a contradicted slide loses one top-rank share.
+
+    >>> rrf({"a": [1, 2], "b": [2]}, {1})
+    {1: 0.0, 2: 0.03252247488101534}
+    """
     score: dict[int, float] = {}
     for ranked in lists.values():
         for rank, row in enumerate(ranked, 1):
             score[row] = score.get(row, 0.0) + 1.0 / (RRF_K + rank)
     for row in contradicted:
         score[row] = score.get(row, 0.0) - 1.0 / (RRF_K + 1)
-    ranks = {name: {row: r for r, row in enumerate(ranked, 1)} for name, ranked in lists.items()}
-    if len(score) < k:  # fewer slides with evidence than asked: the rest score 0, above contradicted ones
-        pool = sorted(searcher.arrays.ids.values()) if allowed is None else allowed.tolist()
-        score.update((int(r), 0.0) for r in islice((r for r in pool if int(r) not in score), k))
-    order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
-    details["fusion"] = {**details.get("fusion", {}), "method": "rrf", "rrf_k": RRF_K, "lists": list(lists)}
-    return SearchResult("text", query, _hits(searcher, order, score, image_hits, best, ranks, contradicted), details)
+    return score
 
 
-def _hits(searcher, order, score, image_hits, best, ranks, contradicted):
-    from retrieval.results import SearchHit
+class ReportEvidence:
+    """The report source's answer to one query, as slide rows: scores, contradictions and explanations."""
 
-    empty = (np.zeros(0, np.int64),) * 3
-    bare = {h.slide_row: h for h in searcher._hits(np.asarray([r for r in order if r not in image_hits], np.int64),
-                                                   np.zeros(sum(r not in image_hits for r in order)), empty, empty)}
-    hits = []
-    for rank, row in enumerate(order, 1):
-        base = image_hits.get(row) or bare[row]
-        report = dict(best[row]) if row in best else None
-        if row in contradicted:
-            report = {"contradicts": True}
-        if report is not None:
-            report["ranks"] = {name: found[row] for name, found in ranks.items() if row in found}
-        hits.append(SearchHit(rank, base.slide_id, row, float(score[row]), base.metadata, base.prototypes,
-                              base.patches, report))
-    return tuple(hits)
+    def __init__(self, reports: ReportIndex, query: str, live: dict[str, int], allowed: np.ndarray | None):
+        self.source = reports.source
+        self.query = self.source.parse(query)
+        self.slide_of = self.source.slide_rows(live)
+        mask = self.slide_of >= 0
+        if allowed is not None:
+            mask &= np.isin(self.slide_of, allowed)
+        self.mask = mask
+        self.scores = self.source.score(self.query, mask)
+        self.contradicted = set(self.slide_of[self.scores.contradicts & mask].tolist())
 
+    def slide_scores(self, depth: int) -> dict[int, float]:
+        """slide_row → fused report score of the ``depth`` best allowed reports, best first."""
+        rows = self.source.top(self.scores, depth)
+        return {int(self.slide_of[r]): float(self.scores.fused[r]) for r in rows}
 
-def _dense_scores(embeddings: np.ndarray, q: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    out = np.empty(len(embeddings), np.float32)
-    for start in range(0, len(embeddings), chunk):
-        out[start:start + chunk] = np.asarray(embeddings[start:start + chunk], np.float32) @ q
-    return out
+    def _allowed(self, name: str) -> np.ndarray:
+        """One view's scores of the allowed reports (computed once per query)."""
+        cache = self.__dict__.setdefault("_views", {})
+        if name not in cache:
+            values = getattr(self.scores, name)
+            cache[name] = values if self.mask.all() else values[self.mask]
+        return cache[name]
 
-
-def _stem(word: str) -> str:
-    from indexer.reports.lexical import _stemmer
-
-    return _stemmer().stemWord(word.lower())
+    def explain(self, slide_row: int, image_hits: dict) -> dict[str, Any] | None:
+        """A hit's report evidence: its best sentence, highlights and ranks ({"contradicts": True} instead
+        when its report contradicts the query); None when the slide has no report."""
+        ranks = {"image": list(image_hits).index(slide_row) + 1} if slide_row in image_hits else {}
+        found = np.flatnonzero(self.slide_of == slide_row)
+        if not len(found):
+            return None
+        r = int(found[0])
+        for name, values in (("lexical", self.scores.lexical), ("dense", self.scores.dense)):
+            if name == "dense" or values[r] > 0:
+                ranks[name] = int(np.count_nonzero(self._allowed(name) > values[r])) + 1
+        if slide_row in self.contradicted:
+            return {"contradicts": True, "ranks": {k: v for k, v in ranks.items() if k == "image"}}
+        out = self.source.best_sentence(r, self.query)
+        out["score"] = round(float(self.scores.fused[r]), 4)
+        out["ranks"] = ranks
+        return out

@@ -8,7 +8,7 @@ import numpy as np
 
 from indexer.errors import QueryError
 from indexer.reports.negation import AFFIRMED
-from retrieval.results import SearchResult
+from retrieval.results import SearchHit, SearchResult
 
 
 def search_report(searcher, text: str, k: int = 10, where: str | None = None, has: Iterable[str] = ()) -> SearchResult:
@@ -58,9 +58,8 @@ def search_report(searcher, text: str, k: int = 10, where: str | None = None, ha
             per.setdefault(row, {})[attribute] = round(seen.get(row, floor), 4)
     score = {row: float(np.mean(v)) for row, v in totals.items()}
     order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
-    empty = (np.zeros(0, np.int64),) * 3
-    hits = searcher._hits(np.asarray(order, np.int64), np.asarray([score[r] for r in order]), empty, empty)
-    for hit in hits:
-        hit.report = {"attributes": per[hit.slide_row]}
+    meta = searcher.arrays.metadata
+    hits = tuple(SearchHit(rank, meta[row]["slide_id"], row, score[row], meta[row], report={"attributes": per[row]})
+                 for rank, row in enumerate(order, 1))
     details = {"attributes": affirmed, "left_out": left_out, "scoring": "mean image text score over attributes"}
     return SearchResult("report", text[:200], hits, details)

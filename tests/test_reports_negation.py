@@ -34,6 +34,12 @@ def polarity(sentence: str, word: str) -> str:
     ("Extensive tumour necrosis.", "necrosis", AFFIRMED),
     ("Not only necrosis but also mucin.", "necrosis", AFFIRMED),
     ("No necrosis or lymphovascular invasion.", "invasion", NEGATED),
+    ("Lymphovascular invasion: not identified", "invasion", NEGATED),  # synoptic "finding: value" lines
+    ("Perineural invasion: absent. Necrosis: present.", "perineural", NEGATED),
+    ("Perineural invasion: absent. Necrosis: present.", "necrosis", AFFIRMED),
+    ("Lymphovascular space invasion :none identified in submitted sections", "space", NEGATED),
+    ("Extracapsular extension: no.", "extension", NEGATED),
+    ("Margins: negative for carcinoma", "margins", AFFIRMED),
 ])
 def test_negex_scopes(sentence, word, expected):
     assert polarity(sentence, word) == expected

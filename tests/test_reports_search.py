@@ -69,8 +69,12 @@ def test_reports_indexed_from_a_folder(report_index, searcher):
     assert states[("S01", "necrosis")] == "negated" and states[("S02", "necrosis")] == "negated"
     assert states[("S03", "necrosis")] == "affirmed" and states[("S05", "necrosis")] == "uncertain"
     assert states[("S04", "mucin")] == "negated" and states[("S05", "mucin")] == "affirmed"
-    by_similarity = {a["attribute"] for a in attrs if a["slide_id"] == "S07" and a["via"] == "similarity"}
-    assert "lymphocytes" in by_similarity  # "lymphoid infiltrate": wording the planted bank does not have
+    assert {a["via"] for a in attrs} == {"term"}  # indexed reports: by name and synonym (no clause encoding)
+    from indexer.reports.sentences import Span
+
+    text = REPORTS["S07"]
+    found = searcher.report_index.matcher(searcher.bank).match([Span(0, len(text), text)])[0]
+    assert "lymphocytes" in {f.attribute for f in found if f.via == "similarity"}  # a query report's wording
     shown = index_info(report_index)["reports"]
     assert shown == {"column": info["column"], "model": "all-MiniLM-L6-v2", "slides": 6, "sentences": 11,
                      "attributes": len(attrs)}
@@ -186,7 +190,9 @@ def test_reports_from_a_metadata_column_and_bad_sources(planted_index, tmp_path,
     assert out.exit_code == 0, out.stderr
     version, info = info_of(index)
     assert info["column"] == "notes" and info["slides"] == 2
-    for args, needle in (((csv, "--reports", "nosuchcolumn"), "no such metadata column"),
+    bad = tmp_path / "bad.csv"
+    bad.write_text('slide_id,notes\nS01,"Necrosis.\nS02,x,y,z\n')  # an unclosed quote
+    for args, needle in (((csv, "--reports", "nosuchcolumn"), "no such metadata column"), ((bad,), "not a readable CSV"),
                          ((csv, "--reports", str(csv)), "not a folder"),
                          (("--reports", str(tmp_path), "--report-model", str(tmp_path)), "no <slide_id>.txt"),
                          ((), "give a metadata CSV")):

@@ -22,6 +22,7 @@ SIMILARITY = 0.5  # clause ↔ phrase cosine (all-MiniLM-L6-v2) for a match by w
 DISEASE_SIMILARITY = 0.8  # stricter for diseases: "adenocarcinoma" alone is near every organ's adenocarcinoma
 PER_CLAUSE = 2  # terms a clause may match by similarity
 POLARITIES = ("affirmed", "negated", "uncertain")
+_WORDS = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,14 @@ class AttributeMatcher:
 
     def __init__(self, terms: tuple[Term, ...], model=None, phrase_vectors: np.ndarray | None = None):
         self.terms, self.model = terms, model
-        self._patterns = [(t, re.compile(_pattern(s), re.IGNORECASE)) for t in terms for s in t.synonyms]
+        self._by_word: dict[str, list[tuple[int, Term, re.Pattern]]] = {}  # a synonym's first word → its patterns
+        for order, (t, s) in enumerate((t, s) for t in terms for s in t.synonyms):
+            words = [w.lower() for w in re.split(r"[\s\-]+", s.strip()) if w] or [""]
+            keys = {words[0], words[0] + "s", words[0] + "es"} if len(words) == 1 else set(words[:1])
+            if not _WORDS.fullmatch(words[0]):
+                keys = {""}  # not a plain word: tried on every sentence
+            for key in keys:
+                self._by_word.setdefault(key, []).append((order, t, re.compile(_pattern(s), re.IGNORECASE)))
         # A phrase that is itself negated ("few mitoses and no necrosis") is matched by its words only.
         usable = [(i, p) for i, t in enumerate(self.terms) for p in t.phrases if not scopes(p)]
         self._owners = np.asarray([i for i, _ in usable], np.int64)
@@ -104,7 +112,7 @@ class AttributeMatcher:
 
     def match(self, sentences: list[Span]) -> list[list[Finding]]:
         """The findings of each sentence (texts with offsets relative to the sentence)."""
-        found = [self._by_synonym(s.text) for s in sentences]
+        found = [self.by_synonym(s.text) for s in sentences]
         if self.model is None or not self.terms:
             return found
         clauses = [(i, c) for i, s in enumerate(sentences) for c in split_clauses(Span(0, len(s.text), s.text))]
@@ -127,10 +135,16 @@ class AttributeMatcher:
                 have.add(term.name)
         return found
 
-    def _by_synonym(self, text: str) -> list[Finding]:
+    def by_synonym(self, text: str, found: list | None = None) -> list[Finding]:
+        """The findings of one sentence by name or synonym (``found``: its NegEx scopes, when known)."""
         out: dict[str, Finding] = {}
-        found = scopes(text)
-        for term, pattern in self._patterns:
+        words = {"", *_WORDS.findall(text.lower())}
+        candidates = sorted({c[0]: c for w in words for c in self._by_word.get(w, ())}.values(),
+                            key=lambda c: c[0])
+        if not candidates:
+            return []
+        found = scopes(text) if found is None else found
+        for _, term, pattern in candidates:
             for m in pattern.finditer(text):
                 polarity, trigger = polarity_at(text, m.start(), m.end(), found)
                 old = out.get(term.name)

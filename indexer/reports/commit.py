@@ -81,7 +81,7 @@ def report_hook(writer, config: ReportConfig | None,
 
 def _same(old: ReportFiles, config: ReportConfig, merged: pa.Table | None) -> bool:
     """Whether the live report tables already hold exactly these texts with this model and column."""
-    if old.info["column"] != config.column:
+    if old.info["column"] != config.column or not old.current:
         return False
     model = "all-MiniLM-L6-v2" if config.model is None else config.model
     if model not in (old.info["model"], old.info["model_path"]):

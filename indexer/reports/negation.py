@@ -60,6 +60,11 @@ def _phrases(items: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
 _TABLES = [(kind, polarity, _phrases(items)) for kind, polarity, items in (
     ("pseudo", None, PSEUDO), ("pre", UNCERTAIN, PRE_UNCERTAIN), ("post", UNCERTAIN, POST_UNCERTAIN),
     ("pre", NEGATED, PRE_NEGATION), ("post", NEGATED, POST_NEGATION), ("term", None, TERMINATION))]
+# first word → the trigger phrases it starts, in table order (longest first within a table): one dict look-up a word
+_BY_FIRST: dict[str, list[tuple[tuple[str, ...], str, str | None, str]]] = {}
+for _kind, _polarity, _items in _TABLES:
+    for _words, _phrase in _items:
+        _BY_FIRST.setdefault(_words[0], []).append((_words, _kind, _polarity, _phrase))
 
 
 def scopes(text: str) -> list[Scope]:
@@ -70,6 +75,8 @@ def scopes(text: str) -> list[Scope]:
     [('necrosis or lymphovascular invasion', 'negated')]
     >>> [(t[s.start:s.end], s.polarity) for t in ["Mucin present but necrosis cannot be excluded"] for s in scopes(t)]
     [('necrosis', 'uncertain')]
+    >>> [(t[s.start:s.end], s.polarity) for t in ["Lymphovascular invasion: not identified"] for s in scopes(t)]
+    [('Lymphovascular invasion', 'negated')]
     """
     words = [(m.group(0).lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
     tokens = [w for w, _, _ in words]
@@ -89,12 +96,15 @@ def scopes(text: str) -> list[Scope]:
         if mark is None or mark[0] not in ("pre", "post"):
             continue
         kind, polarity, phrase = mark
+        after = i + lengths[i]
+        if kind == "pre" and i > 0 and tokens[i - 1] == ":" and (after == len(tokens) or tokens[after] in _BREAK):
+            kind = "post"  # a synoptic value: "Perineural invasion: no."
         if kind == "pre":
-            lo = hi = i + lengths[i]
+            lo = hi = after
             while hi < len(tokens) and hi - lo < WINDOW and tokens[hi] not in _BREAK and marks[hi] is None:
                 hi += 1
         else:
-            lo = hi = i
+            lo = hi = i - 1 if i > 0 and tokens[i - 1] == ":" else i  # "Lymphovascular invasion: not identified"
             while lo > 0 and hi - lo < WINDOW and tokens[lo - 1] not in _BREAK and marks[lo - 1] is None \
                     and not _inside_mark(marks, lengths, lo - 1):
                 lo -= 1
@@ -135,12 +145,10 @@ def affirmed_text(text: str) -> str:
 def _match(tokens: list[str], i: int) -> tuple[str, str | None, str, int] | None:
     """The longest trigger phrase starting at token i (pseudo triggers first, so they win ties)."""
     best = None
-    for kind, polarity, phrases in _TABLES:
-        for words, phrase in phrases:
-            n = len(words)
-            if tuple(tokens[i:i + n]) == words and (best is None or n > best[3]):
-                best = (kind, polarity, phrase, n)
-                break
+    for words, kind, polarity, phrase in _BY_FIRST.get(tokens[i], ()):
+        n = len(words)
+        if (best is None or n > best[3]) and tuple(tokens[i:i + n]) == words:
+            best = (kind, polarity, phrase, n)
     return best
 
 
