@@ -21,6 +21,16 @@ from indexer.store.writer import read_identity
 _ATTEMPTS = 5  # CURRENT may move (and vacuum delete the version it named) between two reads
 
 
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (vacuum unlinks a version only while no reader
+    holds it, so once locked and still named, a version and its files stay)."""
+    try:
+        named, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 class Snapshot:
     """The files of one committed version of an index.
 
@@ -57,6 +67,9 @@ class Snapshot:
             except FileNotFoundError:
                 continue
             fcntl.flock(fd, fcntl.LOCK_SH)
+            if not _still_named(fd, self.paths.versions / name):  # a vacuum deleted it before the lock held it
+                os.close(fd)
+                continue
             try:
                 version = Version.from_json(json.loads(os.pread(fd, 1 << 26, 0).decode()))
             except (ValueError, TypeError) as exc:
