@@ -53,3 +53,62 @@ def test_a_vacuum_between_the_readers_open_and_its_lock_sends_it_to_the_live_ver
     searcher = SlideSearcher(root, encoder=VectorEncoder())
     hits = searcher.search_patch(list(scenario.unit(np.ones((1, scenario.DIM)))[0]), 3).hits
     assert hits and "B" not in {h.slide_id for h in hits}
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_a_writer_killed_while_its_reader_workers_live_leaves_no_lock(tmp_path):
+    """Kill -9 `index` while its DataLoader workers read patches: a `remove` right after takes the lock at once
+    (the workers, which outlive their parent for a while, never held it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+
+    run = "import sys; sys.argv = ['slidesearch', *sys.argv[1:]]; from retrieval.cli import main; main()"
+    small, big, out = tmp_path / "small", tmp_path / "big", tmp_path / "idx"
+    write_slide(small / "Z.tif", SyntheticSlideSpec(1024, 1024, (Region(0, 0, 1024, 1024, "stroma"),)))
+    write_slide(big / "A.tif", SyntheticSlideSpec(4096, 4096, (Region(0, 0, 4096, 4096, "tumour"),), seed=1))
+    common = ["--model", "tiny", "--mag", "20", "--patch", "32", "--quiet"]
+    first = subprocess.run([sys.executable, "-c", run, "index", str(small), "--out", str(out), *common,
+                            "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    writer = subprocess.Popen([sys.executable, "-c", run, "index", str(big), "--out", str(out), *common,
+                               "--workers", "2", "--batch-size", "16"], stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.monotonic() + 240, []
+    while time.monotonic() < deadline and writer.poll() is None and len(workers) < 2:
+        workers = _children(writer.pid)
+        time.sleep(0.005)
+    assert len(workers) >= 2, f"the writer's reader workers never started ({writer.poll()}: {writer.stderr.read()[-300:]})"
+    try:
+        for pid in workers:  # stopped, they stay alive (holding whatever they inherited) until killed below
+            os.kill(pid, signal.SIGSTOP)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        removed = subprocess.run([sys.executable, "-c", run, "remove", str(out), "Z"], capture_output=True,
+                                 text=True, timeout=120)
+        assert all(os.path.exists(f"/proc/{p}") for p in workers)  # the workers outlived their writer
+        assert removed.returncode == 0 and "being written by" not in removed.stderr, removed.stderr
+        assert "taking over the lock" in removed.stderr and f"pid {writer.pid}" in removed.stderr
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert Snapshot(out).version.counts["slides"] == 0
