@@ -63,8 +63,12 @@ def _exact(snapshot, q, k):
 def test_quantizer_is_trained_once_and_later_segments_store_only_codes(built):
     snapshot = Snapshot(built["root"])
     entries = [s["faiss"]["patches"] for s in snapshot.version.segments]
-    assert entries[0]["kind"] == "flat" and "quantizer" not in entries[0]  # below the threshold: exact
-    assert entries[1]["quantizer"] == entries[2]["quantizer"] == "quantizers/s000002-patches.faiss"
+    first = snapshot.paths.segment(snapshot.version.segments[0]["id"])
+    assert vi.load_index(first / "patches.faiss").ntotal == SEGMENT * PATCHES  # written exact, below the threshold,
+    assert entries[0]["file"] == "codes/v000002-s000001-patches.faiss"  # back-filled under it by the training commit
+    assert all(e["quantizer"] == "quantizers/s000002-patches.faiss" and e["kind"] == "ivf_pq" for e in entries)
+    assert "file" not in entries[1] and "file" not in entries[2]
+    assert 0 < entries[0]["recall_at_10"] <= entries[0]["recall_at_10_reranked"] and entries[0]["count"] == SEGMENT * PATCHES
     assert snapshot.version.quantizers == {"patches": "quantizers/s000002-patches.faiss"}
     assert len(built["trained"]) == 1 and built["trained"][0].startswith("IVF32_HNSW32,PQ4x")  # once, by segment 2
     files = {p.name: p.stat().st_mtime_ns for p in (built["root"] / "quantizers").iterdir()}
@@ -78,7 +82,7 @@ def test_segments_under_one_quantizer_are_merged_and_reranked_exactly(built):
     snapshot = Snapshot(built["root"])
     index = open_index(snapshot, "patches")
     assert isinstance(index, RerankedIndex) and index.ntotal == SLIDES * PATCHES
-    assert len(index.inner.parts) == 2  # the flat segment, and the two IVF segments as one index
+    assert faiss.extract_index_ivf(index.inner).ntotal == SLIDES * PATCHES  # three segments, one inverted index
     q = _queries(built["gen"])
     exact_scores, exact_ids = _exact(snapshot, q, 10)
     scores, found = vi.search(index, q, 10)
@@ -91,7 +95,7 @@ def test_segments_under_one_quantizer_are_merged_and_reranked_exactly(built):
     exact = lambda ids: snapshot.vectors("patches", ids)  # noqa: E731
     reranked, plain = (tied_recall(q, f, exact, exact_scores[:, -1]) for f in (found, raw))
     assert reranked >= plain and reranked > 0.9
-    faiss.extract_index_ivf(index.inner.parts[1]).nprobe = PLAN.nlist  # every list, and a pool of everything:
+    faiss.extract_index_ivf(index.inner).nprobe = PLAN.nlist  # every list, and a pool of everything:
     whole = RerankedIndex(index.inner, index.gather, pool=index.ntotal)  # the re-rank is then exact search
     np.testing.assert_allclose(vi.search(whole, q, 10)[0], exact_scores, atol=1e-5)
 
@@ -152,11 +156,11 @@ def test_training_adding_and_search_go_to_the_gpu_when_faiss_sees_one(built, mon
     index = vi.add_to_trained(trained, x, np.arange(len(x)))
     assert len(fake.to_gpu) == 2 and index.ntotal == len(x)
     searchable = open_index(Snapshot(built["root"]), "patches")
-    assert len(fake.to_gpu) == 4  # both loaded parts moved
+    assert len(fake.to_gpu) == 3  # the loaded index (three segments under one quantizer: one part) moved
     assert vi.search(searchable, x[:3], 5)[1].shape == (3, 5)
     monkeypatch.setenv(vi.DEVICE_ENV, "cpu")  # `--device cpu` keeps FAISS off a present GPU
     vi.train_index(x, choice)
-    assert len(fake.to_gpu) == 4
+    assert len(fake.to_gpu) == 3
 
 
 def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built, tmp_path, monkeypatch, run_cli):

@@ -112,19 +112,20 @@ class Snapshot:
         return None if self.version.metadata is None else str(self.paths.root / self.version.metadata)
 
     def faiss_parts(self, name: str) -> tuple[list[Path], list[int]]:
-        """FAISS files of index ``name`` per segment and the first id each may hold."""
+        """FAISS files of index ``name`` per segment (its own, or the codes a back-fill wrote for it under a later
+        quantizer) and the first id each may hold."""
         k = int(self.settings.bank["K"])
         key = "patch_rows" if name == "patches" else "slide_rows"
         scale = k if name == "subvectors" else 1
-        return ([d / f"{name}.faiss" for d in self.segment_dirs()],
-                [int(s[key][0]) * scale for s in self.version.segments])
+        files = [self.paths.root / s["faiss"][name]["file"] if s["faiss"].get(name, {}).get("file")
+                 else d / f"{name}.faiss" for s, d in zip(self.version.segments, self.segment_dirs())]
+        return files, [int(s[key][0]) * scale for s in self.version.segments]
 
     def patch_features(self, slide_row: int, patch_row_start: int, n_patches: int) -> np.ndarray:
         """The float16 patch features (n_patches, d) of one live slide, read through the segment's memory map."""
-        for segment, folder in zip(self.version.segments, self.segment_dirs()):
+        for segment, files in zip(self.version.segments, self._files):
             lo, hi = segment["slide_rows"]
             if lo <= slide_row < hi:
-                files = self._segment_files.setdefault(segment["id"], SegmentFiles(folder))
                 rows = files.patch_rows()
                 start = int(np.searchsorted(rows, patch_row_start))
                 return files.features[start:start + n_patches]
@@ -156,28 +157,37 @@ class Snapshot:
     def _located(self, name: str, ids: np.ndarray):
         """Per live segment holding some of ``ids``: its row file, their positions in file order (reads go
         forward) and where each sits in ``ids``."""
-        k = int(self.settings.bank["K"])
-        key = "patch_rows" if name == "patches" else "slide_rows"
-        scale = k if name == "subvectors" else 1
-        starts = np.asarray([int(s[key][0]) * scale for s in self.version.segments], np.int64)
-        ends = np.asarray([int(s[key][1]) * scale for s in self.version.segments], np.int64)
-        which = np.searchsorted(starts, ids, side="right") - 1
-        if len(ids) and ((which < 0).any() or (ids >= ends[np.maximum(which, 0)]).any()):
+        starts, ends, scale, which = self._ranges(name)
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        bounds = np.searchsorted(ordered, np.r_[starts, ends[-1:]]) if len(starts) else np.zeros(1, np.int64)
+        if len(ids) and (bounds[0] > 0 or bounds[-1] < len(ids) or
+                         (np.searchsorted(ordered, ends[:-1]) != bounds[1:-1]).any()):
             raise IndexError_(f"{name} ids outside every live segment of {self.paths.root}")
-        for i in np.unique(which):
-            segment, mask = self.version.segments[i], which == i
-            files = self._segment_files.setdefault(segment["id"], SegmentFiles(self.segment_dirs()[i]))
-            wanted = ids[mask]
+        for i in np.flatnonzero(np.diff(bounds)):
+            files, wanted = self._files[which[i]], ordered[bounds[i]:bounds[i + 1]]
             if name == "patches":
                 pos = np.searchsorted(files.patch_rows(), wanted)
-            else:
+            else:  # rows increase with ids, so positions come out in file order
                 pos = np.searchsorted(files.vector_rows(), wanted // scale) * scale + wanted % scale
-            order = np.argsort(pos, kind="stable")
-            yield files.row_file(name), pos[order], np.flatnonzero(mask)[order]
+            yield files.row_file(name), pos, order[bounds[i]:bounds[i + 1]]
+
+    def _ranges(self, name: str) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
+        """First and past-the-end ids of FAISS index ``name`` in each live segment holding some (increasing),
+        the id scale, and those segments' positions."""
+        cache = self.__dict__.setdefault("_range_cache", {})
+        if name not in cache:
+            key = "patch_rows" if name == "patches" else "slide_rows"
+            scale = int(self.settings.bank["K"]) if name == "subvectors" else 1
+            which = [i for i, s in enumerate(self.version.segments) if s[key][1] > s[key][0]]
+            cache[name] = (np.asarray([self.version.segments[i][key][0] * scale for i in which], np.int64),
+                           np.asarray([self.version.segments[i][key][1] * scale for i in which], np.int64), scale, which)
+        return cache[name]
 
     @cached_property
-    def _segment_files(self) -> dict:
-        return {}
+    def _files(self) -> list[SegmentFiles]:
+        """Read access to each live segment (row files and row ids read once each)."""
+        return [SegmentFiles(folder) for folder in self.segment_dirs()]
 
     def manifest(self) -> dict:
         """Identity and version facts in one dict (what `slidesearch info` shows)."""

@@ -158,10 +158,8 @@ class SegmentBuilder:
         patch_ids = seg.patch_rows()
         faiss_entries = {}
         for name in FAISS_NAMES:
-            vectors = seg.array(name)
-            ids = {"patches": patch_ids, "subvectors": sub_rows}.get(name, rows)
-            faiss_entries[name] = write_faiss(vi, vectors, ids, self.build / f"{name}.faiss", max_index_memory,
-                                              faiss_kind, quantizers, name, self.final.name)
+            faiss_entries[name] = write_faiss(vi, seg.array(name), seg.faiss_ids(name), self.build / f"{name}.faiss",
+                                              max_index_memory, faiss_kind, quantizers, name, self.final.name)
             crash.point(f"segment.faiss.{name}")
         self.timings["faiss"] += time.perf_counter() - t0
         for path in self.build.iterdir():
@@ -258,5 +256,13 @@ class SegmentFiles:
             self._patch_rows = self.table("patches", ["patch_row"]).column("patch_row").to_numpy().astype(np.int64)
         return self._patch_rows
 
-    def faiss_path(self, name: str) -> Path:
-        return self.folder / f"{name}.faiss"
+    def faiss_ids(self, name: str) -> np.ndarray:
+        """The FAISS ids of FAISS index ``name``'s vectors, in row order: patch rows, slide rows, or
+        ``slide_row·K + proto_id`` for sub-vectors."""
+        if name == "patches":
+            return self.patch_rows()
+        rows = self.vector_rows()
+        if name != "subvectors":
+            return rows
+        k = len(self.vectors(name)) // max(len(rows), 1)
+        return (rows[:, None] * k + np.arange(k)).ravel()
