@@ -1,0 +1,211 @@
+"""Live vs compacted search while an index grows by many small commits under the real merge policy.
+
+Usage: python benchmarks/growth.py [--slides 30000] [--commit 500] [--every 1] [--queries 40] [--warmup 10]
+       [--dim 128] [--k 8] [--patches 10] [--threads 1] [--work DIR] [--out out/bench_growth]
+
+The synthetic collection of benchmarks/search.py is committed ``--commit`` slides at a time through the store's
+writer, each commit followed by the pipeline's ``auto_merge`` and vacuum, as `slidesearch index` does. After
+every ``--every``-th commit a copy of the index is compacted (what `slidesearch compact` does: one segment, the
+same quantizers), and each query type (text, slide, patch), unfiltered and filtered, is timed on both through
+the search API: live and compacted calls alternate query by query (same queries, same order), so a change of
+load hits both. Reported per state: segments, FAISS layout, API p50 live and compacted and their ratio; and
+the worst ratio seen. Writes bench_growth.json and bench_growth.md into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
+
+from indexer.store.compact import auto_merge, compact, vacuum  # noqa: E402
+from indexer.store.writer import IndexWriter  # noqa: E402
+from retrieval.bench_search import machine_description  # noqa: E402
+from retrieval.search import SlideSearcher  # noqa: E402
+from search import QUERY_TYPES, VectorEncoder, make_queries  # noqa: E402
+from synthetic_store import WHERE, SyntheticCollection, SyntheticSpec  # noqa: E402
+
+
+def api_call(searcher: SlideSearcher, qtype: str, top: int, where: str | None):
+    """The search API call of ``qtype`` (as benchmarks/search.py times it)."""
+    return {"text": lambda q: searcher.search_text_vector(q, top, where),
+            "slide": lambda q: searcher.search_slide(q, top, where),
+            "patch": lambda q: searcher.search_patch(q, top, where)}[qtype]
+
+
+def paired_p50(live: SlideSearcher, compacted: SlideSearcher, queries: dict, top: int, warmup: int) -> list[dict]:
+    """API p50 (ms) of every (query type, filter) cell on both indexes, their calls alternating query by query."""
+    rows = []
+    for qtype in QUERY_TYPES:
+        for where in (None, WHERE):
+            calls = (api_call(live, qtype, top, where), api_call(compacted, qtype, top, where))
+            times: tuple[list, list] = ([], [])
+            for i, q in enumerate(queries[qtype]):
+                for j in ((0, 1) if i % 2 else (1, 0)):  # who goes first alternates too
+                    start = time.perf_counter()
+                    calls[j](q)
+                    if i >= warmup:
+                        times[j].append(time.perf_counter() - start)
+            p50 = [1e3 * float(np.median(t)) for t in times]
+            rows.append({"type": qtype, "where": where, "queries": len(times[0]), "live_p50_ms": round(p50[0], 3),
+                         "compacted_p50_ms": round(p50[1], 3), "ratio": round(p50[0] / p50[1], 3)})
+    return rows
+
+
+def layout(root: Path) -> dict:
+    """Segments (patches each) and the FAISS factories per index of the live version."""
+    from indexer.store.reader import Snapshot
+
+    snapshot = Snapshot(root)
+    try:
+        manifest = snapshot.manifest()
+        return {"segments": len(snapshot.version.segments),
+                "segment_patches": [s["patches"] for s in snapshot.version.segments],
+                "factories": {name: e["factory"] for name, e in manifest["indexes"].items()}}
+    finally:
+        snapshot.close()
+
+
+def measure(root: Path, work: Path, n_queries: int, warmup: int, top: int, seed: int) -> dict:
+    """Compact a copy of ``root`` and time both (see :func:`paired_p50`)."""
+    copy = work / "compacted"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root, copy)
+    start = time.perf_counter()
+    compact(copy)
+    compact_s = time.perf_counter() - start
+    live, compacted = SlideSearcher(root, encoder=VectorEncoder()), SlideSearcher(copy, encoder=VectorEncoder())
+    try:
+        queries = make_queries(compacted, n_queries + warmup, seed)
+        cells = paired_p50(live, compacted, queries, top, warmup)
+    finally:
+        live.catalog.snapshot.close()
+        compacted.catalog.snapshot.close()
+    state = {"live": layout(root), "compacted": layout(copy), "compact_s": round(compact_s, 2), "cells": cells}
+    shutil.rmtree(copy, ignore_errors=True)
+    return state
+
+
+def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, k=8, patches=10, top=10,
+        threads=1, work=None, seed=0, show_progress=True) -> dict:
+    """Grow the collection commit by commit, measuring live vs compacted after every ``every``-th commit."""
+    import faiss
+    from rich.progress import Progress
+
+    own = work is None
+    work = Path(work or tempfile.mkdtemp(prefix="bench_growth_"))
+    root = work / "live"
+    shutil.rmtree(root, ignore_errors=True)
+    spec = SyntheticSpec(n_slides, dim, k, patches, seed)
+    data = SyntheticCollection(spec, root)
+    bounds = list(range(0, n_slides, commit)) + [n_slides]
+    states, commits, load = [], [], [os.getloadavg()[0]]
+    build_threads = faiss.omp_get_max_threads()
+    try:
+        with IndexWriter(root, create=True) as writer:
+            data.create(writer)
+        with Progress(disable=not show_progress, transient=True) as progress:
+            task = progress.add_task("growth", total=len(bounds) - 1)
+            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), 1):
+                start = time.perf_counter()
+                with IndexWriter(root) as writer:
+                    data.append(writer, lo, hi)
+                    appended, timings = time.perf_counter() - start, dict(writer.version.timings)
+                    merges = auto_merge(writer)
+                    if merges:
+                        vacuum(writer.paths, writer.version)
+                commits.append({"commit": i, "slides": hi, "append_s": round(appended, 2), "merges": merges,
+                                "total_s": round(time.perf_counter() - start, 2),
+                                "backfill_s": timings.get("backfill", 0.0)})
+                if i % every == 0 or hi == n_slides:
+                    progress.update(task, description=f"{hi:,} slides: live vs compacted")
+                    if threads:
+                        faiss.omp_set_num_threads(threads)
+                    states.append({"commit": i, "slides": hi,
+                                   **measure(root, work, n_queries, warmup, top, seed + i)})
+                    faiss.omp_set_num_threads(build_threads)
+                    load.append(os.getloadavg()[0])
+                progress.advance(task)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    worst = max(((s, c) for s in states for c in s["cells"]), key=lambda sc: sc[1]["ratio"])
+    per_cell = {}
+    for s in states:
+        for c in s["cells"]:
+            key = f"{c['type']}{' filtered' if c['where'] else ''}"
+            per_cell[key] = max(per_cell.get(key, 0.0), c["ratio"])
+    config = {"slides": n_slides, "commit": commit, "every": every, "queries": n_queries, "warmup": warmup,
+              "dim": dim, "k": k, "patches": patches, "top": top, "threads": threads, "where": WHERE, "seed": seed}
+    return {"config": config, "machine": machine_description(), "load_avg_1min": load, "commits": commits,
+            "states": states, "worst": {"ratio": worst[1]["ratio"], "state": worst[0]["commit"],
+                                        "slides": worst[0]["slides"], "cell": worst[1]},
+            "worst_by_cell": per_cell}
+
+
+def markdown(result: dict) -> str:
+    """The worst ratios, then one row per measured state."""
+    c, w = result["config"], result["worst"]
+    spent = [x["total_s"] for x in result["commits"]]
+    lines = [f"Command: `{result.get('command', '')}`", "",
+             f"Machine: {result['machine']}; 1-min load average: {min(result['load_avg_1min']):.1f}–"
+             f"{max(result['load_avg_1min']):.1f}", "",
+             f"{c['slides']:,} synthetic slides (d = {c['dim']}, K = {c['k']}, {c['patches']} patches each) committed "
+             f"{c['commit']:,} at a time with auto-merge; {len(result['states'])} states measured, {c['queries']} "
+             f"queries per cell after {c['warmup']} warm-up, live and compacted alternating; top {c['top']}; "
+             f"{c['threads'] or 'default'} FAISS thread(s). Commit (+ merge) seconds: median "
+             f"{np.median(spent):.1f}, max {max(spent):.1f}.", "",
+             f"**Worst live / compacted API p50: {w['ratio']:.2f}×** ({w['cell']['type']}"
+             f"{' filtered' if w['cell']['where'] else ''}, after commit {w['state']}, {w['slides']:,} slides). "
+             "Worst per cell: " + ", ".join(f"{k} {v:.2f}×" for k, v in result["worst_by_cell"].items()) + ".", "",
+             "| commit | slides | segments (patches) | live patches index | " +
+             " | ".join(f"{t}{' filt.' if f else ''} live / comp. ms (×)" for t in QUERY_TYPES for f in (0, 1)) + " |",
+             "|" + "---|" * 10]
+    for s in result["states"]:
+        cells = " | ".join(f"{x['live_p50_ms']:.2f} / {x['compacted_p50_ms']:.2f} ({x['ratio']:.2f})" for x in s["cells"])
+        patches = "+".join(str(p) for p in s["live"]["segment_patches"])
+        lines.append(f"| {s['commit']} | {s['slides']:,} | {s['live']['segments']} ({patches}) "
+                     f"| `{s['live']['factories'].get('patches', '')}` | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse options, run, write bench_growth.json and .md into --out, print the Markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slides", type=float, default=30_000, help="slides at the end")
+    parser.add_argument("--commit", type=float, default=500, help="slides per commit")
+    parser.add_argument("--every", type=int, default=1, help="measure after every N-th commit (and the last)")
+    parser.add_argument("--queries", type=int, default=40, help="timed queries per cell and index")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed queries per cell and index first")
+    parser.add_argument("--dim", type=int, default=128, help="embedding dimension d")
+    parser.add_argument("--k", type=int, default=8, help="prototypes K (slide vectors are K·d)")
+    parser.add_argument("--patches", type=int, default=10, help="patches per slide")
+    parser.add_argument("--top", type=int, default=10, help="hits per query")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads while timing (0 = default)")
+    parser.add_argument("--work", default=None, help="folder for the indexes (default: a temporary one, removed)")
+    parser.add_argument("--out", default="out/bench_growth", help="folder for bench_growth.json and .md")
+    args = parser.parse_args(argv)
+    result = run(int(args.slides), int(args.commit), args.every, args.queries, args.warmup, args.dim, args.k,
+                 args.patches, args.top, args.threads, args.work)
+    result["command"] = "python benchmarks/growth.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_growth.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench_growth.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
