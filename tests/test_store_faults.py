@@ -112,3 +112,85 @@ def test_a_writer_killed_while_its_reader_workers_live_leaves_no_lock(tmp_path):
             except ProcessLookupError:
                 pass
     assert Snapshot(out).version.counts["slides"] == 0
+
+
+RUN = "import sys; sys.argv = ['slidesearch', *sys.argv[1:]]; from retrieval.cli import main; main()"
+FAST = ["--model", "tiny", "--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
+FILL_POINTS = 12
+
+
+def _mount(folder, size: int, remount: bool = False) -> bool:
+    import subprocess
+
+    options = f"{'remount,' if remount else ''}size={-(-size // 4096) * 4}k"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def _used(folder) -> int:
+    st = os.statvfs(folder)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def test_a_disk_that_fills_up_part_way_ends_each_write_in_one_line_at_the_last_version(tmp_path):
+    """`index` into a tmpfs that fills up at 12 points of the run: each run ends in success or one line and exit 2
+    (never a signal or a traceback), the index at its last version with nothing unpublished left; a run with
+    room then resumes and completes."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _mount(mnt, 256 << 20):
+        pytest.skip("cannot mount a tmpfs here (needs root and a kernel that allows it)")
+    try:
+        first, new, base = tmp_path / "first", tmp_path / "new", tmp_path / "base"
+        write_slide(first / "Z.tif", SyntheticSlideSpec(1024, 1024, (Region(0, 0, 1024, 1024, "stroma"),)))
+        for i, (name, tissue) in enumerate((("A", "tumour"), ("B", "mucin"), ("C", "necrosis"))):
+            write_slide(new / f"{name}.tif", SyntheticSlideSpec(1024, 1024, (Region(0, 0, 1024, 1024, tissue),), seed=i))
+        cli = lambda *args: subprocess.run([sys.executable, "-c", RUN, *map(str, args)],  # noqa: E731
+                                           capture_output=True, text=True, timeout=300)
+        assert cli("index", first, "--out", base, *FAST).returncode == 0
+        before = Snapshot(base).version.number
+
+        def fresh(size: int):
+            assert _mount(mnt, 256 << 20, remount=True)
+            shutil.rmtree(mnt / "idx", ignore_errors=True)
+            shutil.copytree(base, mnt / "idx")
+            used = _used(mnt)
+            assert _mount(mnt, max(size, used + 4096), remount=True)
+            return used
+
+        used = fresh(256 << 20)
+        assert cli("index", new, "--out", mnt / "idx", *FAST).returncode == 0
+        need = _used(mnt) - used
+        outcomes = []
+        for step in range(FILL_POINTS):
+            used = fresh(0)
+            room = 4096 + int(step * 1.3 * need / (FILL_POINTS - 1))  # past the end too: the run's peak is higher
+            assert _mount(mnt, used + room, remount=True)
+            done = cli("index", new, "--out", mnt / "idx", *FAST)
+            outcomes.append(done.returncode)
+            assert done.returncode in (0, 2), f"{room} bytes free: rc {done.returncode}: {done.stderr[-800:]}"
+            if done.returncode == 2:
+                line = done.stderr.strip()
+                assert "\n" not in line and "No space left on device" in line and "Traceback" not in line, line
+            snapshot = Snapshot(mnt / "idx")
+            assert snapshot.version.number == (before if done.returncode else before + 1)
+            leftovers = [p for p in (mnt / "idx").rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".build-")]
+            assert not leftovers, f"{room} bytes free: unpublished files left: {leftovers}"
+            searcher = SlideSearcher(mnt / "idx")
+            assert searcher.search_slide("Z", 1).hits  # the committed slides still answer
+            snapshot.close()
+            searcher.catalog.snapshot.close()
+        assert outcomes.count(2) >= FILL_POINTS // 2 and outcomes[-1] == 0, outcomes
+        assert _mount(mnt, 256 << 20, remount=True)
+        assert cli("index", new, "--out", mnt / "idx", *FAST).returncode == 0  # resumes from what it staged
+        assert Snapshot(mnt / "idx").version.counts["slides"] == 4
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -45,6 +45,25 @@ def read_identity(paths: IndexPaths) -> IndexSettings | None:
         raise IndexError_(f"{paths.identity}: unreadable index identity ({exc})") from None
 
 
+def remove_unpublished(paths: IndexPaths) -> Version:
+    """Delete what no committed version names: temporaries and build folders, version, metadata, tombstone, report
+    and codes files newer than the live version, segments and quantizers of numbers it has not handed out yet.
+    Staged slides stay (a re-run resumes from them). Returns the live version."""
+    remove_temporaries(*paths.folders())
+    version = read_current(paths) or Version()
+    for folder in (paths.versions, paths.metadata, paths.tombstones, paths.reports, paths.codes):
+        for path in folder.glob("v*") if folder.is_dir() else ():
+            match = _NUMBERED.match(path.name)
+            if match and int(match[1]) > version.number:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for folder in (paths.segments, paths.quantizers):  # quantizers/<segment id>-<name>.faiss
+        for path in folder.iterdir() if folder.is_dir() else ():
+            match = _NUMBERED.match(path.name)
+            if match and path.name.startswith("s") and int(match[1]) >= version.next_segment:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return version
+
+
 def read_prototypes(paths: IndexPaths) -> tuple[pa.Table, np.ndarray]:
     """prototypes.parquet and its embedding column P (K, d)."""
     table = pq.read_table(paths.prototypes)
@@ -90,25 +109,20 @@ class IndexWriter:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:  # a failed write (a full disk, an interrupt): nothing unpublished stays
+                try:
+                    remove_unpublished(self.paths)
+                except OSError:
+                    pass
+        finally:
+            self._lock.release()
 
     # -- recovery -------------------------------------------------------------------------------------
     def _recover(self) -> None:
-        """Delete what no committed version names: temporaries, newer version files and unpublished segments."""
-        remove_temporaries(*self.paths.folders())
-        self.version = read_current(self.paths) or Version()
-        for folder in (self.paths.versions, self.paths.metadata, self.paths.tombstones, self.paths.reports,
-                       self.paths.codes):
-            for path in folder.glob("v*") if folder.is_dir() else ():
-                match = _NUMBERED.match(path.name)
-                if match and int(match[1]) > self.version.number:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if self.paths.segments.is_dir():
-            for path in self.paths.segments.iterdir():
-                match = _NUMBERED.match(path.name)
-                if match and int(match[1]) >= self.version.next_segment:
-                    shutil.rmtree(path)
+        """Delete what no committed version names (:func:`remove_unpublished`) and staged slides already committed."""
+        self.version = remove_unpublished(self.paths)
         self.settings = read_identity(self.paths)
         for slide_id in list(self.staging.slide_ids()):  # committed before a kill stopped the clean-up
             live, staged = self.live_slides.get(slide_id), self.staging.get(slide_id, with_features=False)
