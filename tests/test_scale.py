@@ -236,3 +236,47 @@ def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dty
         fh.truncate(rows.offset + 10 * rows.row_bytes)
     with pytest.raises(OSError, match="past the end"):
         RowFile(tmp_path / "v.npy").take(np.array([12]))
+
+
+def test_a_provisional_quantizer_gives_way_to_the_full_one_and_every_segment_follows(bench, tmp_path, monkeypatch):
+    """Past ``exact_max`` vectors a provisional quantizer (as many lists as its sample trains) takes every segment;
+    at the threshold the full one replaces it and every earlier segment is re-encoded under it: a live index is
+    always one inverted index, never exact segments beside it."""
+    from indexer.store.compact import vacuum
+    from indexer.store.writer import IndexWriter
+
+    monkeypatch.setattr(quantizer, "PLAN", quantizer.QuantizerPlan(nlist=32, nprobe=8, exact_max=400))
+    root, gen = tmp_path / "index", bench.ScaleGenerator(dim=32, k=4, patches=50)
+
+    def grown(slides: int):  # commits of 6 slides (300 patches)
+        bench.write_collection(root, slides, gen, 6)
+        snapshot = Snapshot(root)
+        return snapshot, [s["faiss"]["patches"] for s in snapshot.version.segments]
+
+    snapshot, entries = grown(6)
+    assert entries[0]["kind"] == "flat" and "patches" not in snapshot.version.quantizers  # 300 ≤ exact_max
+    snapshot, entries = grown(12)
+    provisional = snapshot.version.quantizers["patches"]
+    assert provisional == "quantizers/s000002-patches.faiss"
+    assert faiss.extract_index_ivf(vi.load_index(root / provisional)).nlist == 8  # 600 vectors: 15 per list → 8
+    assert [e["quantizer"] for e in entries] == [provisional] * 2 and entries[0]["file"].startswith("codes/v000002-")
+    snapshot, entries = grown(30)
+    full = snapshot.version.quantizers["patches"]
+    assert full == "quantizers/s000005-patches.faiss" != provisional  # 1,500 ≥ 39·32: the full quantizer
+    assert faiss.extract_index_ivf(vi.load_index(root / full)).nlist == 32
+    assert [e["quantizer"] for e in entries] == [full] * 5
+    assert [e.get("file") for e in entries] == [f"codes/v000005-s00000{i}-patches.faiss" for i in range(1, 5)] + [None]
+    assert all(0 < e["recall_at_10"] <= e["recall_at_10_reranked"] for e in entries)
+    index = open_index(snapshot, "patches")
+    assert faiss.extract_index_ivf(index.inner).ntotal == 30 * 50  # one inverted index over the five segments
+    q = _queries(gen, seed=4)
+    ids = np.arange(30 * 50)
+    exact = q @ snapshot.vectors("patches", ids).T
+    truth = np.sort(exact, axis=1)[:, ::-1][:, 9]
+    found = vi.search(index, q, 10)[1]
+    assert tied_recall(q, found, lambda x: snapshot.vectors("patches", x), truth) > 0.9
+    snapshot.close()
+    with IndexWriter(root) as writer:  # nothing names the provisional quantizer or the first codes any more
+        vacuum(writer.paths, writer.version)
+    assert sorted(p.name for p in (root / "quantizers").iterdir()) == ["s000005-patches.faiss"]
+    assert sorted(p.name for p in (root / "codes").iterdir()) == [f"v000005-s00000{i}-patches.faiss" for i in range(1, 5)]

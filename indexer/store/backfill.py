@@ -1,8 +1,9 @@
-"""Back-fill: when a commit trains a quantizer, the live segments written before it (exact Flat below the
-threshold) get codes under it too, so every segment of that FAISS index is searched as one inverted index.
+"""Back-fill: when a commit trains a quantizer, the live segments written before it (exact below ``exact_max``,
+or under the provisional quantizer it replaces) get codes under it too, so every segment of that FAISS index is
+searched as one inverted index.
 
 The segments before a quantizer hold fewer vectors than its training threshold (the commit that reaches the
-threshold trains it), so a back-fill encodes a bounded number of vectors, once. The codes go to
+threshold trains it), so a back-fill encodes a bounded number of vectors, at most twice. The codes go to
 ``codes/v<version>-<segment>-<name>.faiss`` and the new version's entry for that segment names them (``file``);
 the segment folder itself is never touched, and older versions keep reading its own FAISS file.
 """
@@ -28,7 +29,8 @@ def codes_path(paths: IndexPaths, number: int, segment_id: str, name: str) -> st
 
 def backfill(paths: IndexPaths, number: int, segments: tuple[dict[str, Any], ...], quantizers) -> tuple[dict, ...]:
     """``segments`` with their FAISS indexes of each name ``quantizers`` trained in this commit (version
-    ``number``) encoded under that quantizer, where they were not yet; codes and recall are written per segment.
+    ``number``) encoded under that quantizer, where they were not yet (exact, or under a provisional one); codes
+    and recall are written per segment.
 
     Args:
         quantizers: the commit's :class:`indexer.store.quantizer.Quantizers` (``trained``: names it trained).
@@ -37,17 +39,16 @@ def backfill(paths: IndexPaths, number: int, segments: tuple[dict[str, Any], ...
 
     out = [dict(s) for s in segments]
     for name in quantizers.trained:
+        shared = quantizers.shared(name)
         for segment in out:
             entry = segment["faiss"].get(name)
-            if entry is None or entry.get("quantizer") or not entry.get("count"):
+            if entry is None or entry.get("quantizer") == shared[1] or not entry.get("count"):
                 continue
             files = SegmentFiles(paths.segment(segment["id"]))
             relative = codes_path(paths, number, segment["id"], name)
             paths.codes.mkdir(parents=True, exist_ok=True)
             crash.point("backfill.codes")
             new = write_faiss(vi, files.array(name), files.faiss_ids(name), paths.root / relative, None,
-                              quantizers=quantizers, name=name, segment_id=segment["id"])
-            if not new.get("quantizer"):  # cannot happen: the quantizer exists; keep the exact index then
-                continue
+                              quantizers=quantizers, shared=shared)
             segment["faiss"] = {**segment["faiss"], name: {**new, "file": relative}}
     return tuple(out)

@@ -180,11 +180,13 @@ class SegmentBuilder:
 
 
 def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: int | None,
-                kind: str | None = None, quantizers=None, name: str = "", segment_id: str = "") -> dict[str, Any]:
+                kind: str | None = None, quantizers=None, name: str = "", segment_id: str = "",
+                shared: tuple | None = None) -> dict[str, Any]:
     """Build, check and save one FAISS index; returns its entry for the version file.
 
-    The index is the trained-once quantizer's (codes only, under ``quantizers``' file) once the collection has
-    one or reaches its threshold; otherwise ``kind``, or what ``choose_index`` picks. Recall@10 is measured on
+    The index is the shared quantizer's (codes only, under ``quantizers``' file) once the collection has one or
+    outgrows exact search; otherwise ``kind``, or what ``choose_index`` picks. ``shared``: ``(quantizer,
+    relative path)`` to encode under, whatever the collection's size (a back-fill). Recall@10 is measured on
     held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
     """
     from indexer.store.quantizer import describe, save_codes
@@ -192,7 +194,8 @@ def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: in
     from indexer.store.rerank import RerankedIndex
 
     n, dim = vectors.shape
-    shared = None if kind or quantizers is None or n == 0 else quantizers.for_segment(name, segment_id, vectors)
+    if shared is None and not (kind or quantizers is None or n == 0):
+        shared = quantizers.for_segment(name, segment_id, vectors)
     if shared is not None:
         index = vi.add_to_trained(shared[0], vectors, ids, quantizers.use_gpu)
         entry = {"kind": "ivf_pq", "factory": describe(index), "quantizer": shared[1]}
