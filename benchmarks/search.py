@@ -1,13 +1,15 @@
 """Search API latency (text, slide, patch queries) against the FAISS searches inside it, on synthetic indexes.
 
 Usage: python benchmarks/search.py [--sizes 1000,10000,100000] [--dim 128] [--k 8] [--patches 10]
-       [--queries 200] [--flat-at 100000] [--threads 1] [--encoder tiny|none] [--keep DIR] [--out DIR]
+       [--queries 200] [--flat-at 100000] [--threads 1] [--encoder tiny|none] [--segments 1,10] [--keep DIR]
+       [--out DIR]
 
 Each size gets an index directory written straight from synthetic vectors (no slides, no encoder) with the
 tables and FAISS files the pipeline writes, FAISS kinds as ``choose_index`` picks them (plus all-Flat at
 ``--flat-at``). The API calls are timed while a recorder keeps the ``vector_index.search`` calls they make;
 those calls are then replayed through ``vector_index.search`` and as bare ``index.search`` (selector
-prebuilt), so API / bare is the cost of everything around FAISS.
+prebuilt), so API / bare is the cost of everything around FAISS. ``--segments`` writes each index in that many
+equal commits (live segments, as a growing index has them) to compare with one.
 """
 
 from __future__ import annotations
