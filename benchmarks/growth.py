@@ -15,7 +15,6 @@ the worst ratio seen. Writes bench_growth.json and bench_growth.md into ``--out`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ from indexer.store.compact import auto_merge, compact, vacuum  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402
 from retrieval.bench_search import machine_description  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402
-from search import QUERY_TYPES, VectorEncoder, make_queries  # noqa: E402
+from search import QUERY_TYPES, VectorEncoder, make_queries, save_result  # noqa: E402
 from synthetic_store import WHERE, SyntheticCollection, SyntheticSpec  # noqa: E402
 
 
@@ -199,12 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(int(args.slides), int(args.commit), args.every, args.queries, args.warmup, args.dim, args.k,
                  args.patches, args.top, args.threads, args.work)
     result["command"] = "python benchmarks/growth.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_growth.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_growth.md").write_text(markdown(result))
-    print(markdown(result))
-    return result
+    return save_result(result, Path(args.out), "bench_growth", markdown)
 
 
 if __name__ == "__main__":

@@ -311,10 +311,14 @@ def main(argv: list[str] | None = None) -> dict:
                  args.budget, args.encoder, args.keep, warmup=args.warmup, threads=args.threads,
                  segments=[int(x) for x in args.segments.split(",") if x])
     result["command"] = "python benchmarks/search.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
+    return save_result(result, Path(args.out), "bench_search_api", markdown)
+
+
+def save_result(result: dict, out: Path, stem: str, markdown) -> dict:
+    """Write ``stem``.json and ``stem``.md (``markdown(result)``) into ``out``, print the Markdown; returns ``result``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_search_api.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_search_api.md").write_text(markdown(result))
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     return result
 
