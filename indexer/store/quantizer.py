@@ -4,8 +4,9 @@ its codes under it, and the segments written before it are back-filled under it 
 so a live index is searched as one inverted index, as its compacted form is.
 
 The first quantizer is trained when the collection outgrows exact search (``exact_max`` vectors). Below the full
-threshold (39 vectors per list of ``nlist`` lists) it is provisional, with as many lists as its sample can train;
-the commit that reaches the threshold trains the full one, which then stays. Retraining otherwise happens only on
+threshold (39 vectors per list of ``nlist`` lists) it is provisional: an IVF-Flat with as many lists as its sample
+can train (its lists hold the vectors, searched exactly, as fast as HNSW at that size); the commit that reaches the
+threshold trains the full IVF-PQ one, which then stays. Retraining otherwise happens only on
 request (``slidesearch compact --retrain``).
 """
 
@@ -92,37 +93,42 @@ PLAN = QuantizerPlan()
 
 def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain: bool = False,
                 budget: int | None = None):
-    """The IVF-PQ configuration trained for ``count`` vectors of ``dim``: ``plan.base_nlist(dim)`` lists (below
-    the threshold: ``plan.provisional_nlist``; a retrain: ≈ 4√n, a power of two up to MAX_NLIST with ≥ 39 points
-    per list), PQ with the default sub-quantizers
-    of :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain
-    takes the largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
+    """The IVF configuration trained for ``count`` vectors of ``dim``.
+
+    Below ``plan.threshold(dim)`` a provisional IVF-Flat (``plan.provisional_nlist`` lists; its lists hold the
+    vectors themselves, so it searches exactly within the probed lists, needs no re-rank, and is as fast as HNSW
+    at these sizes). Otherwise IVF-PQ with ``plan.base_nlist(dim)`` lists (a retrain: ≈ 4√n, a power of two up to
+    MAX_NLIST with ≥ 39 points per list), PQ with the default sub-quantizers of
+    :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain takes the
+    largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
     :func:`indexer.vector_index.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
 
     >>> plan_choice(10**6, 512).describe(), plan_choice(10**8, 512, retrain=True).describe()
     ('IVF4096_HNSW32,PQ64x8', 'IVF16384_HNSW32,PQ32x8')
     >>> plan_choice(10**5, 12_288).describe(), plan_choice(60_000, 512).describe()
-    ('IVF512_HNSW32,PQ128x8', 'IVF1024_HNSW32,PQ64x8')
+    ('IVF512_HNSW32,PQ128x8', 'IVF1024_HNSW32,Flat')
     """
     from indexer.vector_index import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
                                       gpu_enabled)
 
     plan = plan or PLAN
     nlist = base = plan.base_nlist(dim)
-    if count < plan.threshold(dim):  # provisional
+    provisional = count < plan.threshold(dim)
+    if provisional:
         nlist = plan.provisional_nlist(count, dim)
     elif retrain:
         want = 2 ** round(math.log2(max(1, 4 * math.sqrt(count))))
         nlist = max(base, min(want, MAX_NLIST, 2 ** int(math.log2(max(1, count // MIN_POINTS_PER_CENTROID)))))
     pq = choice_for_kind("ivf_pq", count, dim)
-    if retrain:
+    if retrain and not provisional:
         fitted = choose_index(count, dim, budget)
         if fitted.kind == "ivf_pq":
             pq = choice_for_kind("ivf_pq", count, dim, m=min(pq.m, fitted.m))
-    nprobe = max(plan.nprobe, round(plan.nprobe * math.sqrt(nlist / plan.nlist)))
+    nprobe = min(nlist, max(plan.nprobe, round(plan.nprobe * math.sqrt(nlist / plan.nlist))))
     coarse = "" if gpu_enabled() else plan.coarse  # the GPU assigns by brute force over flat centroids
-    return IndexChoice("ivf_pq", nlist=nlist, m=pq.m, nbits=pq.nbits, nprobe=min(nlist, nprobe), coarse=coarse,
-                       niter=plan.niter)
+    if provisional:
+        return IndexChoice("ivf_flat", nlist=nlist, nprobe=nprobe, coarse=coarse, niter=plan.niter)
+    return IndexChoice("ivf_pq", nlist=nlist, m=pq.m, nbits=pq.nbits, nprobe=nprobe, coarse=coarse, niter=plan.niter)
 
 
 class Quantizers:
@@ -176,10 +182,8 @@ class Quantizers:
         return trained, relative
 
     def provisional(self, name: str, dim: int) -> bool:
-        """Whether the live quantizer of ``name`` has fewer lists than a full one for ``dim``-d vectors."""
-        import faiss
-
-        return faiss.extract_index_ivf(self.load(name)).nlist < self.plan.base_nlist(dim)
+        """Whether the live quantizer of ``name`` is a provisional one (IVF-Flat, trained below the threshold)."""
+        return kind_of(self.load(name)) == "ivf_flat"
 
     def shared(self, name: str):
         """``(trained empty index, relative path)`` of the quantizer ``name`` has in this commit."""
@@ -250,10 +254,18 @@ def attach(index, trained):
 
 
 def describe(index) -> str:
-    """FAISS factory string of an IVF-PQ index, e.g. ``IVF4096_HNSW32,PQ64x8``."""
+    """FAISS factory string of an IVF index, e.g. ``IVF4096_HNSW32,PQ64x8`` or ``IVF1024_HNSW32,Flat``."""
     import faiss
 
-    ivf = faiss.extract_index_ivf(index)
-    pq, coarse = faiss.downcast_index(ivf).pq, faiss.downcast_index(ivf.quantizer)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    coarse = faiss.downcast_index(ivf.quantizer)
     graph = f"_HNSW{coarse.hnsw.nb_neighbors(1)}" if isinstance(coarse, faiss.IndexHNSW) else ""
-    return f"IVF{ivf.nlist}{graph},PQ{pq.M}x{pq.nbits}"
+    codes = f"PQ{ivf.pq.M}x{ivf.pq.nbits}" if isinstance(ivf, faiss.IndexIVFPQ) else "Flat"
+    return f"IVF{ivf.nlist}{graph},{codes}"
+
+
+def kind_of(index) -> str:
+    """``ivf_pq`` or ``ivf_flat``: what an index under a quantizer is."""
+    import faiss
+
+    return "ivf_pq" if isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ) else "ivf_flat"

@@ -189,7 +189,7 @@ def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: in
     relative path)`` to encode under, whatever the collection's size (a back-fill). Recall@10 is measured on
     held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
     """
-    from indexer.store.quantizer import describe, save_codes
+    from indexer.store.quantizer import describe, kind_of, save_codes
     from indexer.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
@@ -198,7 +198,7 @@ def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: in
         shared = quantizers.for_segment(name, segment_id, vectors)
     if shared is not None:
         index = vi.add_to_trained(shared[0], vectors, ids, quantizers.use_gpu)
-        entry = {"kind": "ivf_pq", "factory": describe(index), "quantizer": shared[1]}
+        entry = {"kind": kind_of(index), "factory": describe(index), "quantizer": shared[1]}
     else:
         choice = vi.choice_for_kind(kind, n, dim) if kind else vi.choose_index(n, dim, budget)
         index = vi.build_index(vectors, ids, choice)
