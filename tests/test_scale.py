@@ -280,3 +280,22 @@ def test_a_provisional_quantizer_gives_way_to_the_full_one_and_every_segment_fol
         vacuum(writer.paths, writer.version)
     assert sorted(p.name for p in (root / "quantizers").iterdir()) == ["s000005-patches.faiss"]
     assert sorted(p.name for p in (root / "codes").iterdir()) == [f"v000005-s00000{i}-patches.faiss" for i in range(1, 5)]
+
+
+def test_scores_across_row_files_fill_one_buffer_in_any_chunk(tmp_path):
+    from indexer.exact import RowFile, dot_rows
+
+    rng = np.random.default_rng(2)
+    parts = [rng.standard_normal((n, 16)).astype(np.float16) for n in (7, 1, 12)]
+    for i, part in enumerate(parts):
+        np.save(tmp_path / f"p{i}.npy", part)
+    files = [RowFile(tmp_path / f"p{i}.npy") for i in range(3)]
+    picks = [np.array([6, 0, 3]), np.array([0]), np.array([11, 2, 5, 7])]
+    wheres = [np.array([7, 0, 2]), np.array([5]), np.array([1, 3, 6, 4])]  # their columns in the answer
+    queries = rng.standard_normal((2, 16)).astype(np.float32)
+    expected = np.empty((2, 8), np.float32)
+    for part, pick, where in zip(parts, picks, wheres):
+        expected[:, where] = queries @ part[pick].astype(np.float32).T
+    for chunk in (1, files[0].row_bytes * 2, files[0].row_bytes * 3, 1 << 20):
+        out = dot_rows(list(zip(files, picks, wheres)), queries, np.full((2, 8), np.nan, np.float32), chunk)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import IndexError_
+from indexer.exact import dot_rows
 from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths
 from indexer.store.segments import SegmentFiles
@@ -150,9 +151,7 @@ class Snapshot:
         """``queries @ vectors(name, ids).T`` (len(queries), len(ids)), without holding every vector at once."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         out = np.empty((len(queries), len(ids)), np.float32)
-        for rows, pos, where in self._located(name, ids):
-            out[:, where] = rows.dot(pos, queries)
-        return out
+        return dot_rows(self._located(name, ids), queries, out)  # one buffer and product across segments
 
     def _located(self, name: str, ids: np.ndarray):
         """Per live segment holding some of ``ids``: its row file, their positions in file order (reads go
