@@ -299,3 +299,22 @@ def test_scores_across_row_files_fill_one_buffer_in_any_chunk(tmp_path):
     for chunk in (1, files[0].row_bytes * 2, files[0].row_bytes * 3, 1 << 20):
         out = dot_rows(list(zip(files, picks, wheres)), queries, np.full((2, 8), np.nan, np.float32), chunk)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_index_written_without_back_fill_gets_its_exact_segments_encoded_by_its_next_write(bench, tmp_path,
+                                                                                             monkeypatch):
+    import indexer.store.writer as writer_module
+
+    monkeypatch.setattr(quantizer, "PLAN", PLAN)
+    root, gen = tmp_path / "index", bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
+    with pytest.MonkeyPatch.context() as old:  # as the store wrote before back-fills: exact beside the quantizer
+        old.setattr(writer_module, "backfill", lambda paths, number, segments, quantizers: tuple(segments))
+        bench.write_collection(root, 2 * SEGMENT, gen, SEGMENT)
+    entries = [s["faiss"]["patches"] for s in Snapshot(root).version.segments]
+    assert entries[0]["kind"] == "flat" and entries[1]["kind"] == "ivf_pq"
+    bench.write_collection(root, 3 * SEGMENT, gen, SEGMENT)
+    snapshot = Snapshot(root)
+    entries = [s["faiss"]["patches"] for s in snapshot.version.segments]
+    assert [e["quantizer"] for e in entries] == ["quantizers/s000002-patches.faiss"] * 3
+    assert entries[0]["file"] == f"codes/v{snapshot.version.number:06d}-s000001-patches.faiss"
+    assert faiss.extract_index_ivf(open_index(snapshot, "patches").inner).ntotal == 3 * SEGMENT * PATCHES

@@ -28,17 +28,18 @@ def codes_path(paths: IndexPaths, number: int, segment_id: str, name: str) -> st
 
 
 def backfill(paths: IndexPaths, number: int, segments: tuple[dict[str, Any], ...], quantizers) -> tuple[dict, ...]:
-    """``segments`` with their FAISS indexes of each name ``quantizers`` trained in this commit (version
-    ``number``) encoded under that quantizer, where they were not yet (exact, or under a provisional one); codes
-    and recall are written per segment.
+    """``segments`` with their FAISS indexes of each name that has a quantizer in this commit (version ``number``)
+    encoded under it, where they were not yet (exact, or under a provisional one it replaces); codes and recall are
+    written per segment. After a training commit every segment is under the quantizer, so later commits find
+    nothing to do (an index written before back-fills existed gets its exact segments encoded by its next write).
 
     Args:
-        quantizers: the commit's :class:`indexer.store.quantizer.Quantizers` (``trained``: names it trained).
+        quantizers: the commit's :class:`indexer.store.quantizer.Quantizers` (``table``: name → quantizer).
     """
     from indexer import vector_index as vi
 
     out = [dict(s) for s in segments]
-    for name in quantizers.trained:
+    for name in quantizers.table:
         shared = quantizers.shared(name)
         for segment in out:
             entry = segment["faiss"].get(name)
