@@ -318,3 +318,22 @@ def test_an_index_written_without_back_fill_gets_its_exact_segments_encoded_by_i
     assert [e["quantizer"] for e in entries] == ["quantizers/s000002-patches.faiss"] * 3
     assert entries[0]["file"] == f"codes/v{snapshot.version.number:06d}-s000001-patches.faiss"
     assert faiss.extract_index_ivf(open_index(snapshot, "patches").inner).ntotal == 3 * SEGMENT * PATCHES
+
+
+def test_vacuum_keeps_back_filled_codes_while_a_reader_holds_their_version(built, tmp_path, monkeypatch):
+    from indexer.store.compact import compact
+
+    monkeypatch.setattr(quantizer, "PLAN", PLAN)
+    root = tmp_path / "copy"
+    shutil.copytree(built["root"], root)
+    reader = Snapshot(root)
+    codes = [root / e["file"] for s in reader.version.segments for e in s["faiss"].values() if e.get("file")]
+    assert codes
+    q = _queries(built["gen"])
+    before = vi.search(open_index(reader, "patches"), q, 5)[1]
+    compact(root)  # one merged segment: nothing live names the codes any more, but the reader's version does
+    assert all(p.is_file() for p in codes)
+    np.testing.assert_array_equal(vi.search(open_index(reader, "patches"), q, 5)[1], before)
+    reader.close()
+    compact(root)
+    assert not any(p.exists() for p in codes)

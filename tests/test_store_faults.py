@@ -192,5 +192,14 @@ def test_a_disk_that_fills_up_part_way_ends_each_write_in_one_line_at_the_last_v
         assert _mount(mnt, 256 << 20, remount=True)
         assert cli("index", new, "--out", mnt / "idx", *FAST).returncode == 0  # resumes from what it staged
         assert Snapshot(mnt / "idx").version.counts["slides"] == 4
+        last = Snapshot(mnt / "idx").version.number
+        (tmp_path / "m.csv").write_text("slide_id,label\nA,x\n")
+        assert _mount(mnt, _used(mnt), remount=True)  # not a page left: every other write fails at once
+        for args in (("compact", mnt / "idx"), ("remove", mnt / "idx", "A"), ("metadata", mnt / "idx", tmp_path / "m.csv")):
+            done = cli(*args)
+            line = done.stderr.strip()
+            assert done.returncode == 2 and "\n" not in line and "No space left on device" in line, (args, done.stderr)
+            assert Snapshot(mnt / "idx").version.number == last
+            assert not [p for p in (mnt / "idx").rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".build-")]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
