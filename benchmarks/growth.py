@@ -62,16 +62,37 @@ def paired_p50(live: SlideSearcher, compacted: SlideSearcher, queries: dict, top
     return rows
 
 
+def patch_recall(searcher: SlideSearcher, queries: np.ndarray, k: int = 10) -> float:
+    """Recall@k of the searcher's patch index (what `search patch` searches) against exact search over every live
+    patch, for ``queries`` that are not indexed vectors (ties at rank k count as hits)."""
+    from indexer import vector_index as vi
+    from indexer.exact import exact_topk, tied_recall
+    from indexer.store.segments import SegmentFiles
+
+    snapshot = searcher.catalog.snapshot
+    files = [SegmentFiles(folder) for folder in snapshot.segment_dirs()]
+    features = np.concatenate([f.features for f in files])
+    rows = np.concatenate([f.patch_rows() for f in files])
+    scores, _ = exact_topk(queries, features, k)
+    found = vi.search(searcher.catalog.faiss("patches"), queries, k)[1]
+    order = np.argsort(rows)
+    gather = lambda ids: features[order[np.searchsorted(rows[order], ids)]].astype(np.float32)  # noqa: E731
+    return round(tied_recall(queries, found, gather, scores[:, k - 1]), 4)
+
+
 def layout(root: Path) -> dict:
-    """Segments (patches each) and the FAISS factories per index of the live version."""
+    """Segments (patches each), the FAISS factories per index of the live version, and the patch index's recall
+    as the version records it (the lowest segment's, after the re-rank where there is one)."""
     from indexer.store.reader import Snapshot
 
     snapshot = Snapshot(root)
     try:
         manifest = snapshot.manifest()
+        patches = manifest["indexes"].get("patches", {})
         return {"segments": len(snapshot.version.segments),
                 "segment_patches": [s["patches"] for s in snapshot.version.segments],
-                "factories": {name: e["factory"] for name, e in manifest["indexes"].items()}}
+                "factories": {name: e["factory"] for name, e in manifest["indexes"].items()},
+                "recorded_patch_recall": patches.get("recall_at_10_reranked", patches.get("recall_at_10"))}
     finally:
         snapshot.close()
 
@@ -88,10 +109,13 @@ def measure(root: Path, work: Path, n_queries: int, warmup: int, top: int, seed:
     try:
         queries = make_queries(compacted, n_queries + warmup, seed)
         cells = paired_p50(live, compacted, queries, top, warmup)
+        held_out = np.stack(queries["patch"]).astype(np.float32)  # noisy copies of sub-vectors: never indexed
+        recall = {"live": patch_recall(live, held_out), "compacted": patch_recall(compacted, held_out)}
     finally:
         live.catalog.snapshot.close()
         compacted.catalog.snapshot.close()
-    state = {"live": layout(root), "compacted": layout(copy), "compact_s": round(compact_s, 2), "cells": cells}
+    state = {"live": layout(root), "compacted": layout(copy), "compact_s": round(compact_s, 2), "cells": cells,
+             "patch_recall_at_10": recall}
     shutil.rmtree(copy, ignore_errors=True)
     return state
 
@@ -169,13 +193,15 @@ def markdown(result: dict) -> str:
              f"{' filtered' if w['cell']['where'] else ''}, after commit {w['state']}, {w['slides']:,} slides). "
              "Worst per cell: " + ", ".join(f"{k} {v:.2f}×" for k, v in result["worst_by_cell"].items()) + ".", "",
              "| commit | slides | segments (patches) | live patches index | " +
-             " | ".join(f"{t}{' filt.' if f else ''} live / comp. ms (×)" for t in QUERY_TYPES for f in (0, 1)) + " |",
-             "|" + "---|" * 10]
+             " | ".join(f"{t}{' filt.' if f else ''} live / comp. ms (×)" for t in QUERY_TYPES for f in (0, 1)) +
+             " | patch recall@10 live / comp. (recorded live / comp.) |", "|" + "---|" * 11]
     for s in result["states"]:
         cells = " | ".join(f"{x['live_p50_ms']:.2f} / {x['compacted_p50_ms']:.2f} ({x['ratio']:.2f})" for x in s["cells"])
         patches = "+".join(str(p) for p in s["live"]["segment_patches"])
+        r, rec = s["patch_recall_at_10"], (s["live"]["recorded_patch_recall"], s["compacted"]["recorded_patch_recall"])
         lines.append(f"| {s['commit']} | {s['slides']:,} | {s['live']['segments']} ({patches}) "
-                     f"| `{s['live']['factories'].get('patches', '')}` | {cells} |")
+                     f"| `{s['live']['factories'].get('patches', '')}` | {cells} "
+                     f"| {r['live']:.3f} / {r['compacted']:.3f} ({rec[0]:.3f} / {rec[1]:.3f}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -45,6 +45,7 @@ def test_growth_times_every_state_against_its_compacted_copy_and_reports_the_wor
             assert "+" not in state["live"]["factories"][name]
             assert state["live"]["factories"][name] == state["compacted"]["factories"][name]
         assert state["compacted"]["segments"] == 1
+        assert all(0 < r <= 1 for r in (*state["patch_recall_at_10"].values(), state["live"]["recorded_patch_recall"]))
     assert result["states"][-1]["live"]["segments"] == 3  # ten commits merged into one, then two more
     assert any(c["merges"] for c in result["commits"]) and any(c["backfill_s"] > 0 for c in result["commits"])
 
