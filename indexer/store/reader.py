@@ -124,13 +124,12 @@ class Snapshot:
 
     def patch_features(self, slide_row: int, patch_row_start: int, n_patches: int) -> np.ndarray:
         """The float16 patch features (n_patches, d) of one live slide, read through the segment's memory map."""
-        for segment, files in zip(self.version.segments, self._files):
-            lo, hi = segment["slide_rows"]
-            if lo <= slide_row < hi:
-                rows = files.patch_rows()
-                start = int(np.searchsorted(rows, patch_row_start))
-                return files.features[start:start + n_patches]
-        raise IndexError_(f"slide_row {slide_row} is in no live segment of {self.paths.root}")
+        rows, offsets = self._row_index("patches")
+        at = int(rows.searchsorted(patch_row_start))
+        if at >= len(rows) or rows[at] != patch_row_start:
+            raise IndexError_(f"slide_row {slide_row} is in no live segment of {self.paths.root}")
+        i = int(offsets.searchsorted(at, side="right")) - 1
+        return self._files[i].features[at - offsets[i]:at - offsets[i] + n_patches]
 
     def vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (len(ids), d) float32 of FAISS index ``name``'s ids, in the order given:
@@ -155,33 +154,36 @@ class Snapshot:
 
     def _located(self, name: str, ids: np.ndarray):
         """Per live segment holding some of ``ids``: its row file, their positions in file order (reads go
-        forward) and where each sits in ``ids``."""
-        starts, ends, scale, which = self._ranges(name)
+        forward) and where each sits in ``ids``. One search over every segment's rows at once, so the number of
+        segments costs a slice each, not a search each."""
+        scale = int(self.settings.bank["K"]) if name == "subvectors" else 1
+        rows, offsets = self._row_index(name)
         order = np.argsort(ids, kind="stable")
         ordered = ids[order]
-        bounds = np.searchsorted(ordered, np.r_[starts, ends[-1:]]) if len(starts) else np.zeros(1, np.int64)
-        if len(ids) and (bounds[0] > 0 or bounds[-1] < len(ids) or
-                         (np.searchsorted(ordered, ends[:-1]) != bounds[1:-1]).any()):
+        wanted = ordered // scale if scale > 1 else ordered
+        at = rows.searchsorted(wanted)
+        if len(ids) and (at[-1] >= len(rows) or (rows[np.minimum(at, len(rows) - 1)] != wanted).any()):
             raise IndexError_(f"{name} ids outside every live segment of {self.paths.root}")
-        for i in np.flatnonzero(np.diff(bounds)):
-            files, wanted = self._files[which[i]], ordered[bounds[i]:bounds[i + 1]]
-            if name == "patches":
-                pos = np.searchsorted(files.patch_rows(), wanted)
-            else:  # rows increase with ids, so positions come out in file order
-                pos = np.searchsorted(files.vector_rows(), wanted // scale) * scale + wanted % scale
-            yield files.row_file(name), pos, order[bounds[i]:bounds[i + 1]]
+        bounds = at.searchsorted(offsets)  # where each segment's rows begin among the sorted ids
+        counts = np.diff(bounds)
+        pos = at - np.repeat(offsets[:-1], counts)  # positions within each id's segment
+        if scale > 1:
+            pos = pos * scale + wanted % scale
+        for i in np.flatnonzero(counts).tolist():
+            lo, hi = bounds[i], bounds[i + 1]
+            yield self._files[i].row_file(name), pos[lo:hi], order[lo:hi]
 
-    def _ranges(self, name: str) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
-        """First and past-the-end ids of FAISS index ``name`` in each live segment holding some (increasing),
-        the id scale, and those segments' positions."""
-        cache = self.__dict__.setdefault("_range_cache", {})
-        if name not in cache:
-            key = "patch_rows" if name == "patches" else "slide_rows"
-            scale = int(self.settings.bank["K"]) if name == "subvectors" else 1
-            which = [i for i, s in enumerate(self.version.segments) if s[key][1] > s[key][0]]
-            cache[name] = (np.asarray([self.version.segments[i][key][0] * scale for i in which], np.int64),
-                           np.asarray([self.version.segments[i][key][1] * scale for i in which], np.int64), scale, which)
-        return cache[name]
+    def _row_index(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The row ids of every live segment's rows of ``name`` (patch rows for ``patches``, else the slide rows
+        with vectors), concatenated in segment order (increasing), and where each segment's begin (read once)."""
+        key = "patches" if name == "patches" else "vectors"
+        cache = self.__dict__.setdefault("_row_index_cache", {})
+        if key not in cache:
+            parts = [f.table("patches", ["patch_row"]).column("patch_row").to_numpy().astype(np.int64)
+                     if key == "patches" else f.vector_rows() for f in self._files]
+            cache[key] = (np.concatenate(parts) if parts else np.zeros(0, np.int64),
+                          np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64))
+        return cache[key]
 
     @cached_property
     def _files(self) -> list[SegmentFiles]:
