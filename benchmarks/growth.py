@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/growth.py [--slides 30000] [--commit 500] [--every 1] [--queries 40] [--warmup 10]
        [--dim 128] [--k 8] [--patches 10] [--threads 1] [--work DIR] [--out out/bench_growth]
+       python benchmarks/growth.py --pairs LIVE:COMPACTED[,…] [--queries 40] [--warmup 10] [--out DIR]
 
 The synthetic collection of benchmarks/search.py is committed ``--commit`` slides at a time through the store's
 writer, each commit followed by the pipeline's ``auto_merge`` and vacuum, as `slidesearch index` does. After
@@ -9,7 +10,9 @@ every ``--every``-th commit a copy of the index is compacted (what `slidesearch 
 same quantizers), and each query type (text, slide, patch), unfiltered and filtered, is timed on both through
 the search API: live and compacted calls alternate query by query (same queries, same order), so a change of
 load hits both. Reported per state: segments, FAISS layout, API p50 live and compacted and their ratio; and
-the worst ratio seen. Writes bench_growth.json and bench_growth.md into ``--out``.
+the worst ratio seen. ``--pairs`` times existing pairs of indexes the same way (a size too large to grow here:
+the live states benchmarks/search.py --segments writes against their compacted copies). Writes bench_growth.json
+and bench_growth.md into ``--out``.
 """
 
 from __future__ import annotations
@@ -98,14 +101,22 @@ def layout(root: Path) -> dict:
 
 
 def measure(root: Path, work: Path, n_queries: int, warmup: int, top: int, seed: int) -> dict:
-    """Compact a copy of ``root`` and time both (see :func:`paired_p50`)."""
+    """Compact a copy of ``root`` and time both (see :func:`compare`)."""
     copy = work / "compacted"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(root, copy)
     start = time.perf_counter()
     compact(copy)
     compact_s = time.perf_counter() - start
-    live, compacted = SlideSearcher(root, encoder=VectorEncoder()), SlideSearcher(copy, encoder=VectorEncoder())
+    state = {**compare(root, copy, n_queries, warmup, top, seed), "compact_s": round(compact_s, 2)}
+    shutil.rmtree(copy, ignore_errors=True)
+    return state
+
+
+def compare(live_root: Path, compacted_root: Path, n_queries: int, warmup: int, top: int, seed: int) -> dict:
+    """Paired API timing (:func:`paired_p50`) and patch recall of two indexes of one collection, their layouts."""
+    live = SlideSearcher(live_root, encoder=VectorEncoder())
+    compacted = SlideSearcher(compacted_root, encoder=VectorEncoder())
     try:
         queries = make_queries(compacted, n_queries + warmup, seed)
         cells = paired_p50(live, compacted, queries, top, warmup)
@@ -114,10 +125,26 @@ def measure(root: Path, work: Path, n_queries: int, warmup: int, top: int, seed:
     finally:
         live.catalog.snapshot.close()
         compacted.catalog.snapshot.close()
-    state = {"live": layout(root), "compacted": layout(copy), "compact_s": round(compact_s, 2), "cells": cells,
-             "patch_recall_at_10": recall}
-    shutil.rmtree(copy, ignore_errors=True)
-    return state
+    return {"live": layout(live_root), "compacted": layout(compacted_root), "cells": cells,
+            "patch_recall_at_10": recall}
+
+
+def pairs(specs: list[str], n_queries: int, warmup: int, top: int, threads: int, seed: int = 0) -> dict:
+    """``--pairs``: :func:`compare` for each ``LIVE:COMPACTED`` pair of existing index directories."""
+    import faiss
+
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    states, load = [], [os.getloadavg()[0]]
+    for i, spec in enumerate(specs, 1):
+        live, _, compacted = spec.partition(":")
+        states.append({"commit": i, "slides": None, "pair": spec, **compare(Path(live), Path(compacted), n_queries,
+                                                                              warmup, top, seed)})
+        load.append(os.getloadavg()[0])
+    config = {"pairs": specs, "queries": n_queries, "warmup": warmup, "top": top, "threads": threads, "where": WHERE,
+              "seed": seed}
+    return {"config": config, "machine": machine_description(), "load_avg_1min": load, "commits": [],
+            **_worst(states)}
 
 
 def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, k=8, patches=10, top=10,
@@ -163,45 +190,56 @@ def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, 
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+    config = {"slides": n_slides, "commit": commit, "every": every, "queries": n_queries, "warmup": warmup,
+              "dim": dim, "k": k, "patches": patches, "top": top, "threads": threads, "where": WHERE, "seed": seed}
+    return {"config": config, "machine": machine_description(), "load_avg_1min": load, "commits": commits,
+            **_worst(states)}
+
+
+def _worst(states: list[dict]) -> dict:
+    """The states, the worst live/compacted ratio of any cell (and where), and the worst of each cell."""
     worst = max(((s, c) for s in states for c in s["cells"]), key=lambda sc: sc[1]["ratio"])
     per_cell = {}
     for s in states:
         for c in s["cells"]:
             key = f"{c['type']}{' filtered' if c['where'] else ''}"
             per_cell[key] = max(per_cell.get(key, 0.0), c["ratio"])
-    config = {"slides": n_slides, "commit": commit, "every": every, "queries": n_queries, "warmup": warmup,
-              "dim": dim, "k": k, "patches": patches, "top": top, "threads": threads, "where": WHERE, "seed": seed}
-    return {"config": config, "machine": machine_description(), "load_avg_1min": load, "commits": commits,
-            "states": states, "worst": {"ratio": worst[1]["ratio"], "state": worst[0]["commit"],
-                                        "slides": worst[0]["slides"], "cell": worst[1]},
-            "worst_by_cell": per_cell}
+    return {"states": states, "worst": {"ratio": worst[1]["ratio"], "state": worst[0]["commit"],
+                                        "slides": worst[0]["slides"], "cell": worst[1]}, "worst_by_cell": per_cell}
 
 
 def markdown(result: dict) -> str:
-    """The worst ratios, then one row per measured state."""
+    """The worst ratios, then one row per measured state (or pair)."""
     c, w = result["config"], result["worst"]
-    spent = [x["total_s"] for x in result["commits"]]
     lines = [f"Command: `{result.get('command', '')}`", "",
              f"Machine: {result['machine']}; 1-min load average: {min(result['load_avg_1min']):.1f}–"
-             f"{max(result['load_avg_1min']):.1f}", "",
-             f"{c['slides']:,} synthetic slides (d = {c['dim']}, K = {c['k']}, {c['patches']} patches each) committed "
-             f"{c['commit']:,} at a time with auto-merge; {len(result['states'])} states measured, {c['queries']} "
-             f"queries per cell after {c['warmup']} warm-up, live and compacted alternating; top {c['top']}; "
-             f"{c['threads'] or 'default'} FAISS thread(s). Commit (+ merge) seconds: median "
-             f"{np.median(spent):.1f}, max {max(spent):.1f}.", "",
-             f"**Worst live / compacted API p50: {w['ratio']:.2f}×** ({w['cell']['type']}"
-             f"{' filtered' if w['cell']['where'] else ''}, after commit {w['state']}, {w['slides']:,} slides). "
-             "Worst per cell: " + ", ".join(f"{k} {v:.2f}×" for k, v in result["worst_by_cell"].items()) + ".", "",
-             "| commit | slides | segments (patches) | live patches index | " +
-             " | ".join(f"{t}{' filt.' if f else ''} live / comp. ms (×)" for t in QUERY_TYPES for f in (0, 1)) +
-             " | patch recall@10 live / comp. (recorded live / comp.) |", "|" + "---|" * 11]
+             f"{max(result['load_avg_1min']):.1f}", ""]
+    timing = (f"{c['queries']} queries per cell after {c['warmup']} warm-up, live and compacted alternating; top "
+              f"{c['top']}; {c['threads'] or 'default'} FAISS thread(s).")
+    if result["commits"]:
+        spent = [x["total_s"] for x in result["commits"]]
+        lines += [f"{c['slides']:,} synthetic slides (d = {c['dim']}, K = {c['k']}, {c['patches']} patches each) "
+                  f"committed {c['commit']:,} at a time with auto-merge; {len(result['states'])} states measured, "
+                  f"{timing} Commit (+ merge) seconds: median {np.median(spent):.1f}, max {max(spent):.1f}.", ""]
+        where = f"after commit {w['state']}, {w['slides']:,} slides"
+    else:
+        lines += [f"{len(result['states'])} pairs of existing indexes (live : compacted), {timing}", ""]
+        where = f"pair {w['state']}"
+    lines += [f"**Worst live / compacted API p50: {w['ratio']:.2f}×** ({w['cell']['type']}"
+              f"{' filtered' if w['cell']['where'] else ''}, {where}). "
+              "Worst per cell: " + ", ".join(f"{k} {v:.2f}×" for k, v in result["worst_by_cell"].items()) + ".", "",
+              "| state | segments (patches) | live patches index | " +
+              " | ".join(f"{t}{' filt.' if f else ''} live / comp. ms (×)" for t in QUERY_TYPES for f in (0, 1)) +
+              " | patch recall@10 live / comp. (recorded live / comp.) |", "|" + "---|" * 10]
     for s in result["states"]:
         cells = " | ".join(f"{x['live_p50_ms']:.2f} / {x['compacted_p50_ms']:.2f} ({x['ratio']:.2f})" for x in s["cells"])
-        patches = "+".join(str(p) for p in s["live"]["segment_patches"])
+        sizes = s["live"]["segment_patches"]
+        patches = "+".join(map(str, sizes)) if len(sizes) <= 12 else f"{len(sizes)} × ~{int(np.median(sizes)):,}"
         r, rec = s["patch_recall_at_10"], (s["live"]["recorded_patch_recall"], s["compacted"]["recorded_patch_recall"])
-        lines.append(f"| {s['commit']} | {s['slides']:,} | {s['live']['segments']} ({patches}) "
-                     f"| `{s['live']['factories'].get('patches', '')}` | {cells} "
-                     f"| {r['live']:.3f} / {r['compacted']:.3f} ({rec[0]:.3f} / {rec[1]:.3f}) |")
+        state = (f"{s['commit']}: {s['slides']:,} slides" if s.get("pair") is None
+                 else " : ".join(Path(p).name for p in s["pair"].split(":")))
+        lines.append(f"| {state} | {s['live']['segments']} ({patches}) | `{s['live']['factories'].get('patches', '')}` "
+                     f"| {cells} | {r['live']:.3f} / {r['compacted']:.3f} ({rec[0]:.3f} / {rec[1]:.3f}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,9 +258,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads while timing (0 = default)")
     parser.add_argument("--work", default=None, help="folder for the indexes (default: a temporary one, removed)")
     parser.add_argument("--out", default="out/bench_growth", help="folder for bench_growth.json and .md")
+    parser.add_argument("--pairs", default="", help="LIVE:COMPACTED[,LIVE:COMPACTED…]: only time these existing "
+                                                    "index pairs (e.g. benchmarks/search.py --keep indexes)")
     args = parser.parse_args(argv)
-    result = run(int(args.slides), int(args.commit), args.every, args.queries, args.warmup, args.dim, args.k,
-                 args.patches, args.top, args.threads, args.work)
+    if args.pairs:
+        result = pairs(args.pairs.split(","), args.queries, args.warmup, args.top, args.threads)
+    else:
+        result = run(int(args.slides), int(args.commit), args.every, args.queries, args.warmup, args.dim, args.k,
+                     args.patches, args.top, args.threads, args.work)
     result["command"] = "python benchmarks/growth.py " + " ".join(argv if argv is not None else sys.argv[1:])
     return save_result(result, Path(args.out), "bench_growth", markdown)
 

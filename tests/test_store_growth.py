@@ -31,6 +31,10 @@ def test_growth_times_every_state_against_its_compacted_copy_and_reports_the_wor
                           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
     assert json.loads((tmp_path / "out" / "bench_growth.json").read_text())["worst"] == result["worst"]
     assert "Worst live / compacted" in (tmp_path / "out" / "bench_growth.md").read_text()
+    paired = growth.main(["--pairs", f"{tmp_path / 'work' / 'live'}:{tmp_path / 'work' / 'live'}", "--queries", "3",
+                          "--warmup", "1", "--out", str(tmp_path / "pairs")])  # an index against itself
+    assert [c["queries"] for c in paired["states"][0]["cells"]] == [3] * 6
+    assert paired["states"][0]["patch_recall_at_10"]["live"] == paired["states"][0]["patch_recall_at_10"]["compacted"]
     assert [s["commit"] for s in result["states"]] == [3, 6, 9, 12] and len(result["commits"]) == 12
     cells = [c for s in result["states"] for c in s["cells"]]
     assert {(c["type"], c["where"]) for c in cells} == {(t, w) for t in ("text", "slide", "patch")
