@@ -1,23 +1,30 @@
 """Aggregation cost vs. patch encoding: ProAlign pooling of 100,000 patches against ViT-B/16 throughput.
 
-Run: python benchmarks/aggregate.py [--patches 100000] [--repeats 5] [--encoder-batches 3] [--json OUT]
-Prints the median aggregation time for K = 16 and K = 32 (d = 512, float16 features), the peak extra
-memory of aggregation at 200,000 patches, the measured ViT-B/16 images/s (random weights, batches of
-32×3×224×224) and the ratio aggregation / encoding extrapolated to the same number of patches.
+Run: python benchmarks/aggregate.py [--patches 100000] [--repeats 5] [--encoder-batches 3]
+     [--gpu-report out/gpu/bench_gpu.json] [--out DIR]
+Reports the median aggregation time for K = 16 and K = 32 (d = 512, float16 features), the peak extra
+memory of aggregation at 200,000 patches, and aggregation as a share of encoding the same patches at two
+encoder rates: the GPU rate the target is judged at (measured by benchmarks/gpu.py when ``--gpu-report`` is
+given, else the assumed 1,500 patches/s of benchmarks/rates.py) and, for comparison only, ViT-B/16 (random
+weights, batches of 32×3×224×224) measured on this machine's CPU, whose slowness would make any cost look small.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
-from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
+from benchmarks.rates import gpu_encoder_rate  # noqa: E402
+from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize  # noqa: E402
 
 DIM = 512
 TARGET_FRACTION = 0.01
@@ -68,13 +75,17 @@ def encoder_images_per_second(batches: int, batch_size: int = 32) -> float:
     return batch_size / statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=100_000, help="patches per slide")
     parser.add_argument("--repeats", type=int, default=5, help="timed aggregation runs per K")
-    parser.add_argument("--encoder-batches", type=int, default=3, help="timed ViT-B/16 batches of 32")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    parser.add_argument("--encoder-batches", type=int, default=3,
+                        help="timed ViT-B/16 batches of 32 on the CPU, for comparison (0: skip)")
+    parser.add_argument("--gpu-report", type=Path, default=None, help="benchmarks/gpu.py's JSON: its measured rate")
+    parser.add_argument("--out", type=Path, default=None, help="write bench_aggregate.json and .md here")
+    args = parser.parse_args(argv)
+    facts = provenance("benchmarks/aggregate.py", argv)
+    gpu_rate, gpu_source = gpu_encoder_rate(args.gpu_report)
 
     config = AggregationConfig()
     X = random_unit(args.patches, DIM, seed=0, dtype=np.float16)
@@ -84,27 +95,37 @@ def main() -> None:
         rows[k] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
     del X
     peak = peak_memory_mb(200_000, 32, config)
-    ips = encoder_images_per_second(args.encoder_batches)
-    encode_s = args.patches / ips
+    cpu_rate = encoder_images_per_second(args.encoder_batches) if args.encoder_batches else None
+    for row in rows.values():
+        row["share_at_gpu_rate"] = row["median_s"] / (args.patches / gpu_rate)
+        row["share_at_cpu_rate"] = row["median_s"] / (args.patches / cpu_rate) if cpu_rate else None
+    result = {"provenance": facts, "patches": args.patches, "dim": DIM, "chunk": config.chunk, "tau": config.tau,
+              "aggregation": {str(k): v for k, v in rows.items()}, "gpu_rate": gpu_rate, "gpu_rate_source": gpu_source,
+              "cpu_vit_b16_rate": cpu_rate, "peak_memory_mb_200k_k32": peak}
+    write_outputs(args.out, "aggregate", result, markdown(result))
+    return result
 
-    print(f"aggregation of {args.patches:,} patches × {DIM}-d (float16), chunk {config.chunk}, "
-          f"median of {args.repeats}")
-    print(f"{'K':>4} {'median s':>10} {'min s':>8} {'max s':>8} {'% of encoding':>14} {'< 1 %':>6}")
-    for k, row in rows.items():
-        row["fraction_of_encoding"] = row["median_s"] / encode_s
-        ok = row["fraction_of_encoding"] < TARGET_FRACTION
-        print(f"{k:>4} {row['median_s']:>10.3f} {row['min_s']:>8.3f} {row['max_s']:>8.3f} "
-              f"{100 * row['fraction_of_encoding']:>13.4f}% {'yes' if ok else 'NO':>6}")
-    print(f"ViT-B/16 (random weights, batch 32, median of {args.encoder_batches}): {ips:.1f} images/s "
-          f"→ {encode_s:,.0f} s for {args.patches:,} patches")
-    print(f"peak extra memory of aggregation, 200,000 patches × K=32 × {DIM}-d: {peak:.1f} MB "
-          f"(the float16 input itself: {200_000 * DIM * 2 / 2**20:.0f} MB)")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "patches": args.patches, "dim": DIM, "chunk": config.chunk, "tau": config.tau,
-            "aggregation": {str(k): v for k, v in rows.items()}, "encoder_images_per_s": ips,
-            "encode_s": encode_s, "peak_memory_mb_200k_k32": peak,
-        }, indent=2))
+
+def markdown(result: dict) -> str:
+    """The table: aggregation time per K and its share of encoding at the GPU rate (the target) and the CPU rate."""
+    n, rate, cpu = result["patches"], result["gpu_rate"], result["cpu_vit_b16_rate"]
+    on_cpu = (f" and {n / cpu:,.0f} s at the {cpu:.1f} patches/s that ViT-B/16 (random weights, batch 32) runs at "
+              "on this machine's CPU" if cpu else " (the CPU's ViT-B/16 rate was not measured: --encoder-batches 0)")
+    lines = [header(result["provenance"]), "",
+             f"Aggregation (`aggregate_slide`, NumPy, tau {result['tau']}, chunk {result['chunk']}) of {n:,} patches "
+             f"× {result['dim']}-d float16; encoding the same patches takes {n / rate:,.1f} s at **{rate:,.0f} "
+             f"patches/s** ({result['gpu_rate_source']}){on_cpu}.", "",
+             "| K | aggregation, median (min–max) s | share of encoding at the GPU rate (target < 1 %) | "
+             "share at this CPU's ViT-B/16 rate |", "|---|---|---|---|"]
+    for k, row in result["aggregation"].items():
+        ok = "met" if row["share_at_gpu_rate"] < TARGET_FRACTION else "NOT met"
+        lines.append(f"| {k} | {row['median_s']:.3f} ({row['min_s']:.3f}–{row['max_s']:.3f}) | "
+                     f"**{100 * row['share_at_gpu_rate']:.2f} %** ({ok}) | "
+                     + (f"{100 * row['share_at_cpu_rate']:.4f} % |" if row["share_at_cpu_rate"] else "— |"))
+    lines += ["", f"Peak extra memory inside `aggregate_slide` (tracemalloc), 200,000 patches × K = 32 × "
+              f"{result['dim']}-d: {result['peak_memory_mb_200k_k32']:.1f} MB beyond the float16 input "
+              f"({200_000 * result['dim'] * 2 / 2**20:.0f} MB)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

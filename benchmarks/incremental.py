@@ -1,15 +1,19 @@
-"""Adding one slide to an index of N slides: wall time and peak RSS of the whole `slidesearch index` process,
-store version 2 against version 1 (a checkout of the last version 1 commit), paired in one run.
+"""Adding one slide to an index of N slides, timed in-process over enough adds that automatic merges happen.
 
-Usage: python benchmarks/incremental.py [--sizes 100,1000,10000] [--patches 1000] [--repeats 3]
-       [--v1-tree DIR] [--keep DIR] [--out out/bench-incremental]
+Usage: python benchmarks/incremental.py [--sizes 100,1000,10000] [--patches 1000] [--adds 30] [--out DIR]
+       [--work DIR]
 
-Each base index holds N slides of ``--patches`` synthetic 128-d features (the dimension of ``tiny``, whose
-prototypes they are aggregated with): version 2 gets them through the store's writer in segments of at most
-2,000 slides (exact FAISS indexes, so building the base stays quick); version 1 gets them as its staged
-per-slide files, which its every run re-aggregates and rebuilds. The slide added is a synthetic 3,136² slide
-(49 patches at 20x), encoded with ``tiny``; each repeat adds another such slide, alternating v2 and v1 runs.
-``--v1-tree`` is made with ``git worktree add DIR 069ff98`` (the last version 1 commit).
+For each N, a child process writes a base index of N synthetic slides × ``--patches`` 128-d features (the
+dimension of ``tiny``, aggregated with ``tiny``'s prototypes of the ``general`` bank) through the store's writer
+in segments of at most 2,000 slides, with the FAISS indexes the pipeline would build (a base past the quantizer
+threshold trains it, so no timed add pays for that one-off training). A second child process then adds ``--adds`` new synthetic 3,136² slides
+(49 patches at 20x each) one at a time, each with ``run_index(..., IndexConfig(model="tiny"))`` as
+``slidesearch index NEW.tif --out BASE --model tiny`` does: each add is one commit of one segment, and every
+tenth add of a size tier triggers an automatic merge of the ten small segments, which that add pays for.
+Each add is timed inside the process: interpreter start-up and imports are excluded, and so is the model load
+that ``run_index`` reports (``load model``), which a long-lived writer pays once. The adding process's peak
+RSS comes from ``wait4``. Reported per N: median, mean (amortised, merges included), p90 and slowest add, and
+the adds that merged.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -29,19 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
+
 SEGMENT_SLIDES = 2000
-RUN = "import sys; sys.path.insert(0, sys.argv.pop(1)); from retrieval.cli import main; sys.argv[0] = 'slidesearch'; main()"
-# Linux keeps a process's peak RSS across fork and exec, so a command started by this (large) process would
-# report at least this process's peak: a small launcher starts it and reports its own child's wait4 figures.
-LAUNCH = """import json, os, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-err = proc.stderr.read().decode()
-_, status, usage = os.wait4(proc.pid, 0)
-print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
-                  "peak_rss_mb": usage.ru_maxrss / 1024,
-                  "code": os.waitstatus_to_exitcode(status), "err": err[-400:]}))
-"""
+TARGET_RATIO = 1.5  # issue 11: an add at 10^4 slides costs at most 1.5× an add at 10^2
+TARGET_RSS = 1.2
 
 
 def synthetic_features(slide_id: str, n: int, prototypes: np.ndarray) -> np.ndarray:
@@ -58,9 +54,8 @@ def record(slide_id: str, n: int) -> dict:
             "mpp_source": "synthetic", "magnification": 40.0, "status": "ok", "error": None, "level": 0}
 
 
-def build_v2(root: Path, n_slides: int, patches: int) -> float:
-    """A version 2 base index of synthetic slides, written through the store's writer (resumed where an
-    earlier, interrupted build stopped); returns seconds."""
+def build_base(root: Path, n_slides: int, patches: int) -> float:
+    """A base index of synthetic slides written through the store's writer; returns seconds."""
     from indexer.aggregate import aggregate_slide
     from indexer.bank import load_bank
     from indexer.encoders import load_encoder
@@ -71,7 +66,7 @@ def build_v2(root: Path, n_slides: int, patches: int) -> float:
 
     start = time.perf_counter()
     encoder, bank = load_encoder("tiny", device="cpu"), load_bank("general")
-    settings = settings_for(IndexConfig(), encoder, bank)
+    settings = settings_for(IndexConfig(model="tiny"), encoder, bank)
     text = embed_prototypes(bank, encoder)
     coords = np.stack([np.arange(patches) % 32 * 448, np.arange(patches) // 32 * 448], axis=1)
     with IndexWriter(root, create=True) as writer:
@@ -85,106 +80,111 @@ def build_v2(root: Path, n_slides: int, patches: int) -> float:
             return SlideRows(rec, coords, feats, emb.patch_proto, emb.patch_proto_sim, emb.slide_vector,
                              emb.mean_vector, emb.subvectors, emb.mass)
 
-        done = sum(s.startswith("B") for s in writer.live_slides)
-        for lo in range(done, n_slides, SEGMENT_SLIDES):
+        for lo in range(0, n_slides, SEGMENT_SLIDES):
             records = [{**record(f"B{i:06d}", patches), "n_patches": patches, "patch_size": 448,
                         "fingerprint": settings.fingerprint(None)} for i in range(lo, min(n_slides, lo + SEGMENT_SLIDES))]
-            writer.append_segment(records, rows_of, prototypes.shape, faiss_kind="flat")
-    return time.perf_counter() - start
-
-
-def build_v1(root: Path, n_slides: int, patches: int) -> float:
-    """A version 1 base: its staged per-slide ``features/<id>.npz`` files (what every v1 run rebuilds from)."""
-    from indexer.bank import load_bank
-    from indexer.encoders import load_encoder
-    from indexer.prototypes import embed_prototypes
-
-    start = time.perf_counter()
-    prototypes = embed_prototypes(load_bank("general"), load_encoder("tiny", device="cpu"))
-    coords = np.stack([np.arange(patches) % 32 * 448, np.arange(patches) // 32 * 448], axis=1).astype(np.int64)
-    folder = root / "features"
-    folder.mkdir(parents=True)
-    for i in range(n_slides):
-        slide_id = f"B{i:06d}"
-        with open(folder / f"{slide_id}.npz", "wb") as fh:
-            np.savez(fh, coords=coords, features=synthetic_features(slide_id, patches, prototypes),
-                     patch_size=np.int64(448), record=np.frombuffer(json.dumps(record(slide_id, patches)).encode(), np.uint8))
+            writer.append_segment(records, rows_of, prototypes.shape)  # FAISS as the pipeline builds it
     return time.perf_counter() - start
 
 
 def new_slides(folder: Path, count: int) -> list[Path]:
-    """Slides to add, with ids no earlier run of the benchmark used (bases are reused with --keep)."""
+    """``count`` synthetic 3,136² slides at 0.25 µm/px (49 tissue patches at 20x each)."""
     from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d%H%M%S")
-    return [write_slide(folder / f"NEW{stamp}-{i:02d}.tif", SyntheticSlideSpec(
+    return [write_slide(folder / f"NEW{i:03d}.tif", SyntheticSlideSpec(
         3136, 3136, (Region(0, 0, 3136, 3136, "tumour"),), mpp=0.25, seed=100 + i)) for i in range(count)]
 
 
-def timed(tree: Path, args: list[str]) -> dict:
-    """Wall seconds and peak RSS (from wait4, through a small launcher) of ``slidesearch ARGS`` run from ``tree``."""
+def add_slides(root: Path, slides: list[Path]) -> list[dict]:
+    """Add each slide with its own ``run_index`` call; per add: seconds (model load excluded), stages, merged."""
+    from indexer.pipeline import IndexConfig, run_index
+    from indexer.store.layout import IndexPaths
+    from indexer.store.versions import read_current
+
+    config = IndexConfig(model="tiny", device="cpu", num_workers=0)
+    rows = []
+    for slide in slides:
+        before = len(read_current(IndexPaths(root)).segments)
+        start = time.perf_counter()
+        report = run_index([slide], root, config, show_progress=False)
+        wall = time.perf_counter() - start
+        if report.failed:
+            raise RuntimeError(f"{slide.name}: {report.failed}")
+        after = len(read_current(IndexPaths(root)).segments)
+        load = report.timings.get("load model", 0.0)
+        rows.append({"slide": slide.name, "seconds": wall - load, "model_load_s": load, "segments": after,
+                     "merged": after <= before, "stages": {k: round(v, 3) for k, v in report.timings.items()}})
+    return rows
+
+
+def child(args: list[str]) -> tuple[dict, float]:
+    """Run this script's ``--child`` mode; returns its JSON answer and its peak RSS in MB (from wait4).
+
+    This process stays small (NumPy only), so the child's peak, which Linux carries over from the parent at
+    fork, is the child's own."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    out = subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-c", RUN, str(tree), *args], env=env,
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    if result.pop("code") != 0:
-        raise RuntimeError(f"slidesearch {' '.join(args)} failed: {result['err']}")
-    result.pop("err")
-    return result
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, stderr=err,
+                                env=env, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"incremental child {args[0]} failed: {err.read().strip().splitlines()[-1:]}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
-def run(sizes, patches, repeats, v1_tree, work: Path, v1_repeats: int | None = None) -> dict:
-    v1_repeats = repeats if v1_repeats is None else v1_repeats
-    slides = new_slides(work / "new", repeats * 2 * len(sizes))
-    rows, bases = [], {}
-    for n in sizes:  # every base first, then the adds, round-robin over N, so drift in load hits every N alike
-        bases[n] = {"v2": work / f"v2_n{n}", "v1": work / f"v1_n{n}"}
-        built = {"v2": build_v2(bases[n]["v2"], n, patches)}
-        if v1_tree and not (bases[n]["v1"] / "features").is_dir():
-            built["v1"] = build_v1(bases[n]["v1"], n, patches)
-        print(f"N={n}: bases ready {built}", file=sys.stderr, flush=True)
-    for rep in range(repeats):
-        for n in sizes:
-            for store in ("v2", "v1") if v1_tree and rep < v1_repeats else ("v2",):
-                tree = ROOT if store == "v2" else Path(v1_tree)
-                slide = slides[len(sizes) * 2 * rep + 2 * sizes.index(n) + (store == "v1")]
-                args = ["index", str(slide), "--out", str(bases[n][store]), "--model", "tiny", "--quiet"]
-                try:
-                    rows.append({"store": store, "n_slides": n, "repeat": rep, **timed(tree, args)})
-                except (RuntimeError, subprocess.CalledProcessError) as exc:  # e.g. killed for memory
-                    rows.append({"store": store, "n_slides": n, "repeat": rep, "error": str(exc)[-300:]})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {"rows": rows, "medians": medians(rows)}
+def summarise(n: int, rows: list[dict], peak_rss_mb: float) -> dict:
+    seconds = np.array([r["seconds"] for r in rows])
+    merged = [r for r in rows if r["merged"]]
+    slowest = rows[int(seconds.argmax())]["stages"]
+    stage = max((k for k in slowest if k not in ("load model", "commit")), key=slowest.get, default="")
+    return {"n_slides": n, "adds": len(rows), "median_s": float(np.median(seconds)), "mean_s": float(seconds.mean()),
+            "slowest_stage": f"{stage} {slowest.get(stage, 0):.2f} s" if stage else "",
+            "p90_s": float(np.percentile(seconds, 90)), "max_s": float(seconds.max()), "merges": len(merged),
+            "merge_add_s": [round(r["seconds"], 2) for r in merged],
+            "model_load_s": float(np.median([r["model_load_s"] for r in rows])), "peak_rss_mb": peak_rss_mb}
 
 
-def medians(rows: list[dict]) -> list[dict]:
-    out = []
-    for store in sorted({r["store"] for r in rows}, reverse=True):
-        for n in sorted({r["n_slides"] for r in rows}):
-            cell = [r for r in rows if r["store"] == store and r["n_slides"] == n and "error" not in r]
-            if cell:
-                out.append({"store": store, "n_slides": n, "runs": len(cell),
-                            "wall_s": float(np.median([r["wall_s"] for r in cell])),
-                            "cpu_s": float(np.median([r.get("cpu_s", np.nan) for r in cell])),
-                            "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in cell]))})
-    return out
+def run(sizes: list[int], patches: int, adds: int, work: Path) -> dict:
+    slides = new_slides(work / "new", adds)
+    cells, base_s = [], {}
+    for n in sizes:
+        root = work / f"n{n}"
+        answer, _ = child(["build", str(root), str(n), str(patches)])
+        base_s[n] = answer["seconds"]
+        print(f"N={n:,}: base written in {base_s[n]:.0f} s", file=sys.stderr, flush=True)
+        rows, rss = child(["add", str(root), *map(str, slides)])
+        cells.append(summarise(n, rows, rss) | {"rows": rows})
+        print(f"N={n:,}: {adds} adds, median {cells[-1]['median_s']:.2f} s", file=sys.stderr, flush=True)
+    return {"patches": patches, "adds": adds, "base_s": base_s, "cells": cells}
 
 
 def markdown(result: dict) -> str:
-    m = result["medians"]
-    lines = [f"Command: `{result['command']}`", "", f"Machine: {result['machine']}", "",
-             f"{result['patches']} patches per base slide; medians of {result['repeats']} runs per cell.", "",
-             "| store | N slides | runs | add one slide: wall s | CPU s (user + sys) | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['store']} | {r['n_slides']:,} | {r['runs']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
-              f"| {r['peak_rss_mb']:.0f} |" for r in m]
-    lines += [f"| {r['store']} | {r['n_slides']:,} | failed | {r['error']} | | |" for r in result["rows"] if "error" in r]
-    v2 = {r["n_slides"]: r for r in m if r["store"] == "v2"}
-    if len(v2) > 1:
-        lo, hi = min(v2), max(v2)
-        lines += ["", f"v2 at N={hi:,} against N={lo:,}: wall time {v2[hi]['wall_s'] / v2[lo]['wall_s']:.2f}×, "
-                  f"CPU time {v2[hi]['cpu_s'] / v2[lo]['cpu_s']:.2f}×, peak RSS {v2[hi]['peak_rss_mb'] / v2[lo]['peak_rss_mb']:.2f}×."]
+    cells = result["cells"]
+    lines = [header(result["provenance"]), "",
+             f"Base: N synthetic slides × {result['patches']:,} patches (128-d, `tiny`'s prototypes, segments of "
+             f"≤ {SEGMENT_SLIDES:,} slides). Each add: one synthetic 3,136² slide (49 patches at 20x) through "
+             "`run_index` with `tiny` on the CPU, one commit; timed in-process, model load "
+             f"(median {np.median([c['model_load_s'] for c in cells]):.2f} s) excluded, automatic merges included.",
+             "", "| N slides | adds | median s | mean s (merges amortised) | p90 s | slowest s (its largest stage) "
+             "| merges (their add s) | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(f"| {c['n_slides']:,} | {c['adds']} | {c['median_s']:.3f} | {c['mean_s']:.3f} | {c['p90_s']:.3f} "
+                     f"| {c['max_s']:.3f} ({c['slowest_stage']}) | {c['merges']} ({', '.join(map(str, c['merge_add_s'])) or '—'}) "
+                     f"| {c['peak_rss_mb']:.0f} |")
+    if len(cells) > 1:
+        lo, hi = cells[0], cells[-1]
+        med, mean = hi["median_s"] / lo["median_s"], hi["mean_s"] / lo["mean_s"]
+        rss = hi["peak_rss_mb"] / lo["peak_rss_mb"]
+        verdict = "met" if max(med, mean) <= TARGET_RATIO and rss <= TARGET_RSS else "NOT met"
+        lines += ["", f"At N = {hi['n_slides']:,} against N = {lo['n_slides']:,}: median add **{med:.2f}×**, mean "
+                  f"add (merges included) **{mean:.2f}×**, peak RSS {rss:.2f}× (targets ≤ {TARGET_RATIO}× and ≤ "
+                  f"{TARGET_RSS}×: {verdict})."]
+    if not any(c["merges"] for c in cells):
+        lines += ["", "No add merged segments: run at least 10 adds (`--adds`) to include an automatic merge."]
     return "\n".join(lines) + "\n"
 
 
@@ -194,48 +194,48 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for store in ("v2", "v1"):
-        cells = [r for r in result["medians"] if r["store"] == store]
-        if cells:
-            n = [r["n_slides"] for r in cells]
-            axes[0].plot(n, [r["wall_s"] for r in cells], "o-", label=f"store {store}")
-            axes[1].plot(n, [r["peak_rss_mb"] / 1024 for r in cells], "o-", label=f"store {store}")
-    for ax, label in zip(axes, ("add one slide: wall s", "peak RSS GB")):
-        ax.set_xscale("log")
-        ax.set_xlabel("slides in the index (× 1,000 patches)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for c in result["cells"]:
+        seconds = [r["seconds"] for r in c["rows"]]
+        ax.plot(range(1, len(seconds) + 1), seconds, "o-", ms=3, label=f"N = {c['n_slides']:,}")
+    ax.set_xlabel("add (each one slide, one commit; spikes: automatic merges)")
+    ax.set_ylabel("seconds (model load excluded)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from retrieval.bench_search import machine_description
-
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        mode, root, *rest = argv[1:]
+        if mode == "build":
+            print(json.dumps({"seconds": build_base(Path(root), int(rest[0]), int(rest[1]))}))
+        else:
+            print(json.dumps(add_slides(Path(root), [Path(p) for p in rest])))
+        return None
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000", help="slides in the base indexes")
     parser.add_argument("--patches", type=int, default=1000, help="patches per base slide")
-    parser.add_argument("--repeats", type=int, default=3, help="slides added per (store, N)")
-    parser.add_argument("--v1-repeats", type=int, default=None, help="slides added per N to the v1 baseline")
-    parser.add_argument("--v1-tree", default=None, help="a checkout of the last version 1 commit (baseline)")
-    parser.add_argument("--keep", default=None, help="folder to keep (and reuse) the base indexes in")
+    parser.add_argument("--adds", type=int, default=30, help="slides added one at a time to each base (≥ 10 merges)")
+    parser.add_argument("--work", default=None, help="folder for the indexes (default: a temporary one, removed)")
     parser.add_argument("--out", default="out/bench-incremental", help="folder for the JSON, Markdown and PNG")
     args = parser.parse_args(argv)
-    import tempfile
+    facts = provenance("benchmarks/incremental.py", argv)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_incremental_"))
+    if args.work and any(work.glob("n*/CURRENT")):
+        parser.error(f"--work {work} already holds indexes; give an empty folder (every run builds fresh bases)")
+    try:
+        result = run([int(float(s)) for s in args.sizes.split(",") if s], args.patches, args.adds, work)
+    finally:
+        if not args.work:
+            import shutil
 
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_incremental_"))
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
-    result = run(sizes, args.patches, args.repeats, args.v1_tree, work, args.v1_repeats)
-    result.update(command="python benchmarks/incremental.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-                  machine=machine_description(), patches=args.patches, repeats=args.repeats)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_incremental.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_incremental.md").write_text(markdown(result))
-    plot(result, out / "bench_incremental.png")
-    print(markdown(result))
+            shutil.rmtree(work, ignore_errors=True)
+    result["provenance"] = facts
+    write_outputs(Path(args.out), "incremental", result, markdown(result))
+    plot(result, Path(args.out) / "bench_incremental.png")
     return result
 
 

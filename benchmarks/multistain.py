@@ -48,7 +48,7 @@ def write_standin_slide_features(cohort: Path, out: Path, tiling, max_patches: i
     start = time.perf_counter()
     encoder = load_encoder("tiny", device="cpu")
     encoder.preprocess = GreyPreprocess(encoder.preprocess)
-    config = dataclasses.replace(IndexConfig(), tiling=tiling, num_workers=0, max_patches=max_patches)
+    config = dataclasses.replace(IndexConfig(model="tiny"), tiling=tiling, num_workers=0, max_patches=max_patches)
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(cohort.glob("*.tif")):
         staged = encode_slide(path, {"slide_id": path.stem}, config, encoder)

@@ -33,15 +33,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from incremental import record, synthetic_features  # noqa: E402
 
 MODES = {"local": {}, "ray, 1 actor": {"engine": "ray", "actors": 1}, "ray, 2 actors": {"engine": "ray", "actors": 2}}
-READ_STAGES = ("open", "tissue", "tile")
+READ_STAGES = ("hash", "open", "tissue", "stain", "tile", "read")  # the readers' stages (issue 26), then the encoder's
+ENCODE_STAGES = ("preprocess", "embed", "stage")
 
 # The plan's figures that are not measured by this script (see RESULTS.md): (value, where it comes from).
 PLAN_ASSUMED = {
     "patches_per_slide": (10_000, "assumed: a typical resection WSI at 20x / 224 px after tissue detection"),
     "gpu_patches_per_s": (1_500, "assumed: a ViT-B/16-class encoder in bf16 on one data-centre GPU; no GPU was "
                                  "lent to this project, so no GPU figure is measured"),
-    "read_patches_per_core_s": (806, "measured, RESULTS.md issue #2: read_patch 20x from level 1, quiet machine"),
-    "tissue_s_per_slide": (0.16, "measured, RESULTS.md issue #2: tissue mask on a 1024-px thumbnail"),
+    "read_patches_per_core_s": (3_168, "measured, RESULTS.md issue #26: one core reads 20x patches from level 1 of "
+                                       "JPEG-tiled 16k² slides straight from their tiles, quiet machine"),
+    "prepare_s_per_slide": (0.15, "measured, RESULTS.md issue #26: hash, open, tissue, stain and tiling of a 16k² "
+                                  "slide (65 MB; hashing grows with the file, ~1.5 GB/s)"),
     "reader_cores_per_gpu": (4, "assumed: --workers 4 reader processes per GPU actor"),
 }
 
@@ -110,20 +113,21 @@ def cluster_plan(measured: dict, commit: dict, n_slides: int = 100_000, gpus: in
     p = a["patches_per_slide"]
     encode = p / a["gpu_patches_per_s"]  # s per slide on one GPU
     read = p / (a["read_patches_per_core_s"] * a["reader_cores_per_gpu"])  # s per slide, overlapped with encoding
-    tissue = a["tissue_s_per_slide"]  # s per slide in the actor, before its patches stream
+    # The readers prepare the next slide (tissue, stain, tiling) while the GPU encodes this one (issue 26).
+    prepare = a["prepare_s_per_slide"] / a["reader_cores_per_gpu"]
     commit = commit["commit_s_per_patch"] * p  # driver s per slide, at 512-d
-    per_slide_actor = max(encode, read) + tissue + max(0.0, measured["overhead_s_per_slide"])
+    per_slide_actor = max(encode, read + prepare) + max(0.0, measured["overhead_s_per_slide"])
     actors_wall = n_slides * per_slide_actor / gpus
     driver = n_slides * commit
     return {"slides": n_slides, "gpus": gpus, "encode_s_per_slide": encode, "read_s_per_slide": read,
-            "tissue_s_per_slide": tissue, "commit_s_per_slide": commit,
+            "prepare_s_per_slide": prepare, "commit_s_per_slide": commit,
             "overhead_s_per_slide": measured["overhead_s_per_slide"],
             "actor_s_per_slide": per_slide_actor,
             # The driver keeps every GPU busy while one slide's commit costs at most this per patch.
             "commit_budget_s_per_patch": per_slide_actor / gpus / p, "wall_h": max(actors_wall, driver) / 3600,
             "actors_h": actors_wall / 3600, "driver_busy_h": driver / 3600,
             "driver_busy_share": driver / max(actors_wall, driver),
-            "bound": "GPU encoding" if encode >= read else "patch reading"}
+            "bound": "GPU encoding" if encode >= read + prepare else "patch reading"}
 
 
 def run(args, work: Path) -> dict:
@@ -160,7 +164,7 @@ def run(args, work: Path) -> dict:
     }
     two = rounds[-1]["ray, 2 actors"]
     n = two["slides"]
-    per_slide = {s: two["timings"].get(s, 0.0) / n for s in (*READ_STAGES, "embed", "stage", "commit")}
+    per_slide = {s: two["timings"].get(s, 0.0) / n for s in (*READ_STAGES, *ENCODE_STAGES, "commit")}
     # The engine's own cost per slide: the steady time 1 actor takes beyond what the local engine takes.
     overhead = med([(rd["ray, 1 actor"]["steady_s"] - rd["local"]["steady_s"]) / n for rd in rounds])
     measured = {"per_slide_s": per_slide, "patches_per_slide": two["patches"] / n, "overhead_s_per_slide": overhead}
@@ -171,7 +175,7 @@ def run(args, work: Path) -> dict:
 def summarise(rounds: list[dict]) -> dict:
     """Medians over rounds per engine, with ``busy`` (encoding processes at work on average: their summed
     per-slide work over the steady wall) and ``work_s_per_slide`` (one slide's work in its process)."""
-    work = lambda run: sum(run["timings"].get(s, 0.0) for s in (*READ_STAGES, "embed", "stage"))  # noqa: E731
+    work = lambda run: sum(run["timings"].get(s, 0.0) for s in (*READ_STAGES, *ENCODE_STAGES))  # noqa: E731
     out = {}
     for name in rounds[0]:
         runs = [rd[name] for rd in rounds]
@@ -203,7 +207,8 @@ def markdown(result: dict) -> str:
               f"{PLAN_ASSUMED['gpu_patches_per_s'][1]} ({PLAN_ASSUMED['gpu_patches_per_s'][0]:,} patches/s) |",
               f"| read patches (overlaps encoding) | {p['read_s_per_slide']:.2f} | "
               f"{PLAN_ASSUMED['read_patches_per_core_s'][1]}; {PLAN_ASSUMED['reader_cores_per_gpu'][1]} |",
-              f"| tissue mask (before streaming) | {p['tissue_s_per_slide']:.2f} | {PLAN_ASSUMED['tissue_s_per_slide'][1]} |",
+              f"| preparing the slide (readers, overlaps encoding) | {p['prepare_s_per_slide']:.2f} | "
+              f"{PLAN_ASSUMED['prepare_s_per_slide'][1]}, over the readers |",
               f"| commit on the driver | {p['commit_s_per_slide']:.2f} | measured here (above), 512-d |",
               f"| Ray engine overhead | {p['overhead_s_per_slide']:.3f} | measured here (above), 2 shared cores |", "",
               f"Actors: {p['actor_s_per_slide']:.2f} s per slide ({p['bound']}-bound) → {p['actors_h']:.1f} h on "

@@ -1,13 +1,15 @@
 """Report + image text search on a synthetic cohort whose reports are written from its planted tissue.
 
-Run: python benchmarks/reports.py [--slides 60] [--seed 0] [--out /tmp/reports-bench] [--json OUT] [--png PNG]
+Run: python benchmarks/reports.py [--slides 60] [--seed 0] [--work /tmp/reports-bench] [--out DIR]
 
 Each slide has a major (3/4) and a minor (1/4) tissue class; the image side is the planted encoder of
 ``tests/planted.py`` (image and text towers aligned on the six class names, so image evidence is known to
 be right for the bank's wording and blind to other wording). The text side is the real all-MiniLM-L6-v2.
 A report states the present classes (half in the bank's wording, half in held-out paraphrases the bank
 does not have), negates two absent classes (sometimes by paraphrase), makes one absent class uncertain for
-some slides; a fifth of the slides have no report. Queries: each class by its bank name and by a held-out
+some slides; a fifth of the slides have no report. The paraphrases and the negation and uncertainty phrasings
+are written apart from the banks and from the NegEx trigger lists (tests/test_bench_reports.py checks it), so
+the benchmark measures how both generalise rather than the lists it was written from. Queries: each class by its bank name and by a held-out
 paraphrase; relevant = slides where the class is present. Reported: Recall@10, Recall@20 (share of the
 relevant slides in the top k) and mAP (AP over the full ranking) for image only, report only and hybrid;
 the negation set: for each class query, the share of (report negates X, report affirms X) slide pairs
@@ -31,19 +33,23 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 BANK_WORDING = {"tumour": "tumour", "stroma": "stroma", "lymphocytes": "lymphocytes", "necrosis": "necrosis",
                 "adipose": "adipose", "mucin": "mucin"}
-HELD_OUT = {  # in reports only: never a bank name, prototype description or query
-    "tumour": ["sheets of malignant epithelial cells", "invasive carcinoma cells"],
-    "stroma": ["desmoplastic fibrous tissue", "collagenous connective tissue"],
-    "lymphocytes": ["a dense lymphoid infiltrate", "many small round lymphoid cells"],
-    "necrosis": ["necrotic debris", "areas of coagulative cell death"],
-    "adipose": ["mature fat cells", "lobules of fat"],
-    "mucin": ["pools of extracellular mucoid material", "gelatinous colloid material"],
+# Written apart from the banks (indexer/banks/*.yaml, the planted bank) and from the NegEx trigger lists
+# (indexer/reports/negation.py): tests/test_bench_reports.py fails if a paraphrase holds a bank term or shares a
+# content-word pair with any bank text, or if a negation/uncertainty phrasing is a trigger list's entry.
+HELD_OUT = {  # in reports only: never a bank text, a class name or a query
+    "tumour": ["infiltrating neoplastic glands", "a malignant neoplasm"],
+    "stroma": ["bands of fibroblastic tissue", "spindle-cell scar tissue"],
+    "lymphocytes": ["a chronic immune cell infiltrate", "clusters of B and T cells"],
+    "necrosis": ["zones of cell death", "ghost outlines of dead cells"],
+    "adipose": ["clear-vacuolated fatty lobules", "mature lipocytes"],
+    "mucin": ["lakes of gelatinous secretion", "mucoid extracellular pools"],
 }
-QUERY_PARAPHRASE = {"tumour": "carcinoma", "stroma": "fibrous tissue", "lymphocytes": "lymphoid cells",
-                    "necrosis": "necrotic tissue", "adipose": "fat", "mucin": "mucinous material"}
+QUERY_PARAPHRASE = {"tumour": "cancer cells", "stroma": "scar-like fibrosis", "lymphocytes": "immune cells",
+                    "necrosis": "dead tissue", "adipose": "lipid-rich tissue", "mucin": "gel-like secretions"}
 AFFIRM = ["{} is present.", "The specimen shows {}.", "Areas of {} are seen."]
-NEGATE = ["No {} is seen.", "Negative for {}.", "There is no evidence of {}.", "{} is not identified."]
-UNSURE = ["{} cannot be excluded.", "Suspicious for {}."]
+NEGATE = ["Sections show no {}.", "We did not see any {}.", "{} is not appreciated.", "The sections are free from {}.",
+          "{} is not demonstrated."]
+UNSURE = ["A focus worrisome for {} is noted.", "{} remains a possibility.", "Features raise the possibility of {}."]
 SIDE = 1024
 
 
@@ -145,14 +151,17 @@ def _ungated(reports, query: str, name: str, facts: list[dict]) -> list[str]:
     return ranked + [f["slide_id"] for f in facts if f["slide_id"] not in ranked]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/reports-bench"))
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--png", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--work", type=Path, default=Path("/tmp/reports-bench"), help="cohort and index (replaced)")
+    parser.add_argument("--out", type=Path, default=None, help="write bench_reports.json, .md and .png here")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.provenance import provenance, write_outputs
+
+    facts = provenance("benchmarks/reports.py", argv)
     import planted
     from indexer.pipeline import IndexConfig, run_index
     from indexer.reports.commit import commit_metadata, report_source
@@ -161,36 +170,61 @@ def main() -> None:
     from retrieval.bench_search import machine_description
     from retrieval.search import SlideSearcher
 
-    shutil.rmtree(args.out, ignore_errors=True)
-    facts, csv = cohort(args.out, args.slides, args.seed)
-    bank = planted.write_planted_bank(args.out / "bank.yaml")
+    shutil.rmtree(args.work, ignore_errors=True)
+    truth, csv = cohort(args.work, args.slides, args.seed)
+    bank = planted.write_planted_bank(args.work / "bank.yaml")
     config = IndexConfig(model="planted", bank=str(bank), tiling=TilingConfig(magnification=10, patch_px=64),
                          num_workers=0)
-    index = args.out / "idx"
-    run_index([args.out / "slides"], index, config, metadata_csv=csv, show_progress=False)
+    index = args.work / "idx"
+    run_index([args.work / "slides"], index, config, metadata_csv=csv, show_progress=False)
     t0 = time.perf_counter()
-    table, rconfig = report_source(str(args.out / "reports"), None)
+    table, rconfig = report_source(str(args.work / "reports"), None)
     with IndexWriter(index) as writer:
         commit_metadata(writer, None, table, rconfig)
     first = time.perf_counter() - t0
-    changed = next(p for p in sorted((args.out / "reports").glob("*.txt")))
+    changed = next(p for p in sorted((args.work / "reports").glob("*.txt")))
     changed.write_text(changed.read_text() + " Margins are clear.")
     t0 = time.perf_counter()
-    table, rconfig = report_source(str(args.out / "reports"), None)
+    table, rconfig = report_source(str(args.work / "reports"), None)
     with IndexWriter(index) as writer:
         version = commit_metadata(writer, None, table, rconfig)
     one = time.perf_counter() - t0
     info = json.loads((index / version.reports / "reports.json").read_text())
-    result = {"machine": machine_description(), "slides": args.slides, "reports": info["slides"],
+    result = {"provenance": facts, "machine": machine_description(), "slides": args.slides, "reports": info["slides"],
               "sentences": info["sentences"], "seed": args.seed,
               "commit_s": {"first build": round(first, 2), "one report changed": round(one, 2),
                            "encoded_slides_after_change": info["encoded_slides"]},
-              **evaluate(SlideSearcher(index), facts)}
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if args.png:
-        _plot(result, args.png)
+              **evaluate(SlideSearcher(index), truth)}
+    write_outputs(args.out, "reports", result, markdown(result))
+    if args.out:
+        _plot(result, args.out / "bench_reports.png")
+    return result
+
+
+def markdown(result: dict) -> str:
+    """Quality per source and wording, the negation pair rates, and the report commit costs."""
+    from benchmarks.provenance import header
+
+    names = {"image": "image only", "report": "report only", "both": "hybrid (RRF)"}
+    lines = [header(result["provenance"]), "",
+             f"{result['slides']} synthetic slides, {result['reports']} with a report ({result['sentences']} "
+             f"sentences), seed {result['seed']}; image side: the planted encoder (aligned on the six class names); "
+             "text side: all-MiniLM-L6-v2. Relevant = slides where the class is present.", "",
+             "| source | query wording | Recall@10 | Recall@20 | mAP |", "|---|---|---|---|---|"]
+    for source, kinds in result["quality"].items():
+        for kind, m in kinds.items():
+            wording = "bank name" if kind == "bank" else "held-out paraphrase"
+            lines.append(f"| {names[source]} | {wording} | {m['recall@10']:.3f} | {m['recall@20']:.3f} | "
+                         f"{m['mAP']:.3f} |")
+    lines += ["", "Negation: for each bank-name query X, every (slide whose report negates X, slide whose report "
+              "affirms X) pair; the share ranked negated-first (lower is better; the phrasings are not trigger-list "
+              "entries).", "", "| ranking | pairs | \"no X\" above X |", "|---|---|---|"]
+    for name, n in result["negation"].items():
+        lines.append(f"| {names.get(name, name)} | {n['pairs']:,} | {n['negated_first']:.3f} |")
+    c = result["commit_s"]
+    lines += ["", f"Report commits: first build {c['first build']:.2f} s; one report changed {c['one report changed']:.2f} "
+              f"s (slides re-encoded: {c['encoded_slides_after_change']})."]
+    return "\n".join(lines) + "\n"
 
 
 def _plot(result: dict, png: Path) -> None:

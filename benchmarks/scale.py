@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/scale.py [--sizes 1e5,1e6,1e7] [--dim 512] [--patches 1000] [--segment 1e6]
        [--queries 1000] [--device auto|cpu|cuda] [--slides-at 1e5] [--slide-k 24] [--nlist 4096] [--work DIR]
-       [--keep] [--out out/bench-scale] [--figure benchmarks/figures/scale.png]
+       [--keep] [--out out/bench-scale] [--figure PNG (default: OUT/bench_scale.png)]
 
 Each size N is built and measured in its own child process (its peak RSS comes from wait4): N/patches
 clustered synthetic slides (the model of benchmarks/search.py, streamed slide by slide) go through
@@ -300,6 +300,7 @@ def run_child(args: list[str]) -> dict:
 def markdown(result: dict) -> str:
     """Tables: per size, then the slide-vector plan."""
     lines = [f"Command: `{result['command']}`", "", f"Machine: {result['machine']}; device {result['device']}.", "",
+             *([f"**{result['kept']}** (build s counts only what this run added)", ""] if result.get("kept") else []),
              "| patches | slides | segments | patch index | build s | disk GB | peak RSS GB (build / all) "
              "| recall@10 re-ranked | recall@10 raw | patch FAISS+re-rank p50 / p99 ms | raw p50 / p99 ms "
              "| patch API p50 / p99 ms | slide API p50 / p99 ms | text API p50 / p99 ms |", "|" + "---|" * 14]
@@ -369,9 +370,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--slide-k", type=int, default=24, help="prototypes K of the slide vectors (K·d dims)")
     parser.add_argument("--nlist", type=int, default=4096, help="inverted lists of the trained-once quantizer (d ≤ 512)")
     parser.add_argument("--work", default=None, help="folder for the indexes (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the indexes (and resume them on a re-run)")
+    parser.add_argument("--keep", action="store_true", help="keep the indexes in --work (a re-run resumes and reuses "
+                        "them, and says which commit wrote them)")
     parser.add_argument("--out", default="out/bench-scale", help="folder for bench_scale.json / .md")
-    parser.add_argument("--figure", default=str(ROOT / "benchmarks" / "figures" / "scale.png"), help="PNG path")
+    parser.add_argument("--figure", default=None, help="PNG path (default: bench_scale.png in --out)")
     args = parser.parse_args(argv)
     import faiss
 
@@ -384,11 +386,14 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ[DEVICE_ENV] = "cpu" if args.device == "cpu" else "auto"  # the children inherit it
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
+    from benchmarks.provenance import kept
+
+    reuse_note = kept(work) if args.keep else None
     common = ["--work", str(work), "--dim", str(args.dim), "--patches", str(args.patches), "--nlist", str(args.nlist),
               "--segment", str(int(args.segment)), "--queries", str(args.queries), "--slide-k", str(args.slide_k)]
     result = {"command": "python benchmarks/scale.py " + " ".join(shlex.quote(a) for a in argv),
               "machine": machine_description(), "device": args.device if args.device != "auto" else
-              ("cuda" if faiss.get_num_gpus() else "cpu"), "sizes": [], "slides": None}
+              ("cuda" if faiss.get_num_gpus() else "cpu"), "sizes": [], "slides": None, "kept": reuse_note}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -405,8 +410,9 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "bench_scale.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench_scale.md").write_text(markdown(result))
     if result["sizes"]:
-        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        plot(result, Path(args.figure))
+        figure = Path(args.figure) if args.figure else out / "bench_scale.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, figure)
     print(markdown(result))
     return result
 

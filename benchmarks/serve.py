@@ -2,6 +2,8 @@
 
 Usage: python benchmarks/serve.py [--slides 100000] [--dim 512 --k 16 | --dim 128 --k 8] [--clients 1,4,16]
        [--seconds 30] [--max-requests 20000] [--keep DIR] [--out out/bench-serve]
+       python benchmarks/serve.py --mixed [--baseline-src DIR] [--seconds 30] [--patients 12 --size 2048]
+         (the mixed level: benchmarks/serve_mixed.py)
 
 The index is ``benchmarks/search.py``'s ``synthetic_index`` (10 patches per slide, ``--dim``-d, ``--k``
 prototypes). Its encoder is named "synthetic", so the server is given a real encoder of the same space size with
@@ -42,7 +44,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
+
+from serving import free_port, multipart, rss_mb  # noqa: E402 - tests/serving.py: shared with the serve tests
 
 KINDS = ("text", "slide", "patch")
 FILTER = "label = 'c3'"  # about 10 % of the synthetic slides
@@ -68,12 +72,6 @@ def serve(index: str, port: int, dim: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def patch_png(seed: int) -> bytes:
     from PIL import Image
 
@@ -81,13 +79,6 @@ def patch_png(seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def multipart(data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"patch.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 class RawConnection:
@@ -145,14 +136,14 @@ def draw_query(rng, kind: str, n_slides: int, n_uploads: int):
     return f"S{int(rng.integers(n_slides)):06d}" if kind == "slide" else int(rng.integers(n_uploads))
 
 
-def http_request(kind: str, value, forms: list[tuple[bytes, str]]) -> tuple[str, str, bytes | None, dict]:
+def http_request(kind: str, value, forms: list[tuple[bytes, dict]]) -> tuple[str, str, bytes | None, dict]:
     """(method, url, body, headers) of a ``draw_query`` value (``forms``: the uploads as multipart bodies)."""
     if kind == "text":
         return "GET", f"/api/search/text?q={value.replace(' ', '+')}&k=10", None, {}
     if kind == "slide":
         return "GET", f"/api/search/slide?slide_id={value}&k=10", None, {}
-    body, ctype = forms[value]
-    return "POST", "/api/search/patch?k=10", body, {"Content-Type": ctype}
+    body, headers = forms[value]
+    return "POST", "/api/search/patch?k=10", body, headers
 
 
 class Client(threading.Thread):
@@ -197,11 +188,6 @@ class Client(threading.Thread):
 
 
 lock = threading.Lock()
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
 
 
 def server_info(port: int) -> dict:
@@ -402,11 +388,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-requests", type=int, default=20_000)
     parser.add_argument("--keep", type=Path, default=None, help="Folder for the synthetic index (reused).")
     parser.add_argument("--out", type=Path, default=Path("out/bench-serve"))
+    parser.add_argument("--mixed", action="store_true", help="Only the mixed level (benchmarks/serve_mixed.py): searches, "
+                        "tiles, crops, heatmaps and 33.5-MP uploads at once, on the demo cohort (--seconds each server).")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="--mixed: also run it against the server of "
+                        "this source tree first (e.g. `git archive REV | tar -x -C DIR`).")
+    parser.add_argument("--patients", type=int, default=12, help="--mixed: demo cohort patients (2 slides each).")
+    parser.add_argument("--size", type=int, default=2048, help="--mixed: slide side in px.")
     parser.add_argument("--serve", nargs=3, metavar=("INDEX", "PORT", "DIM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve[0], int(args.serve[1]), int(args.serve[2]))
         return {}
+    if args.mixed:
+        return mixed(args)
     from search import SyntheticSpec, synthetic_index
 
     from retrieval.bench_search import machine_description
@@ -453,6 +447,23 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench_serve.md").write_text(markdown(result))
     print(markdown(result))
+    return result
+
+
+def mixed(args) -> dict:
+    """The mixed level alone (``--mixed``), written to ``--out``/bench_serve_mixed.{json,md}."""
+    import serve_mixed
+
+    from retrieval.bench_search import machine_description
+
+    work = args.keep or Path(f"/tmp/slidesearch-bench-serve-mixed-{args.patients}x{args.size}")
+    result = {"machine": machine_description(), "seconds": args.seconds,
+              **serve_mixed.run(work, args.seconds, args.patients, args.size, args.baseline_src)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_serve_mixed.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = f"Machine: {result['machine']}. Index: {result['index']}.\n\n" + serve_mixed.markdown(result)
+    (args.out / "bench_serve_mixed.md").write_text(text)
+    print(text)
     return result
 
 

@@ -1,19 +1,26 @@
-"""Patch-read throughput: 20x patches from a generated 40x pyramid (≥ 20,000² px), plus write/detect times."""
+"""Patch-read throughput: 20x patches from a generated 40x pyramid (≥ 20,000² px), plus write/detect times.
+
+Usage: python benchmarks/tiling.py [--size 20000] [--repeats 3] [--limit N] [--out DIR]
+"""
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from indexer.slides import open_slide
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
-from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide
-from indexer.tissue import detect_tissue
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
+from indexer.slides import open_slide  # noqa: E402
+from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide  # noqa: E402
+from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide  # noqa: E402
+from indexer.tissue import detect_tissue  # noqa: E402
 
 
 def _read_all(slide, grid: TileGrid, limit: int) -> float:
@@ -24,13 +31,15 @@ def _read_all(slide, grid: TileGrid, limit: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
     """Write a large synthetic slide, tile it at 20x and time patch reads (level 1 vs level 0 + resize)."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20_000, help="slide side in level-0 px (mpp 0.25, 40x)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the grid")
     parser.add_argument("--limit", type=int, default=1_000_000, help="read at most this many patches a pass")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="write bench_tiling.md and .json here")
+    args = parser.parse_args(argv)
+    facts = provenance("benchmarks/tiling.py", argv)
 
     with tempfile.TemporaryDirectory(prefix="slidesearch-bench-") as tmp:
         regions = cohort_layout(args.size, args.size, DIAGNOSES["adenocarcinoma"].mixture, np.random.default_rng(0))
@@ -56,16 +65,24 @@ def main() -> None:
         pyramid = [n / _read_all(slide, grid, n) for _ in range(args.repeats)]
         resized = [n / _read_all(slide, level0, n) for _ in range(args.repeats)]
 
-    print(f"slide {args.size}x{args.size} px, {len(slide.level_dimensions)} levels, {size_mb:.0f} MB (zlib level 1)")
-    print(f"write (streamed tiles): {write_s:.1f} s = {args.size**2 / write_s / 1e6:.1f} Mpx/s")
-    print(f"tissue detection: median {statistics.median(detect_times):.2f} s; tiling: {grid_s * 1e3:.1f} ms; "
-          f"tissue {mask.tissue_fraction:.2f}; patches {len(grid)} (size {grid.size}, level {grid.level}, "
-          f"read {grid.read_px} px)")
-    print(f"read_patch 20x from level 1 (no resize): median {statistics.median(pyramid):.0f} patches/s "
-          f"(runs {', '.join(f'{v:.0f}' for v in pyramid)}) over {n} patches")
-    print(f"read_patch 20x from level 0 + resize:   median {statistics.median(resized):.0f} patches/s "
-          f"(runs {', '.join(f'{v:.0f}' for v in resized)}); pyramid speed-up "
-          f"{statistics.median(pyramid) / statistics.median(resized):.2f}x")
+    med_pyr, med_res = statistics.median(pyramid), statistics.median(resized)
+    result = {"provenance": facts, "size": args.size, "levels": len(slide.level_dimensions), "mb": size_mb,
+              "write_s": write_s, "detect_s": statistics.median(detect_times), "grid_ms": grid_s * 1e3,
+              "tissue": mask.tissue_fraction, "patches": len(grid), "read": n, "pyramid": pyramid, "resized": resized}
+    text = "\n".join([
+        header(facts), "",
+        "| step | figure |", "|---|---|",
+        f"| write the slide ({args.size:,}² px at 0.25 µm/px, {result['levels']} levels, zlib 1) | {write_s:.1f} s = "
+        f"{args.size**2 / write_s / 1e6:.1f} Mpx/s, {size_mb:.0f} MB |",
+        f"| tissue detection (median of {args.repeats}) | {result['detect_s']:.2f} s (tissue {mask.tissue_fraction:.0%}) |",
+        f"| tiling at 20x / 224 px | {grid_s * 1e3:.0f} ms → {len(grid):,} patches (read {grid.read_px} px at level "
+        f"{grid.level}) |",
+        f"| `read_patch` 20x from level {grid.level} (no resize) | **median {med_pyr:.0f} patches/s** (runs "
+        f"{', '.join(f'{v:.0f}' for v in pyramid)}; {n:,} patches a run) |",
+        f"| same grid from level 0 + resize | median {med_res:.0f} patches/s → the pyramid level is "
+        f"{med_pyr / med_res:.2f}× faster |"]) + "\n"
+    write_outputs(args.out, "tiling", result, text)
+    return text
 
 
 if __name__ == "__main__":

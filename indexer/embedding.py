@@ -1,9 +1,13 @@
-"""Batched patch embedding: DataLoader workers read and preprocess patches while the encoder runs."""
+"""Batched patch embedding of one slide: reader processes read uint8 patches while the encoder runs.
+
+Many slides in a row go through ``indexer.ingest.SlideStream``, which keeps one reader pool for the whole run;
+this module embeds one grid (tests, benchmarks, a query slide) with the same readers and preprocessing.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -11,68 +15,27 @@ from indexer.errors import SlideError
 
 if TYPE_CHECKING:
     from indexer.encoders import Encoder
+    from indexer.feed import Batch, PatchFeed
+    from indexer.preprocess import BatchPreprocess
     from indexer.tiling import TileGrid
 
-
-class SlidePatches:
-    """Map-style dataset over a tile grid: item ``i`` is ``(i, preprocess(read_patch(i)))``.
-
-    The slide is opened lazily, once per process (each DataLoader worker gets its own handle);
-    pickling drops the handle, so workers never share one.
-    """
-
-    def __init__(self, slide_path: str | Path, grid: "TileGrid", preprocess: Callable, mpp: float | None = None):
-        self.slide_path, self.grid, self.preprocess, self.mpp = Path(slide_path), grid, preprocess, mpp
-        self._slide: Any = None
-
-    def open(self) -> Any:
-        """The slide handle of this process, opened on first use."""
-        if self._slide is None:
-            from indexer.slides import open_slide
-
-            self._slide = open_slide(self.slide_path, mpp=self.mpp, require_mpp=False)
-        return self._slide
-
-    def __len__(self) -> int:
-        return len(self.grid)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        from indexer.tiling import read_patch
-
-        try:
-            return index, self.preprocess(read_patch(self.open(), self.grid, index))
-        except Exception as exc:  # reported in the main process as one line (workers would wrap it)
-            return index, _Failure(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_slide": None}
+POLL_S = 0.5  # longest wait for a reader's answer before looking at the readers again
 
 
-class _Failure:
-    def __init__(self, message: str):
-        self.message = message
+def slots_for(workers: int) -> int:
+    """Batches in flight: two per reader (one read, one queued) and one being encoded."""
+    return 2 * max(1, workers) + 1
 
 
-def _open_in_worker(worker_id: int) -> None:
-    """worker_init_fn: open this worker's own slide handle before the first batch."""
-    import torch.utils.data
-
-    info = torch.utils.data.get_worker_info()
-    try:
-        info.dataset.open()
-    except Exception:  # the first __getitem__ reports it as a failure
-        pass
-
-
-def _collate(items: list[tuple[int, Any]]) -> tuple[np.ndarray, Any]:
-    """Stack patches and keep their grid row indices; pass read failures through."""
+def encode_batch(encoder: "Encoder", preprocess: "BatchPreprocess", feed: "PatchFeed", batch: "Batch") -> np.ndarray:
+    """Preprocess and embed a read batch, giving its slot back as soon as the pixels are consumed."""
     import torch
 
-    rows = np.fromiter((i for i, _ in items), np.int64, len(items))
-    failed = [(i, x) for i, x in items if isinstance(x, _Failure)]
-    if failed:
-        return rows, failed[0]
-    return rows, torch.stack([x for _, x in items])
+    try:
+        pixels = preprocess(torch.from_numpy(feed.pixels(batch)))
+    finally:
+        feed.release(batch)
+    return encoder.encode_images(pixels)
 
 
 def iter_slide_embeddings(
@@ -92,7 +55,7 @@ def iter_slide_embeddings(
         encoder: a loaded encoder (``indexer.encoders.load_encoder``).
         mpp: MPP override used when the grid was made (passed to ``open_slide``).
         batch_size: patches per encoder call.
-        num_workers: reader processes (one slide handle each); 0 reads in this process.
+        num_workers: reader processes; 0 reads in this process.
 
     Yields:
         ``(rows, embeddings)``: grid indices (int64, ascending) and their (len(rows), dim) float32
@@ -101,26 +64,30 @@ def iter_slide_embeddings(
     Raises:
         SlideError: a patch cannot be read.
     """
-    import torch.utils.data
+    from indexer.feed import PatchFeed
+    from indexer.preprocess import BatchPreprocess
+    from indexer.readers import ReaderPool
 
     if len(grid) == 0:
         return
-    loader = torch.utils.data.DataLoader(
-        SlidePatches(slide_path, grid, encoder.preprocess, mpp),
-        batch_size=max(1, batch_size),
-        shuffle=False,
-        num_workers=max(0, num_workers),
-        collate_fn=_collate,
-        worker_init_fn=_open_in_worker if num_workers > 0 else None,
-        persistent_workers=False,
-        pin_memory=encoder.device.startswith("cuda"),
-    )
-    for rows, pixels in loader:
-        if isinstance(pixels, tuple):
-            index, failure = pixels
-            x, y = (int(v) for v in grid.coords[index])
-            raise SlideError(f"{slide_path}: cannot read patch {index} at ({x}, {y}): {failure.message}")
-        yield rows, encoder.encode_images(pixels)
+    batch_size = max(1, batch_size)
+    preprocess = BatchPreprocess(encoder.preprocess, grid.patch_px, encoder.device)
+    with ReaderPool(num_workers) as pool:
+        pool.allocate(slots_for(num_workers), batch_size, preprocess.input_px)
+        feed = PatchFeed(pool, batch_size, preprocess.reader_resize)
+        feed.add(0, str(slide_path), mpp, grid)
+        while not feed.idle:
+            feed.pump()
+            batch = feed.next_batch()
+            if batch is None:
+                for kind, (key, _, error, seconds) in pool.answers(POLL_S):
+                    feed.answer(key, error, seconds)
+                continue
+            if batch.errors:
+                feed.release(batch)
+                raise SlideError(f"{slide_path}: {batch.errors[0]}")
+            segment = batch.segments[0]
+            yield np.arange(segment.start, segment.stop, dtype=np.int64), encode_batch(encoder, preprocess, feed, batch)
 
 
 def embed_slide(slide_path: str | Path, grid: "TileGrid", encoder: "Encoder", **kwargs: Any) -> np.ndarray:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from indexer.errors import ModelError
+from indexer.devices import check_precision, default_precision, resolve_device
+from indexer.errors import DeviceError, ModelError
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `slidesearch --help` is instant
     import torch
@@ -44,7 +45,8 @@ class Encoder:
 
     Subclasses set the attributes in ``__init__`` and implement ``_image_features`` and
     ``_text_features`` (raw features on ``self.device``); batching, device placement,
-    bf16 autocast on CUDA, ``inference_mode`` and normalisation live here once.
+    autocast (``precision``: bf16 on CUDA and fp32 on the CPU unless set), ``inference_mode`` and normalisation
+    live here once.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Encoder:
     checkpoint: str | None
     preprocess: Callable[["Image.Image"], "torch.Tensor"]  # picklable: DataLoader workers use it
     preprocess_summary: dict[str, Any]
+    precision: str | None = None  # fp32, bf16 or fp16 autocast; None: the device's default
 
     def _image_features(self, pixels: "torch.Tensor") -> "torch.Tensor":
         raise NotImplementedError
@@ -92,8 +95,10 @@ class Encoder:
         import torch
 
         out = [np.zeros((0, self.dim), np.float32)]
-        cuda = self.device.startswith("cuda")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        precision = check_precision(self.precision or default_precision(self.device))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(kind, dtype=dtype, enabled=precision != "fp32"):
             for chunk in chunks:
                 feats = torch.nn.functional.normalize(features(chunk).float(), dim=-1)
                 out.append(feats.cpu().numpy().astype(np.float32, copy=False))
@@ -142,18 +147,21 @@ def known_names() -> list[str]:
     return [key + "<arch>" if key.endswith(":") else key for key in _REGISTRY]
 
 
-def load_encoder(name: str, checkpoint: str | None = None, device: str = "auto", batch_size: int = 64) -> Encoder:
+def load_encoder(name: str, checkpoint: str | None = None, device: str = "auto", batch_size: int = 64,
+                 precision: str | None = None) -> Encoder:
     """Build a registered encoder.
 
     Args:
         name: ``tiny``, ``openclip:<arch>[@<pretrained tag>]``, ``quiltnet-b32``, ``quiltnet-b16``,
             ``conch``, ``plip``, or any name added with :func:`register_encoder`.
         checkpoint: a local weights file or folder; ``"random"`` for explicit random weights.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+        device: ``auto`` (CUDA when usable), ``cpu`` or ``cuda[:N]`` (:func:`indexer.devices.resolve_device`).
         batch_size: images or texts per forward pass.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast (None: bf16 on CUDA, fp32 on the CPU).
 
     Raises:
         ModelError: unknown name, missing checkpoint, wrong architecture, missing optional extra.
+        DeviceError: a device that cannot be used, or a GPU present that ``auto`` cannot use.
     """
     _load_builtin_backends()
     if name in _REGISTRY and not name.endswith(":"):
@@ -167,7 +175,18 @@ def load_encoder(name: str, checkpoint: str | None = None, device: str = "auto",
         raise ModelError(f"batch size must be at least 1, got {batch_size}")
     if checkpoint is not None and checkpoint != RANDOM_WEIGHTS and not Path(checkpoint).exists():
         raise ModelError(f"checkpoint not found: {checkpoint}")
-    return factory(spec, checkpoint=checkpoint, device=resolve_device(device), batch_size=batch_size)
+    precision = None if precision is None else check_precision(precision)
+    where = resolve_device(device)
+    try:
+        encoder = factory(spec, checkpoint=checkpoint, device=where, batch_size=batch_size)
+    except RuntimeError as exc:  # e.g. CUDA out of memory, a CUDA error: one line, never a CPU fallback
+        if not where.startswith("cuda"):
+            raise
+        raise DeviceError(f"cannot load {name} onto {where} ({first_line(exc)}); free the GPU or pass --device cpu") \
+            from None
+    if precision is not None:
+        encoder.precision = precision
+    return encoder
 
 
 def list_encoders() -> list[EncoderInfo]:
@@ -175,18 +194,6 @@ def list_encoders() -> list[EncoderInfo]:
     _load_builtin_backends()
     return [info() if callable(info) else info for _, info in _REGISTRY.values()]
 
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; refuse CUDA when there is none."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device} requested but no CUDA GPU is visible; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ModelError(f"unknown device '{device}'; use auto, cpu or cuda")
-    return device
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

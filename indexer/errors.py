@@ -28,3 +28,17 @@ class QueryError(UserError):
 
 class LimitError(QueryError):
     """A query input is over a size limit (bytes or pixels); the HTTP API answers 413."""
+
+
+class DeviceError(UserError):
+    """A device was asked for, or a GPU is present, but cannot be used (never a silent fallback to the CPU)."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a slide failed, in one line: a UserError's message, else the exception's type and first line."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "ran out of memory reading this slide (is it a decompression bomb?)"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from indexer.aggregate import AggregationConfig
+from indexer.dicomweb_sources import list_sources, source_facts
 from indexer.encode import file_facts
 from indexer.encoders import file_sha256
 from indexer.engines.job import EncodeJob, SlideOutcome
@@ -35,13 +36,17 @@ REFINE_SAMPLE = 200_000  # patches (spread over slides) used to refine prototype
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Options of one `slidesearch index` run (DESIGN §5); :class:`IndexSettings` is what the index keeps."""
+    """Options of one `slidesearch index` run (DESIGN §5); :class:`IndexSettings` is what the index keeps.
 
-    model: str = "tiny"
+    ``model`` has no default: :func:`run_index` refuses to run without one (``tiny`` has random weights, so an
+    index built by it silently would answer text queries arbitrarily).
+    """
+
+    model: str | None = None
     checkpoint: str | None = None
     device: str = "auto"
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # reader processes; None: one per core (indexer.readers.resolve_workers)
     tiling: TilingConfig = TilingConfig()
     max_patches: int | None = None
     mpp: float | None = None
@@ -73,6 +78,7 @@ class IndexReport:
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     version: int = 0
+    devices: dict[str, str] = field(default_factory=dict)  # where the encoder and FAISS ran
 
     @property
     def exit_code(self) -> int:
@@ -105,6 +111,20 @@ def prototype_table(bank, text_prototypes: np.ndarray):
         "text_embedding": pa.FixedSizeListArray.from_arrays(
             pa.array(text_prototypes.astype(np.float32).ravel()), text_prototypes.shape[1]),
     })
+
+
+def check_model_named(model: str | None) -> None:
+    """Refuse a run that names no encoder, listing the registered ones.
+
+    Raises:
+        ModelError: ``model`` is None or empty.
+    """
+    if not model:
+        from indexer.encoders import known_names
+        from indexer.errors import ModelError
+
+        raise ModelError(f"name the encoder with --model (known: {', '.join(known_names())}; `slidesearch models` "
+                         "says which have weights here; tiny has random weights, for tests and the demo)")
 
 
 def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
@@ -146,7 +166,7 @@ def collect_slides(inputs: Iterable[str | Path]) -> list[Path]:
 def run_index(
     inputs: Iterable[str | Path],
     out: str | Path,
-    config: IndexConfig = IndexConfig(),
+    config: IndexConfig,
     metadata_csv: str | Path | None = None,
     show_progress: bool = True,
     reports: str | None = None,
@@ -156,7 +176,7 @@ def run_index(
     already committed with the same file and settings are skipped; staged work of a killed run is resumed.
 
     Args:
-        inputs: slide files or directories.
+        inputs: slide files or directories, or DICOMweb URLs (``indexer.dicomweb_sources``).
         out: the index directory (created if missing).
         config: model, tiling, bank and index options.
         metadata_csv: optional CSV of user columns, merged into the stored metadata.
@@ -166,27 +186,33 @@ def run_index(
         report_model: a sentence-transformers folder for the reports (default: all-MiniLM-L6-v2).
     """
     from indexer.bank import load_bank
+    from indexer.devices import encoder_label
     from indexer.engines import open_engine
+    from indexer.faiss_device import faiss_label
     from indexer.store.compact import auto_merge, vacuum
 
     # Every check comes before the first write: a refused run leaves the index as it was.
-    slides = [(check_slide_id(slide_id_of(p)), p) for p in collect_slides(inputs)]
+    check_model_named(config.model)
+    faiss_label()  # a FAISS device asked for (or present) but unusable is refused before any work
+    slides, notes = list_sources(inputs, lambda files: [(check_slide_id(slide_id_of(p)), p)
+                                                        for p in collect_slides(files)])
     new_metadata = read_metadata_csv(metadata_csv) if metadata_csv is not None else None
     report_table, report_config = report_source(reports, new_metadata, report_model)
     timings: dict[str, float] = defaultdict(float)
-    report = IndexReport(out=Path(out))
+    report = IndexReport(out=Path(out), notes=notes)
     bank = load_bank(config.bank)
     with open_engine(config, out, report) as engine:
         t0 = time.perf_counter()
         encoder, text_prototypes = engine.load(bank)
         timings["load model"] = time.perf_counter() - t0
+        report.devices = {"encoder": encoder_label(encoder), "faiss": faiss_label()}
         with IndexWriter(out, wait=config.wait, create=True) as writer:
             settings = writer.set_identity(settings_for(config, encoder, bank))
             if new_metadata is not None or report_table is not None or report_config is not None:
                 commit_metadata(writer, new_metadata, report_table, report_config)
             with StageProgress(enabled=show_progress) as progress:
                 run = _Run(writer, config, settings, report, timings, prototype_table(bank, text_prototypes),
-                           text_prototypes, progress)
+                           text_prototypes, progress, report.devices)
                 progress.start_slides(len(slides))
                 engine.index(run, slides)
             run.adopt_leftovers({s for s, _ in slides})
@@ -211,8 +237,9 @@ class _Run:
 
     def __init__(self, writer: IndexWriter, config: IndexConfig, settings: IndexSettings, report: IndexReport,
                  timings: dict[str, float], proto_table, text_prototypes: np.ndarray,
-                 progress: StageProgress | None = None):
+                 progress: StageProgress | None = None, devices: dict[str, str] | None = None):
         self.writer, self.config, self.settings = writer, config, settings
+        self.devices = devices or {}
         self.report, self.timings = report, timings
         self.proto_table, self.text_prototypes = proto_table, text_prototypes
         self.progress = progress or StageProgress(enabled=False)
@@ -253,7 +280,7 @@ class _Run:
         """Skip, refuse or resume one slide (None), or the job that encodes it; a failure is recorded, never raised."""
         mpp = self.config.mpp or self.overrides.get(slide_id)
         fingerprint = self.settings.fingerprint(mpp)
-        facts = {"slide_id": slide_id, "path": str(path), **file_facts(path), "fingerprint": fingerprint,
+        facts = {"slide_id": slide_id, "path": str(path), **source_facts(path, file_facts), "fingerprint": fingerprint,
                  "mpp_override": mpp}
         live = self.writer.live_slides.get(slide_id)
         same_file = live is not None and _same_file(live, facts, path)
@@ -321,7 +348,8 @@ class _Run:
         prototypes = self.writer.fix_prototypes(self.proto_table, self._prototypes())
         self.timings["prototypes"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        version = self.writer.commit_slides(self.ok, self.failed, self.replaced, prototypes, self.timings)
+        version = self.writer.commit_slides(self.ok, self.failed, self.replaced, prototypes, self.timings,
+                                            devices=self.devices)
         self.timings["commit"] += time.perf_counter() - t0
         for stage in ("aggregate", "tables", "faiss"):
             self.timings[stage] += version.timings.get(stage, 0.0)
@@ -341,7 +369,9 @@ class _Run:
 
 
 def _same_file(record: dict[str, Any], facts: dict[str, Any], path: Path) -> bool:
-    """Same content as recorded: equal size and mtime, else equal sha256."""
+    """Same content as recorded: equal size and mtime, else equal sha256 (known up front for a DICOMweb series)."""
+    if facts.get("sha256") is not None:
+        return record.get("sha256") == facts["sha256"]
     if (record.get("size_bytes"), record.get("mtime_ns")) == (facts["size_bytes"], facts["mtime_ns"]):
         return True
     if record.get("size_bytes") != facts["size_bytes"]:

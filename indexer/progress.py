@@ -63,6 +63,12 @@ class StageProgress:
         else:
             self._progress.reset(self._patches, total=total, rate="")
 
+    def more_patches(self, n: int) -> None:
+        """Add ``n`` patches to the patches bar's total (a run's slides are prepared as it goes)."""
+        if self._progress is None or self._patches is None:
+            return
+        self._progress.update(self._patches, total=(self._progress.tasks[self._patches].total or 0) + n)
+
     def advance_patches(self, n: int) -> None:
         """Count ``n`` more patches embedded and show the rate."""
         if self._progress is None or self._patches is None:

@@ -96,6 +96,7 @@ class SyntheticSlideSpec:
     seed: int = 0
     fmt: str = "tiff"  # "tiff" (generic pyramidal TIFF) or "svs" (Aperio-style)
     tile: int = 256
+    compression: str = "zlib"  # or "jpeg" (quality 80, YCbCr 4:2:0 like Aperio's; needs imagecodecs)
 
 
 @dataclass(frozen=True)
@@ -242,19 +243,24 @@ def _aperio_description(spec: SyntheticSlideSpec, ds: int, width: int, height: i
     app_mag = round(10.0 / spec.mpp)
     head = f"Aperio Image Library v12.0.15\r\n{spec.width}x{spec.height} [0,0 {spec.width}x{spec.height}]"
     head += f" ({spec.tile}x{spec.tile})" + ("" if ds == 1 else f" -> {width}x{height}")
-    return f"{head} Deflate|AppMag = {app_mag}|MPP = {spec.mpp}|Filename = synthetic-{spec.seed}"
+    codec = "JPEG/RGB Q=80" if spec.compression == "jpeg" else "Deflate"
+    return f"{head} {codec}|AppMag = {app_mag}|MPP = {spec.mpp}|Filename = synthetic-{spec.seed}"
 
 
 def write_slide(path: str | Path, spec: SyntheticSlideSpec) -> Path:
     """Write a pyramidal tiled TIFF (``fmt="tiff"``) or Aperio-style SVS (``fmt="svs"``), tile by tile.
 
-    Reduced levels are separate pages with ``subfiletype=1`` (so OpenSlide sees them), zlib-compressed,
+    Reduced levels are separate pages with ``subfiletype=1`` (so OpenSlide sees them), zlib- or JPEG-compressed,
     with resolution tags (and, for SVS, ``MPP``/``AppMag`` in the Aperio description).
     """
     import tifffile
 
     if spec.fmt not in ("tiff", "svs"):
         raise ValueError(f"fmt must be 'tiff' or 'svs', got {spec.fmt!r}")
+    if spec.compression not in ("zlib", "jpeg"):
+        raise ValueError(f"compression must be 'zlib' or 'jpeg', got {spec.compression!r}")
+    codec = {"compression": "zlib", "compressionargs": {"level": 1}} if spec.compression == "zlib" else \
+        {"compression": "jpeg", "compressionargs": {"level": 80}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -267,8 +273,7 @@ def write_slide(path: str | Path, spec: SyntheticSlideSpec) -> Path:
                 dtype=np.uint8,
                 tile=(spec.tile, spec.tile),
                 photometric="rgb",
-                compression="zlib",
-                compressionargs={"level": 1},
+                **codec,
                 resolution=(px_per_cm, px_per_cm),
                 resolutionunit="CENTIMETER",
                 subfiletype=0 if ds == 1 else 1,

@@ -98,7 +98,14 @@ def tile_slide(slide: Slide, config: TilingConfig = TilingConfig(), mask: Tissue
 def read_patch(slide: Slide, grid: TileGrid, index: int) -> Image.Image:
     """The RGB patch ``index`` of ``grid``: ``read_px`` read at ``grid.level``, resized to ``patch_px``."""
     x, y = (int(v) for v in grid.coords[index])
-    patch = slide.read_region((x, y), grid.level, (grid.read_px, grid.read_px))
-    if grid.read_px != grid.patch_px:
-        patch = patch.resize((grid.patch_px, grid.patch_px), Image.Resampling.BILINEAR, reducing_gap=None)
+    return Image.fromarray(read_patch_array(slide, grid.level, grid.read_px, grid.patch_px, x, y), "RGB")
+
+
+def read_patch_array(slide: Slide, level: int, read_px: int, patch_px: int, x: int, y: int) -> np.ndarray:
+    """The (patch_px, patch_px, 3) uint8 patch at level-0 (x, y): ``read_px`` read at ``level``, resized (bilinear,
+    as Pillow does) to ``patch_px`` when they differ."""
+    patch = slide.read_array((x, y), level, (read_px, read_px))
+    if read_px != patch_px:
+        resized = Image.fromarray(patch, "RGB").resize((patch_px, patch_px), Image.Resampling.BILINEAR, reducing_gap=None)
+        patch = np.asarray(resized)
     return patch

@@ -44,8 +44,10 @@ class TissueMask:
 
     @cached_property
     def _integral(self) -> np.ndarray:
-        integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
-        integral[1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1)
+        dtype = np.int32 if self.mask.size < 2**31 else np.int64  # exact either way; int32 sums twice as fast
+        integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype)
+        np.cumsum(self.mask, axis=0, dtype=dtype, out=integral[1:, 1:])
+        np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
         return integral
 
     @property
@@ -124,11 +126,50 @@ def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig()) -> Tissue
     threshold = float(np.clip(threshold, config.min_saturation, config.max_saturation_threshold))
     tissue = sat > threshold
     if config.remove_pen:
-        pen = morphology.dilation(pen_mask(thumb, raw_sat, val), morphology.disk(2))
-        tissue &= ~pen
+        pen = pen_mask(thumb, raw_sat, val)
+        if pen.any():  # most slides have no ink: nothing to dilate
+            tissue &= ~binary_dilation(pen, 2)
     area = tissue.size
     if config.closing_radius > 0:
-        tissue = morphology.closing(tissue, morphology.disk(config.closing_radius))
+        tissue = binary_erosion(binary_dilation(tissue, config.closing_radius), config.closing_radius)
     tissue = morphology.remove_small_holes(tissue, max_size=max(1, int(config.min_hole_fraction * area)))
     tissue = morphology.remove_small_objects(tissue, max_size=max(1, int(config.min_object_fraction * area)))
     return TissueMask(tissue.astype(bool), downsample)
+
+
+def _disk_offsets(radius: int) -> list[tuple[int, int]]:
+    """(dy, dx) of ``skimage.morphology.disk(radius)``."""
+    from skimage.morphology import disk
+
+    return [(int(dy) - radius, int(dx) - radius) for dy, dx in zip(*np.nonzero(disk(radius)))]
+
+
+def binary_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``skimage.morphology.dilation(mask, disk(radius))`` of a boolean mask, as ORs of shifted copies.
+
+    skimage reflects the border; for a disk, a reflected pixel is always already under the footprint, so
+    that is the same as leaving the outside out (padding with False), which is what is done here.
+
+    >>> binary_dilation(np.eye(3, dtype=bool)[::-1], 1).astype(int).tolist()
+    [[0, 1, 1], [1, 1, 1], [1, 1, 0]]
+    """
+    return _shifted(mask, radius, False)
+
+
+def binary_erosion(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``skimage.morphology.erosion(mask, disk(radius))`` of a boolean mask (the outside left out: True padding)."""
+    return _shifted(mask, radius, True)
+
+
+def _shifted(mask: np.ndarray, radius: int, erode: bool) -> np.ndarray:
+    h, w = mask.shape
+    padded = np.full((h + 2 * radius, w + 2 * radius), erode, bool)
+    padded[radius:radius + h, radius:radius + w] = mask
+    out = np.full((h, w), erode, bool)
+    for dy, dx in _disk_offsets(radius):
+        window = padded[radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+        if erode:
+            out &= window
+        else:
+            out |= window
+    return out

@@ -14,6 +14,8 @@ import numpy as np
 from indexer.errors import IndexError_, QueryError
 from indexer.exact import (  # noqa: F401 (exact_search re-exported)
     exact_search, exact_topk, iter_rows, release_pages, row_gather, tied_recall, without_own)
+from indexer.faiss_device import (  # noqa: F401 (the GPU side, re-exported)
+    DEVICE_ENV, base_index as _base, faiss_device, gpu_enabled, is_gpu as _is_gpu, to_cpu as _to_cpu, to_gpu)
 
 if TYPE_CHECKING:  # faiss is imported lazily so `slidesearch --help` stays instant
     import faiss
@@ -30,8 +32,6 @@ _GPU_MAX_K = 2048
 BITMAP_BITS_PER_ID = 128  # a bitmap is used while it costs at most ~16 bytes per allowed id
 EXACT_FILTER_FLOATS = 2**18  # allowed-set size × dim under which filtered search is exact
 ADD_CHUNK = 65_536  # rows converted and added to an index at a time
-_GPU_RESOURCES = None
-DEVICE_ENV = "SLIDESEARCH_FAISS_DEVICE"  # "cpu" keeps FAISS off a present GPU (benchmarks' --device cpu)
 MAX_NLIST = 16_384  # k-means beyond this many lists is GPU work (hours on a few CPU cores)
 
 
@@ -226,12 +226,12 @@ def train_index(sample: np.ndarray, choice: IndexChoice, use_gpu: bool | None = 
     base = _empty_index(sample.shape[1], choice)
     if choice.niter:
         faiss.extract_index_ivf(base).cp.niter = choice.niter
-    work = to_gpu(base) if use_gpu is not False and gpu_enabled() else None
+    work = (to_gpu(base) if use_gpu is not False else None) or base
     try:
-        (work if work is not None else base).train(_check_vectors(sample))
+        work.train(_check_vectors(sample))
     except RuntimeError as exc:
         raise IndexError_(f"cannot train {choice.describe()} on {len(sample)} vectors: {_first_line(exc)}") from None
-    trained = faiss.index_gpu_to_cpu(work) if work is not None else base
+    trained = _to_cpu(work)
     faiss.downcast_index(trained).nprobe = choice.nprobe or ivf_params(len(sample))[1]
     return trained
 
@@ -244,10 +244,10 @@ def add_to_trained(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray, u
 
     index = faiss.clone_index(trained)
     ids = _check_ids(ids, len(vectors))
-    work = to_gpu(index) if use_gpu is not False and gpu_enabled() and len(ids) else None
+    work = to_gpu(index) if use_gpu is not False and len(ids) else None
     _add_chunks(work if work is not None else index, vectors, ids, chunk)
     if work is not None:
-        index = faiss.index_gpu_to_cpu(work)
+        index = _to_cpu(work)
         faiss.downcast_index(index).nprobe = faiss.downcast_index(trained).nprobe
     return index
 
@@ -398,7 +398,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
         exact = _search_few(index, q, k, allowed)
         if exact is not None:
             return exact
-    params = _filter_params(index, allowed)
+    params = filter_params(index, allowed)
     if params is not None:
         try:
             return _pad(*index.search(q, min(k, limit, allowed.size), params=params), k)
@@ -573,7 +573,9 @@ def _selector(allowed: np.ndarray):
     return faiss.IDSelectorBatch(allowed)
 
 
-def _filter_params(index, allowed):
+def filter_params(index, allowed: np.ndarray):
+    """FAISS search parameters restricting ``index`` to ``allowed`` (sorted unique ids), with IVF nprobe and HNSW
+    efSearch widened by ``ntotal / |allowed|``; None for indexes that take none (GPU ones, other kinds)."""
     import faiss
 
     if _is_gpu(index):
@@ -590,47 +592,6 @@ def _filter_params(index, allowed):
     else:
         return None
     return params  # FAISS's wrapper keeps `sel` alive with the parameters
-
-
-def _base(index):
-    import faiss
-
-    index = faiss.downcast_index(index)
-    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-
-
-def _is_gpu(index) -> bool:
-    import faiss
-
-    return faiss.get_num_gpus() > 0 and isinstance(_base(index), faiss.GpuIndex)  # cheap test first
-
-
-def gpu_enabled() -> bool:
-    """Whether FAISS work goes to a GPU: FAISS sees one and ``SLIDESEARCH_FAISS_DEVICE`` is not ``cpu``."""
-    import faiss
-
-    return os.environ.get(DEVICE_ENV, "auto").lower() != "cpu" and faiss.get_num_gpus() > 0
-
-
-def to_gpu(index: faiss.Index) -> faiss.Index | None:
-    """A copy of ``index`` on GPU 0, or None when there is no GPU or no GPU version of this index type."""
-    import faiss
-
-    global _GPU_RESOURCES
-    if not gpu_enabled():
-        return None
-    if _GPU_RESOURCES is None:  # one shared pool, kept alive for as long as GPU indexes may use it
-        _GPU_RESOURCES = faiss.StandardGpuResources()
-    try:
-        return faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index)
-    except RuntimeError:  # an index type without a GPU implementation
-        return None
-
-
-def _to_cpu(index):
-    import faiss
-
-    return faiss.index_gpu_to_cpu(index) if _is_gpu(index) else index
 
 
 def _check_vectors(vectors) -> np.ndarray:

@@ -295,3 +295,13 @@ def search_slide_options(searcher, slide: str, k: int = 10, where: str | None = 
     if row is not None:
         result.details["query_stain"] = searcher.arrays.metadata[row].get("stain")
     return result
+
+
+def slide_query(searcher, slide: str, k: int = 10, where: str | None = None, exclude_same: str | None = None,
+                mode: str = "proto", space: str | None = None, target_stain: str | None = None, group: str | None = None):
+    """`search slide` with all its options, as the CLI and the HTTP API run it: the plain slide search, or (with
+    ``space``, ``target_stain`` or ``group``) ``search_slide_options`` in ``space`` (default ``mode``)."""
+    if group is None and space is None and target_stain is None:
+        return searcher.search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=mode)
+    return search_slide_options(searcher, slide, k=k, where=where, exclude_same=exclude_same, space=space or mode,
+                                target_stain=target_stain, group=group)

@@ -164,6 +164,7 @@ def index_info(path: str | Path | Catalog) -> dict[str, Any]:
         "schema_version": m["schema_version"], "created": m["created"], "updated": m["updated"], "version": m["version"],
         "encoder": m["encoder"], "bank": m["bank"], "tiling": m["tiling"], "aggregation": m["aggregation"],
         "counts": m["counts"], "segments": m["segments"], "indexes": m["indexes"], "timings": m.get("timings", {}),
+        "operation": m.get("operation", ""), "devices": m.get("devices", {}),
         "spaces": imported_spaces(catalog), "reports": _reports_info(catalog),
         "failed": [{"slide_id": s, "error": e} for s, e in failed],
     }

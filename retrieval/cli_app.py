@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 
 
+DICOMWEB_TOKEN_OPTION = typer.Option(
+    None, "--dicomweb-token-file", envvar="SLIDESEARCH_DICOMWEB_TOKEN_FILE", dir_okay=False,
+    help="A file holding the bearer token for DICOMweb slides (sent on every request; never stored in the index).")
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr and exit with ``code``."""
     typer.echo(f"error: {message}", err=True)

@@ -1,7 +1,10 @@
-"""End-to-end demo: a labelled synthetic cohort → `tiny` index → text, slide and patch queries → retrieval benchmark.
+"""End-to-end demo: a labelled synthetic cohort → `tiny` index with its reports → text, slide and patch queries →
+retrieval benchmark.
 
-Everything goes under one output folder and is reused on a re-run: the cohort is kept when its settings
-match (``demo.json``) and the index pipeline skips slides it has already indexed.
+The image encoder (`tiny`) has random weights; the cohort's `report` column is indexed with the real report model
+(all-MiniLM-L6-v2, and BM25), so a text query finds the slides whose reports say it. Everything goes under one
+output folder and is reused on a re-run: the cohort is kept when its settings match (``demo.json``) and the index
+pipeline skips slides it has already indexed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Callable
 from indexer.errors import UserError
 
 REAL_WEIGHTS_COMMAND = ("slidesearch index SLIDES --out INDEX --model conch "
-                        "--checkpoint /path/to/conch/pytorch_model.bin --metadata metadata.csv")
+                        "--checkpoint /path/to/conch/pytorch_model.bin --metadata metadata.csv --reports report")
 COHORT_FIELDS = ("patients", "slides_per_patient", "size", "mpp", "seed")
 
 
@@ -34,6 +37,7 @@ class DemoConfig:
     mpp: float = 0.5
     seed: int = 0
     model: str = "tiny"
+    reports: str = "report"  # the metadata column of report text, indexed for text search
     k: int = 5
     text_query: str = "poorly differentiated adenocarcinoma with necrosis"
     label: str = "label"
@@ -95,7 +99,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), show_progress: 
     step(f"indexing with {config.model}")
     index = out / "index"
     report = run_index([csv.parent], index, IndexConfig(model=config.model, num_workers=config.num_workers),
-                       metadata_csv=csv, show_progress=show_progress)
+                       metadata_csv=csv, show_progress=show_progress, reports=config.reports)
     if report.failed:
         slide_id, reason = next(iter(report.failed.items()))
         raise UserError(f"{len(report.failed)} demo slide(s) failed to index, e.g. {slide_id}: {reason}")
@@ -178,7 +182,7 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
         meta = arrays.metadata[row]
         return f"{config.label} {meta.get(config.label)}, patient {meta.get('patient_id')}"
 
-    notes = {"text": f"free text, embedded by the {config.model} text tower",
+    notes = {"text": f"free text, matched to the reports (report model, real weights) and the {config.model} text tower",
              "slide": f"{about(slide_row)}; slides of the same {config.exclude_same} left out",
              "patch": f"one {size}-px patch of a slide with {about(other)}"}
     written = {}

@@ -96,6 +96,9 @@ def parse_region(text: str) -> Region | None:
     return region
 
 
+QUERY_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")  # what a query image may be (no EPS, no plugins that shell out)
+
+
 def load_query_image(path: str | Path | bytes, label: str | None = None):
     """Open an image (a file, or the bytes of one) as RGB, with a one-line error when it cannot be read or is too large.
 
@@ -107,16 +110,34 @@ def load_query_image(path: str | Path | bytes, label: str | None = None):
         path: an image file, or its bytes (an upload).
         label: how the image is named in errors (default: the path, or "uploaded image").
     """
+    return decode_query_image(open_query_image(path, label))
+
+
+def open_query_image(source, label: str | None = None, min_side: int | None = None):
+    """A query image opened lazily (header read and checked as ``load_query_image`` does; no pixel decoded yet).
+
+    Args:
+        source: an image file, its bytes, or a binary file object (an upload's spooled file).
+        label: how the image is named in errors.
+        min_side: decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) whose sides stay at least this many px
+            (``size`` is then the scaled size): a model that sees a few hundred px needs no 33-MP decode.
+
+    Returns:
+        the PIL image, ``label`` as its ``query_label``; ``decode_query_image`` decodes it (and closes it).
+    """
     import io
 
     from PIL import Image
 
     from indexer.slides.limits import ENV, limit, over_limit, pil_pixel_limit
 
-    if isinstance(path, (bytes, bytearray)):
-        label, size, source = label or "uploaded image", len(path), io.BytesIO(path)
+    if isinstance(source, (bytes, bytearray)):
+        label, size, source = label or "uploaded image", len(source), io.BytesIO(source)
+    elif hasattr(source, "read"):
+        label, size = label or "uploaded image", source.seek(0, io.SEEK_END)
+        source.seek(0)
     else:
-        path = Path(path)
+        path = Path(source)
         if not path.is_file():
             raise QueryError(f"{path}: no such image file")
         label, size, source = label or str(path), path.stat().st_size, path
@@ -124,20 +145,74 @@ def load_query_image(path: str | Path | bytes, label: str | None = None):
     if size > cap:
         raise LimitError(f"{label}: {size:,} bytes is over the limit of {cap:,} bytes for a query image; "
                          f"set {ENV['MAX_QUERY_BYTES']} to raise it")
-    try:
-        with pil_pixel_limit(limit("MAX_QUERY_PIXELS")), Image.open(source) as img:
-            why = over_limit(*img.size, "MAX_QUERY_PIXELS")
-            if why:
-                raise LimitError(f"{label}: query image of {why}")
-            return img.convert("RGB")
-    except QueryError:
-        raise
-    except Image.DecompressionBombError:
-        raise LimitError(f"{label}: query image is over the limit of {limit('MAX_QUERY_PIXELS'):,} px") from None
-    except MemoryError:
-        raise QueryError(f"{label}: out of memory decoding the query image") from None
-    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds of errors for corrupt files
-        raise QueryError(f"{label}: not a readable image ({exc.__class__.__name__})") from None
+    with _read_errors(label):
+        with pil_pixel_limit(limit("MAX_QUERY_PIXELS")):
+            img = Image.open(source, formats=QUERY_FORMATS)
+        why = over_limit(*img.size, "MAX_QUERY_PIXELS")
+        if why:
+            img.close()
+            raise LimitError(f"{label}: query image of {why}")
+        if min_side and img.format == "JPEG":
+            img.draft("RGB", (min_side, min_side))
+        img.query_label = label  # never ``filename``: PIL would open a file of that name to map raw pixels
+        return img
+
+
+REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"})
+
+
+def decode_query_image(img, min_side: int | None = None):
+    """The RGB pixels of an image from ``open_query_image`` (closed afterwards), with its one-line errors.
+
+    With ``min_side``, an image larger than twice that on its shorter side is reduced by a whole factor (box
+    filter) to a shorter side of at least ``min_side`` px before its RGB conversion, and the full decode is freed
+    at once: a model that sees a few hundred px then never holds a second full-size copy.
+    """
+    label = img.query_label
+    with _read_errors(label), img:
+        img.load()
+        full = img if img.mode in REDUCIBLE_MODES else img.convert("RGB")
+        factor = min(full.size) // min_side if min_side else 1
+        small = full.reduce(factor) if factor >= 2 else full
+        out = small.convert("RGB")
+    for image in {id(i): i for i in (img, full, small)}.values():
+        if image is not out:
+            image.close()
+    out.filename = label
+    return out
+
+
+def decode_bytes(img) -> int:
+    """Bytes ``decode_query_image`` holds at most for a lazily opened image (its decode at 4 bytes a pixel, 1 for
+    1-byte modes, plus an RGB copy where the mode must be converted before it is reduced)."""
+    width, height = img.size
+    stored = 1 if img.mode in ("1", "L", "P") else 4
+    return width * height * (stored + (0 if img.mode in REDUCIBLE_MODES else 4))
+
+
+class _read_errors:
+    """Turn what PIL raises for a corrupt, truncated, unknown or oversized image into one QueryError line."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from PIL import Image
+
+        from indexer.slides.limits import limit
+
+        if exc is None or isinstance(exc, QueryError):
+            return False
+        if isinstance(exc, Image.DecompressionBombError):
+            raise LimitError(f"{self.label}: query image is over the limit of {limit('MAX_QUERY_PIXELS'):,} px") from None
+        if isinstance(exc, MemoryError):
+            raise QueryError(f"{self.label}: out of memory decoding the query image") from None
+        if isinstance(exc, Exception):  # PIL raises many kinds of errors for corrupt files
+            raise QueryError(f"{self.label}: not a readable image ({exc.__class__.__name__})") from None
+        return False
 
 
 def read_region_image(slide_path: str, slide_mpp: float, region: Region, magnification: float):

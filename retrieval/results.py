@@ -111,3 +111,63 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula
+CSV_LEAD = ("rank", "case_id", "slide_id", "score", "slides", "report_sentence", "report_attributes")
+
+
+def technical_columns() -> list[str]:
+    """The metadata columns slidesearch computes itself (file, geometry, tiling, stain detection), not the user's."""
+    from indexer.store.segments import SLIDE_SCHEMA
+
+    return [name for name in SLIDE_SCHEMA.names if name != "slide_id"] + ["stain_source"]
+
+
+def result_csv(data: dict[str, Any]) -> str:
+    """A search answer as CSV, one row a hit: rank, slide_id, score, the report evidence when there is any, then
+    the metadata columns, the user's first (first seen first), then slidesearch's own. ``data`` is
+    ``result_json``'s shape, or a case result's ``to_dict()`` (rows are cases: rank, case_id, the matched slide_id,
+    score, the slides by stain, and the matched slide's metadata). Text cells that a spreadsheet would run as a
+    formula are prefixed with ``'``.
+
+    >>> print(result_csv({"kind": "slide", "hits": [{"rank": 1, "slide_id": "=A", "score": 0.5,
+    ...                                                "metadata": {"width": 9, "label": "x", "n": None}}]}), end="")
+    rank,slide_id,score,label,n,width
+    1,'=A,0.5,x,,9
+    """
+    import csv
+    import io
+
+    cases = data.get("kind") == "case"
+    rows, metadata = [], []
+    for hit in data.get("hits", ()):
+        slide = hit["matched"] if cases else hit
+        row = {"rank": hit["rank"], **({"case_id": hit["case_id"]} if cases else {}), "slide_id": slide["slide_id"],
+               "score": hit["score"]}
+        if cases:
+            row["slides"] = "; ".join(f"{stain}: {', '.join(ids)}" for stain, ids in hit["stains"].items())
+        report = slide.get("report") or {}
+        if report.get("sentence"):
+            row["report_sentence"] = report["sentence"]
+        if report.get("attributes"):
+            row["report_attributes"] = "; ".join(f"{name} {value:g}" for name, value in report["attributes"].items())
+        rows.append((row, slide["metadata"]))
+        metadata += [key for key in slide["metadata"] if key not in row]
+    lead = [c for c in CSV_LEAD if any(c in row for row, _ in rows)] or ["rank", "slide_id", "score"]
+    technical = set(technical_columns())
+    names = list(dict.fromkeys(metadata))
+    columns = lead + [c for c in names if c not in technical and c not in lead] + [c for c in names if c in technical]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: _cell(row[key] if key in row else meta.get(key)) for key in columns} for row, meta in rows)
+    return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return "'" + value if value.startswith(FORMULA_START) else value
+    return value.item() if hasattr(value, "item") else value

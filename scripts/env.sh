@@ -17,4 +17,9 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null \
         || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
+# Debian's Orthanc and its DICOMweb plugin: the DICOMweb tests start their own Orthanc on a loopback port.
+if ! command -v Orthanc >/dev/null && [ ! -x /usr/sbin/Orthanc ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb) >/dev/null \
+        || echo "warning: could not install orthanc; the DICOMweb tests will be skipped" >&2
+fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -92,14 +92,60 @@ def test_slide_query_returns_the_faiss_ids_the_benchmark_times(bench, run):
     assert raw_ids[0].tolist() == expected[0].tolist()
 
 
-def test_bare_call_matches_a_filtered_search(bench, run):
+def _pq_index(n=4000, d=32, seed=0):
+    """An IVF-PQ index with its exact re-rank (what the store opens for compressed segments), and its vectors."""
+    from indexer.exact import row_gather
+    from indexer.store.rerank import RerankedIndex
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, d))
+    x = centres[rng.integers(40, size=n)] + 0.6 * rng.standard_normal((n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64)
+    inner = vi.build_index(x, ids, vi.choice_for_kind("ivf_pq", n, d, m=4))
+    return RerankedIndex(inner, row_gather(x, ids), pool=64), x
+
+
+def test_bare_faiss_calls_run_no_project_code(bench, run, monkeypatch):
+    """Every bare closure still runs when the project's search, reconstruction and re-rank code is made to fail:
+    it is FAISS alone (a small allowed set included, which the API scores exactly in NumPy)."""
     _, tmp = run
     searcher = SlideSearcher(tmp / "indexes" / "n500_d128_k8_p10_s0_auto", encoder=bench.VectorEncoder())
-    allowed = searcher.catalog.allowed_slide_rows(bench.WHERE)
+    slides, patches = searcher.catalog.faiss("slides"), searcher.catalog.faiss("patches")
     query = searcher.arrays.slide_vector(searcher.catalog, 7, "slides")
-    _, expected = vi.search(searcher.catalog.faiss("slides"), query, 5, allowed)
-    _, found = bench.raw_faiss_call(searcher.catalog.faiss("slides"), query, 5, allowed)()
-    assert found[0].tolist() == expected[0].tolist() and set(found[0].tolist()) <= set(allowed.tolist())
+    small = searcher.catalog.allowed_slide_rows(bench.WHERE)
+    reranked, x = _pq_index()
+    segmented = vi.SegmentedIndex([vi.build_index(x[:2000], np.arange(2000), vi.IndexChoice("flat")),
+                                   vi.build_index(x[2000:], np.arange(2000, 4000), vi.IndexChoice("hnsw"))], [0, 2000])
+    closures = [bench.raw_faiss_call(slides, query, 5, small), bench.raw_faiss_call(slides, query, 5, None),
+                bench.raw_faiss_call(patches, np.tile(x[:1, :1], (1, 128)) * 0 + 1 / np.sqrt(128), 5, np.arange(30)),
+                bench.raw_faiss_call(reranked, x[:3], 10, None), bench.raw_faiss_call(reranked, x[:3], 10, np.arange(500)),
+                bench.raw_faiss_call(segmented, x[:3], 10, np.arange(0, 4000, 7))]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("project code ran inside a bare FAISS call")
+
+    for name in ("search", "reconstruct", "exact_topk", "row_gather"):
+        monkeypatch.setattr(vi, name, forbidden)
+    monkeypatch.setattr(type(reranked), "search", forbidden)
+    reranked.gather = reranked.score = forbidden
+    for call in closures:
+        call()
+
+
+def test_the_baseline_can_differ_from_the_api(bench):
+    """On a compressed index the API returns exactly re-ranked hits; bare FAISS returns the candidate pool in PQ
+    order with PQ scores (the old baseline timed the re-rank itself, so API and bare always agreed)."""
+    reranked, x = _pq_index()
+    q = x[::97] + 0.05
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    api_scores, api_ids = vi.search(reranked, q, 10)
+    bare_scores, bare_ids = bench.raw_faiss_call(reranked, q, 10, None)()
+    assert bare_ids.shape == (len(q), 64)  # the pool the re-rank starts from
+    exact = np.einsum("qd,qkd->qk", q, x[api_ids])
+    np.testing.assert_allclose(api_scores, exact, atol=1e-5)
+    assert np.abs(bare_scores[:, :10] - np.einsum("qd,qkd->qk", q, x[bare_ids[:, :10]])).max() > 1e-3  # PQ scores
+    assert (bare_ids[:, :10] != api_ids).any(axis=1).mean() > 0.5  # the re-rank reorders most queries' top 10
 
 
 def test_kept_indexes_are_reused_and_reported_so(bench, run):
@@ -109,7 +155,9 @@ def test_kept_indexes_are_reused_and_reported_so(bench, run):
                         "--keep", str(tmp / "indexes"), "--out", str(tmp / "again")])
     assert again["indexes"]["500/auto"]["reused"] is True
     assert (tmp / "indexes" / "n500_d128_k8_p10_s0_auto" / "CURRENT").read_text() == before
-    assert "| reused (--keep) |" in (tmp / "again" / "bench_search_api.md").read_text()
+    markdown = (tmp / "again" / "bench_search_api.md").read_text()
+    assert "| reused (--keep) |" in markdown and "written at commit" in markdown  # loud: which code wrote them
+    assert again["provenance"]["commit"] in markdown
 
 
 def test_every_hit_of_every_query_kind_is_explained(bench, run):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.embedding import SlidePatches, embed_slide, iter_slide_embeddings
+from indexer.embedding import embed_slide, iter_slide_embeddings
 from indexer.encoders import load_encoder
 from indexer.errors import SlideError
 from indexer.slides import open_slide
@@ -73,16 +73,6 @@ def test_empty_grid(slide, encoder):
     assert embed_slide(path, empty, encoder).shape == (0, encoder.dim)
     assert list(iter_slide_embeddings(path, empty, encoder)) == []
     assert encoder.encode_images([]).shape == (0, encoder.dim)
-
-
-def test_dataset_pickles_without_its_slide_handle(slide, encoder):
-    path, grid = slide
-    ds = SlidePatches(path, grid, encoder.preprocess)
-    row, first = ds[0]
-    assert row == 0 and ds._slide is not None
-    clone = pickle.loads(pickle.dumps(ds))
-    assert clone._slide is None
-    assert (clone[0][1] == first).all()
 
 
 @pytest.mark.parametrize("workers", [0, 1])

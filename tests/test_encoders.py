@@ -22,7 +22,7 @@ from indexer.encoders import (
     resolve_device,
     state_dict_sha256,
 )
-from indexer.errors import ModelError
+from indexer.errors import DeviceError, ModelError
 
 # Encoding the same input alone or inside a batch runs different matmul shapes (fp32, CPU):
 # results agree to float rounding, far below any retrieval-relevant difference.
@@ -236,7 +236,7 @@ def test_missing_optional_extras_say_what_to_install(monkeypatch, tmp_path):
 def test_cuda_refused_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
-    with pytest.raises(ModelError):
+    with pytest.raises(DeviceError):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
 

@@ -25,6 +25,7 @@ from assertions import one_error_line
 
 SHARED_BROKEN = Path(__file__).resolve().parents[1].parent / "shared/data/slides/broken.svs"
 FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
+TINY = ["--model", "tiny"]  # `index` names its encoder (tiny: random weights, for tests)
 FAST_TILING = TilingConfig(magnification=10, patch_px=64)
 
 
@@ -55,7 +56,7 @@ def test_cohort_with_broken_slides_exits_3_and_lists_them(cohort, tmp_path):
     broken.write_bytes(b"II*\x00" + os.urandom(600))
     extra = [str(broken)] + ([str(SHARED_BROKEN)] if SHARED_BROKEN.is_file() else [])
     out = tmp_path / "idx"
-    result = CliRunner().invoke(app, ["index", str(folder), *extra, "--out", str(out), "--metadata", str(csv), *FAST])
+    result = CliRunner().invoke(app, ["index", str(folder), *extra, "--out", str(out), "--metadata", str(csv), *TINY, *FAST])
     assert result.exit_code == 3, result.output
     assert "failed corrupt" in result.output.replace("\n", " ")
     slides = slides_of(out)
@@ -79,10 +80,12 @@ def _run_cli(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path, workers):
+    """Also with reader processes, which die with the run (the group is killed) and stage nothing themselves."""
     folder = tmp_path / "slides"
     write_cohort(folder, n_patients=4, slides_per_patient=2, size=(2048, 2048), seed=5)
-    args = ["index", str(folder), "--model", "tiny", *FAST]
+    args = ["index", str(folder), "--model", "tiny", *FAST, "--workers", workers]
     reference = tmp_path / "reference"
     assert _run_cli([*args, "--out", str(reference)]).wait(timeout=300) == 0
 
@@ -159,14 +162,14 @@ def test_index_built_with_another_encoder_or_bank_is_refused(tmp_path):
     folder.mkdir()
     _small_slide(folder / "B0.tif", "tumour", 0)
     out = tmp_path / "idx"
-    assert CliRunner().invoke(app, ["index", str(folder), "--out", str(out), *FAST]).exit_code == 0
+    assert CliRunner().invoke(app, ["index", str(folder), "--out", str(out), *TINY, *FAST]).exit_code == 0
     snapshot = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     csv = tmp_path / "meta.csv"
     csv.write_text("slide_id,label\nB0,changed\n")
     other_model = CliRunner().invoke(
         app, ["index", str(folder), "--out", str(out), "--model", "planted", "--metadata", str(csv), *FAST])
     assert other_model.exit_code == 2 and "built with encoder tiny" in one_error_line(other_model)
-    other_bank = CliRunner().invoke(app, ["index", str(folder), "--out", str(out), "--bank", "lung", *FAST])
+    other_bank = CliRunner().invoke(app, ["index", str(folder), "--out", str(out), "--bank", "lung", *TINY, *FAST])
     assert other_bank.exit_code == 2 and "bank" in one_error_line(other_bank)
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot  # nothing indexed is lost
 
@@ -183,7 +186,7 @@ def test_bad_index_input_is_one_line(tmp_path, args, message):
     folder.mkdir()
     _small_slide(folder / "B0.tif", "tumour", 0)
     args = [a.format(folder=folder) for a in args]
-    result = CliRunner().invoke(app, ["index", *args, "--out", str(tmp_path / "idx"), *FAST])
+    result = CliRunner().invoke(app, ["index", *TINY, *args, "--out", str(tmp_path / "idx"), *FAST])
     assert result.exit_code == 2
     assert message in one_error_line(result).lower()
     assert not (tmp_path / "idx").exists()  # refused before anything was written
@@ -244,7 +247,7 @@ def test_memory_budget_switches_to_approximate_indexes_with_measured_recall(coho
     folder, csv = cohort
     out = tmp_path / "idx"
     result = CliRunner().invoke(app, ["index", str(folder), "--out", str(out), "--metadata", str(csv),
-                                      "--max-index-memory", "200KB", *FAST])
+                                      "--max-index-memory", "200KB", *TINY, *FAST])
     assert result.exit_code == 0, result.output
     entries = index_info(out)["indexes"]
     assert entries["patches"]["kind"] == "ivf_pq" and entries["patches"]["nbytes"] < 200 * 1024

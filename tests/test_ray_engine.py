@@ -31,7 +31,7 @@ ray = pytest.importorskip("ray")
 
 LOCAL = IndexConfig(model="tiny", tiling=TilingConfig(magnification=10, patch_px=64), num_workers=0)
 RAY = dataclasses.replace(LOCAL, engine="ray", actors=2)
-FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
+FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet", "--model", "tiny"]
 CLI = "import sys; sys.argv = ['slidesearch', *sys.argv[1:]]; from retrieval.cli import main; main()"
 TISSUES = ("tumour", "necrosis", "mucin", "stroma", "lymphocytes", "adipose")
 GOOD = [f"S{i:02d}" for i in range(10)]

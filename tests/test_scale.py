@@ -1,5 +1,5 @@
-"""Trained-once quantizers, exact re-rank, held-out recall and GPU dispatch (issue 13), on small synthetic
-collections written through the store's writer by benchmarks/scale.py's generator."""
+"""Trained-once quantizers, exact re-rank, held-out recall and compaction (issue 13), on small synthetic
+collections written through the store's writer by benchmarks/scale.py's generator (GPU paths: tests/test_faiss_gpu.py)."""
 
 from __future__ import annotations
 
@@ -124,43 +124,6 @@ def test_held_out_recall_is_lower_than_self_query_recall_on_a_compressed_index()
     assert 0 < held_out < self_query < 1
     exact = vi.build_index(x, ids, vi.choice_for_kind("flat", 4000, 32))
     assert vi.measure_recall(exact, x, ids) == 1.0  # leaving the query out changes the answer, not exactness
-
-
-class _FakeGpu:
-    """Stands in for faiss-gpu: 'GPU' copies are CPU clones, and every move is recorded."""
-
-    def __init__(self, monkeypatch):
-        self.to_gpu, self.to_cpu = [], []
-        monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-        monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
-        monkeypatch.setattr(faiss, "GpuIndex", type("GpuIndex", (), {}), raising=False)
-        monkeypatch.setattr(faiss, "index_cpu_to_gpu", self._cpu_to_gpu, raising=False)
-        monkeypatch.setattr(faiss, "index_gpu_to_cpu", self._gpu_to_cpu)
-        monkeypatch.setattr(vi, "_GPU_RESOURCES", None)
-
-    def _cpu_to_gpu(self, resources, device, index):
-        self.to_gpu.append(type(faiss.downcast_index(index)).__name__)
-        return faiss.clone_index(index)
-
-    def _gpu_to_cpu(self, index):
-        self.to_cpu.append(type(faiss.downcast_index(index)).__name__)
-        return index
-
-
-def test_training_adding_and_search_go_to_the_gpu_when_faiss_sees_one(built, monkeypatch):
-    fake = _FakeGpu(monkeypatch)
-    x = _queries(built["gen"], n=2000, seed=9)
-    choice = vi.IndexChoice("ivf_pq", nlist=16, m=4, nbits=6, nprobe=4)
-    trained = vi.train_index(x, choice)
-    assert fake.to_gpu == ["IndexIVFPQ"] and fake.to_cpu == ["IndexIVFPQ"] and trained.is_trained
-    index = vi.add_to_trained(trained, x, np.arange(len(x)))
-    assert len(fake.to_gpu) == 2 and index.ntotal == len(x)
-    searchable = open_index(Snapshot(built["root"]), "patches")
-    assert len(fake.to_gpu) == 3  # the loaded index (three segments under one quantizer: one part) moved
-    assert vi.search(searchable, x[:3], 5)[1].shape == (3, 5)
-    monkeypatch.setenv(vi.DEVICE_ENV, "cpu")  # `--device cpu` keeps FAISS off a present GPU
-    vi.train_index(x, choice)
-    assert len(fake.to_gpu) == 3
 
 
 def test_compact_retrain_replaces_the_quantizer_and_plain_compact_keeps_it(built, tmp_path, monkeypatch, run_cli):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +14,7 @@ import planted
 from retrieval.cli import app as cli_app
 from retrieval.results import result_json
 from retrieval.search import SlideSearcher
-from serving import running
+from serving import app_client, get
 
 BORDER = planted.SLIDE_PX * 3 // 4
 
@@ -27,15 +26,12 @@ def index(planted_index):
 
 @pytest.fixture(scope="module")
 def server(index):
-    from retrieval.serve.app import create_app
-
-    with running(create_app(index)) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with app_client(index) as client:
         yield client
 
 
 def get_json(client, url, status=200, **params):
-    response = client.get(url, params=params)
-    assert response.status_code == status, response.text
+    response = get(client, url, status, **params)
     assert response.headers["content-type"].startswith("application/json")
     return response.json()
 
@@ -61,26 +57,10 @@ def test_search_json_equals_the_cli_json_and_the_library(server, index):
     assert {h["slide_id"] for h in expected["hits"][:2]} == {"S05", "S06"}  # mucin
 
 
-def test_slide_search_on_the_event_loop_and_in_a_thread_answers_alike(server, index, monkeypatch):
-    from retrieval.serve.service import Service
-
-    inline = server.get("/api/search/slide", params={"slide_id": "S01", "k": 5})
-    monkeypatch.setattr(Service, "in_memory", lambda self, mode="proto": False)  # as over a re-ranked index
-    threaded = server.get("/api/search/slide", params={"slide_id": "S01", "k": 5})
-    assert inline.status_code == threaded.status_code == 200 and inline.json() == threaded.json()
-    for response in (inline, threaded):
-        assert float(response.headers["server-timing"].split("dur=")[1]) > 0
-
-
-def test_in_memory_tells_a_reranked_slide_index_apart(index):
-    from indexer.store.rerank import RerankedIndex
-    from retrieval.serve.service import Service
-
-    service = Service(index)
-    assert service.in_memory("proto") and service.in_memory("mean")
-    catalog = service.live.current().catalog
-    catalog._faiss["slides"] = RerankedIndex(catalog.faiss("slides"), lambda ids: None)
-    assert not service.in_memory("proto") and service.in_memory("mean")
+def test_searches_say_how_long_the_search_took(server):
+    for url, params in (("/api/search/slide", {"slide_id": "S01", "k": 5}), ("/api/search/text", {"q": "mucin"})):
+        response = server.get(url, params=params)
+        assert response.status_code == 200 and float(response.headers["server-timing"].split("dur=")[1]) > 0
 
 
 def test_region_query_can_exclude_its_own_slide_and_patient(server):
@@ -235,20 +215,30 @@ def test_text_encoding_is_batched_across_concurrent_callers():
     assert batcher.batches < 9 and max(Slow.calls) > 2 and batcher.name == "slow"
 
 
-def test_serve_binds_loopback_unless_told_and_warns(index, monkeypatch):
+def test_serve_binds_loopback_and_refuses_an_exposed_bind_without_a_token(index, monkeypatch, tmp_path):
     import uvicorn
 
     bound = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: bound.append((host, port)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: bound.append((self.config.host, self.config.port)))
     monkeypatch.setattr("retrieval.commands.serve.one_thread_per_request", lambda: None)  # keeps this process's env
+    monkeypatch.delenv("SLIDESEARCH_TOKEN", raising=False)
     result = CliRunner().invoke(cli_app, ["serve", str(index), "--port", "8123"])
     assert result.exit_code == 0, result.output
-    assert bound[-1] == ("127.0.0.1", 8123) and "WARNING" not in result.stderr
-    assert "http://127.0.0.1:8123/" in result.stderr
+    assert bound[-1] == ("127.0.0.1", 8123) and "http://127.0.0.1:8123/" in result.stderr
     result = CliRunner().invoke(cli_app, ["serve", str(index), "--host", "0.0.0.0"])
-    assert result.exit_code == 0 and bound[-1][0] == "0.0.0.0" and "WARNING: binding 0.0.0.0" in result.stderr
+    assert result.exit_code != 0 and len(bound) == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--host 0.0.0.0" in lines[0] and "--token-file" in lines[0]
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-value\n")
+    result = CliRunner().invoke(cli_app, ["serve", str(index), "--host", "0.0.0.0", "--token-file", str(token)])
+    assert result.exit_code == 0 and bound[-1][0] == "0.0.0.0" and "token required" in result.stderr
+    monkeypatch.setenv("SLIDESEARCH_TOKEN", "short")
+    result = CliRunner().invoke(cli_app, ["serve", str(index), "--host", "0.0.0.0"])
+    assert result.exit_code != 0 and "SLIDESEARCH_TOKEN: the token must be at least 8" in result.stderr
     help_text = CliRunner().invoke(cli_app, ["serve", "--help"]).stdout
-    assert "--host" in help_text and "--port" in help_text
+    for option in ("--host", "--port", "--token-file", "--allowed-host", "--audit-log", "--memory-budget", "--queue"):
+        assert option in help_text
 
 
 @pytest.mark.parametrize("fmt", ["png", "svs"])

@@ -23,7 +23,7 @@ from indexer.vector_index import reconstruct
 from retrieval.catalog import Catalog
 from retrieval.search import SlideSearcher
 
-FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
+FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet", "--model", "tiny"]
 CONFIG = IndexConfig(model="tiny", tiling=TilingConfig(magnification=10, patch_px=64), num_workers=0)
 RUN = "import sys; sys.argv = ['slidesearch', *sys.argv[1:]]; from retrieval.cli import main; main()"
 

@@ -9,7 +9,7 @@ import pytest
 
 from indexer.slides import open_slide
 from indexer.synthetic import ARTEFACTS, TISSUE_CLASSES, Region, SyntheticSlideSpec, render_tile
-from indexer.tissue import TissueConfig, TissueMask, detect_tissue
+from indexer.tissue import TissueConfig, TissueMask, binary_dilation, binary_erosion, detect_tissue
 
 
 def _region_fraction(mask: TissueMask, region: Region, inset: int = 32) -> float:
@@ -88,3 +88,17 @@ def test_real_he_slide_has_tissue_and_background(shared_slides):
     mask = detect_tissue(open_slide(shared_slides / "tcga-cr-7395-01a-01-ts1.svs", mpp=0.5))
     assert 0.3 < mask.tissue_fraction < 0.9
     assert not mask.mask[0, 0] and not mask.mask[-1, 0]  # corners of this section are glass
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_shifted_morphology_equals_skimage_at_every_border(radius):
+    """The fast closing and dilation give skimage's masks (issue 26), on random masks touching every edge."""
+    from skimage import morphology
+
+    rng = np.random.default_rng(radius)
+    for _ in range(25):
+        mask = rng.random((int(rng.integers(3, 70)), int(rng.integers(3, 70)))) < rng.random()
+        footprint = morphology.disk(radius)
+        np.testing.assert_array_equal(binary_dilation(mask, radius), morphology.dilation(mask, footprint))
+        np.testing.assert_array_equal(binary_erosion(binary_dilation(mask, radius), radius),
+                                      morphology.closing(mask, footprint))

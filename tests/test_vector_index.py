@@ -163,7 +163,7 @@ def test_filtered_approximate_search_stays_inside_the_allowed_set(kind, n_allowe
 
 def test_overfetch_fallback_equals_restricted_brute_force(data, indexes, monkeypatch):
     x, ids = data
-    monkeypatch.setattr(vi, "_filter_params", lambda index, allowed: None)
+    monkeypatch.setattr(vi, "filter_params", lambda index, allowed: None)
     allowed = np.random.default_rng(3).choice(ids, 40, replace=False)
     scores, found = vi.search(indexes["flat"], x[:20], 10, allowed_ids=allowed)
     ref_scores, ref_ids = _brute(x, ids, x[:20], 10, allowed)

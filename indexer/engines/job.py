@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from indexer.encode import encode_slide
 from indexer.encoders import file_sha256
-from indexer.errors import UserError
+from indexer.errors import failure_reason
 from indexer.progress import StageProgress
 from indexer.store.staging import Staging
 
@@ -21,7 +20,7 @@ class EncodeJob:
 
     Attributes:
         slide_id: its id.
-        path: the slide file or DICOM folder (on storage every worker sees at the same path).
+        path: the slide file or DICOM folder (on storage every worker sees at the same path), or DICOMweb URL.
         facts: slide_id, path, size_bytes, mtime_ns, fingerprint, mpp_override (and sha256 when known).
         mpp: microns per pixel given for it (None: the file's).
         live: its committed record, when the index has one (decides what a commit replaces).
@@ -70,21 +69,14 @@ def run_job(job: EncodeJob, config, encoder, staging: Staging, progress: StagePr
     """
     timings: dict[str, float] = defaultdict(float)
     record = {**job.facts, "sha256": job.facts.get("sha256") or file_sha256(job.path)}
-
-    def fail(reason: str) -> SlideOutcome:
-        return SlideOutcome(record, 0, reason, dict(timings))
-
     try:
-        encoded = encode_slide(Path(job.path), record, config, encoder, job.mpp, timings, progress)
-    except UserError as exc:
-        return fail(str(exc))
+        encoded = encode_slide(job.path, record, config, encoder, job.mpp, timings, progress)
     except ImportError:
         raise
-    except MemoryError:
-        return fail("ran out of memory reading this slide (is it a decompression bomb?)")
     except Exception as exc:  # one slide's failure never stops the run
-        return fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return SlideOutcome(record, 0, failure_reason(exc), dict(timings))
     t0 = time.perf_counter()
     staging.put(encoded)
     timings["stage"] += time.perf_counter() - t0
     return SlideOutcome(record, len(encoded.coords), None, dict(timings))
+

@@ -9,6 +9,7 @@ again (up to MAX_ATTEMPTS times, then it fails as itself); Ray restarts the acto
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -34,26 +35,45 @@ def import_ray():
 
 
 class SlideEncoder:
-    """An encoder actor: loads the model once (again after a restart) and encodes and stages slides.
+    """An encoder actor: loads the model once (again after a restart) and encodes and stages slides, with a
+    reader pool of its own that lives as long as the actor (the local engine's readers: ``indexer.ingest``).
+
+    Calls run concurrently (``max_concurrency=IN_FLIGHT``): the slide queued behind the current one is prepared
+    by the readers while the current one encodes.
 
     Args:
         config: the run's IndexConfig.
         staging_dir: the index's ``staging/`` folder, at the same path on every node.
+        readers: reader processes of this actor (0: it reads in its own process).
     """
 
-    def __init__(self, config, staging_dir: str):
+    def __init__(self, config, staging_dir: str, readers: int = 0):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as `slidesearch` itself does
-        self.config, self.staging = config, Staging(Path(staging_dir))
-        self._encoder = None
+        self.config, self.staging, self.readers = config, Staging(Path(staging_dir)), readers
+        self._encoder = self._service = None
+        self._lock = threading.Lock()
 
     @property
     def encoder(self):
-        if self._encoder is None:
-            from indexer.encoders import load_encoder
+        with self._lock:
+            if self._encoder is None:
+                from indexer.encoders import load_encoder
 
-            c = self.config
-            self._encoder = load_encoder(c.model, checkpoint=c.checkpoint, device=c.device, batch_size=c.batch_size)
-        return self._encoder
+                c = self.config
+                self._encoder = load_encoder(c.model, checkpoint=c.checkpoint, device=c.device, batch_size=c.batch_size)
+            return self._encoder
+
+    def _stream(self):
+        """The actor's stream service (its reader pool started on first use)."""
+        encoder = self.encoder
+        with self._lock:
+            if self._service is None:
+                from indexer.ingest import SlideStream, StreamService
+                from indexer.readers import ReaderPool
+
+                pool = ReaderPool(self.readers)
+                self._service = StreamService(SlideStream(self.config, encoder, self.staging, pool))
+            return self._service
 
     def start(self, bank=None):
         """Load the model; returns its description and, when given ``bank``, the text prototypes T."""
@@ -68,7 +88,9 @@ class SlideEncoder:
 
     def encode(self, job: EncodeJob):
         """Encode and stage one slide; its outcome (never its failure) goes back to the driver."""
-        return run_job(job, self.config, self.encoder, self.staging)
+        if self.config.features_dir is not None:  # imported features: nothing to read ahead
+            return run_job(job, self.config, self.encoder, self.staging)
+        return self._stream().run(job)
 
 
 class RemoteEncoder:
@@ -85,12 +107,13 @@ class RemoteEncoder:
 def actor_plan(resources: dict, largest_node_cpus: float, config) -> tuple[int, dict]:
     """How many encoder actors to start and the resources each one asks for.
 
-    One actor per GPU (1 GPU, 1 CPU each) where the cluster has GPUs and ``device`` allows them; else CPU
-    actors of 1 + ``num_workers`` CPUs (the encoder and its patch readers), as many as the CPUs hold.
+    One actor per GPU where the cluster has GPUs and ``device`` allows them, with 1 + ``num_workers`` CPUs (the
+    feeder and its patch readers; ``num_workers`` None: the cluster's CPUs per GPU); else CPU actors of
+    1 + ``num_workers`` CPUs (None: 1 reader), as many as the CPUs hold. An actor starts ``num_cpus - 1`` readers.
 
     >>> from indexer.pipeline import IndexConfig
     >>> actor_plan({"CPU": 16, "GPU": 8}, 8, IndexConfig())
-    (8, {'num_cpus': 1, 'num_gpus': 1})
+    (8, {'num_cpus': 2, 'num_gpus': 1})
     >>> actor_plan({"CPU": 2}, 2, IndexConfig(num_workers=0))
     (2, {'num_cpus': 1})
     """
@@ -99,10 +122,12 @@ def actor_plan(resources: dict, largest_node_cpus: float, config) -> tuple[int, 
         n = config.actors or gpus
         if n > gpus:
             raise UserError(f"--actors {n}: the Ray cluster has {gpus} GPU(s), one per encoder actor")
-        return n, {"num_cpus": 1, "num_gpus": 1}
+        readers = config.num_workers if config.num_workers is not None else max(0, cpus // gpus - 1)
+        return n, {"num_cpus": max(1, min(1 + readers, int(largest_node_cpus))), "num_gpus": 1}
     if config.device == "cuda":
         raise UserError("--device cuda: the Ray cluster has no GPU")
-    per = max(1, min(1 + config.num_workers, int(largest_node_cpus)))
+    readers = config.num_workers if config.num_workers is not None else 1
+    per = max(1, min(1 + readers, int(largest_node_cpus)))
     n = config.actors or max(1, cpus // per)
     if n * per > cpus:
         raise UserError(f"--actors {n}: each CPU encoder actor takes {per} CPU(s) (1 + --workers) and the Ray "
@@ -152,8 +177,10 @@ class RayEngine:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
         n, resources = actor_plan(ray.cluster_resources(), largest, self.config)
-        Actor = ray.remote(SlideEncoder).options(max_restarts=-1, max_task_retries=0, **resources)
-        self.actors = [Actor.remote(self.config, self.staging_dir) for _ in range(n)]
+        Actor = ray.remote(SlideEncoder).options(max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT + 1,
+                                                 **resources)
+        readers = int(resources["num_cpus"]) - 1
+        self.actors = [Actor.remote(self.config, self.staging_dir, readers) for _ in range(n)]
         try:
             started = self._get([a.start.remote(bank if i == 0 else None) for i, a in enumerate(self.actors)])
         except ray.exceptions.RayError as exc:
@@ -161,7 +188,7 @@ class RayEngine:
         weights = {d["weights_sha256"] for d, _ in started}
         if len(weights) > 1:
             raise UserError("the encoder actors loaded different weights; put the same --checkpoint on every node")
-        kind = "GPU" if resources.get("num_gpus") else f"CPU, {resources['num_cpus']} CPU(s) each"
+        kind = f"{'GPU, ' if resources.get('num_gpus') else ''}{resources['num_cpus']} CPU(s) each, {readers} reader(s)"
         self.report.notes.append(f"ray: {n} encoder actor(s) ({kind}) on {len(nodes)} node(s)")
         return RemoteEncoder(started[0][0]), started[0][1]
 
@@ -169,7 +196,9 @@ class RayEngine:
         """Feed the actors the run's jobs, IN_FLIGHT at a time each, and hand every outcome back to the run.
 
         An actor whose process died gets no work until it answers a ping (Ray restarts it), so the slides sent
-        again never fail at once against an actor that is still coming back.
+        again never fail at once against an actor that is still coming back. An actor works on its slides
+        concurrently (the next one is prepared while the current one encodes), so a slide sent again goes to an
+        actor alone: a slide that kills its worker then takes no other slide with it.
         """
         ray = self.ray
         jobs, again, exhausted = run.jobs(slides), deque(), False
@@ -177,17 +206,22 @@ class RayEngine:
         probes: dict = {}  # ObjectRef of a ping → the actor index it asks after
         resting: dict[int, float] = {}  # actor index → when to ping it again
         working, load, attempts = set(range(len(self.actors))), Counter(), Counter()
+        alone: set[int] = set()  # actors working on a slide sent again, and on nothing else
         while True:
             now = time.monotonic()
             for i in [i for i, at in resting.items() if at <= now]:
                 del resting[i]
                 probes[self.actors[i].ping.remote()] = i
             for i in sorted(working):
-                while load[i] < IN_FLIGHT:
+                while load[i] < IN_FLIGHT and i not in alone:
+                    if again and load[i]:
+                        break
                     job = again.popleft() if again else None if exhausted else next(jobs, None)
                     if job is None:
                         exhausted = exhausted or not again
                         break
+                    if attempts[job.slide_id]:
+                        alone.add(i)
                     inflight[self.actors[i].encode.remote(job)] = (job, i)
                     load[i] += 1
             if not inflight and not again and exhausted:
@@ -205,6 +239,8 @@ class RayEngine:
                 continue
             job, i = inflight.pop(ready[0])
             load[i] -= 1
+            if not load[i]:
+                alone.discard(i)
             try:
                 outcome = self._get(ready[0])
             except ray.exceptions.RayTaskError:  # raised inside the actor's code: not a death, not this slide's

@@ -1,4 +1,5 @@
-"""Open whole-slide images (OpenSlide, DICOM-WSI, plain-image fallback) and read their levels and MPP.
+"""Open whole-slide images (OpenSlide, DICOM-WSI folders and DICOMweb series, plain-image fallback) and read their
+levels and MPP.
 
 Hostile input fails as one :class:`~indexer.errors.SlideError` line: a level 0 over
 ``limits.MAX_SLIDE_PIXELS`` / ``MAX_SLIDE_SIDE``, a plain image over ``limits.MAX_IMAGE_PIXELS``
@@ -22,11 +23,12 @@ _LEVEL_TOLERANCE = 0.01  # relative slack when matching a downsample to a pyrami
 
 
 def open_slide(path: str | Path, mpp: float | None = None, require_mpp: bool = True) -> "Slide":
-    """Open a slide: a DICOM-WSI folder (or one of its ``.dcm`` files) with wsidicom, a file with
-    OpenSlide, or as a single-level image when OpenSlide refuses it.
+    """Open a slide: a DICOM-WSI folder (or one of its ``.dcm`` files) or DICOMweb series with wsidicom, a file
+    with OpenSlide, or as a single-level image when OpenSlide refuses it.
 
     Args:
-        path: slide file (SVS, NDPI, MRXS, SCN, tiled TIFF …), DICOM-WSI folder, or plain image.
+        path: slide file (SVS, NDPI, MRXS, SCN, tiled TIFF …), DICOM-WSI folder, plain image, or a
+            ``dicomweb+http(s)://…/studies/UID/series/UID`` URL (a str: ``indexer.slides.dicomweb``).
         mpp: microns per pixel at level 0; when given it wins over the file's metadata.
         require_mpp: raise when no MPP is known (from metadata or ``mpp``).
 
@@ -55,12 +57,14 @@ class Slide:
     """
 
     def __init__(self, path: str | Path, mpp: float | None = None, require_mpp: bool = True):
-        self.path = Path(path)
+        from indexer.slides.dicomweb import is_dicomweb
+
+        self.path: str | Path = str(path) if is_dicomweb(path) else Path(path)  # a URL is no file path
         self._mpp_override = mpp
         self._require_mpp = require_mpp
-        if not self.path.exists():
+        if isinstance(self.path, Path) and not self.path.exists():
             raise SlideError(f"{self.path}: no such file")
-        if self.path.is_file() and self.path.stat().st_size == 0:
+        if isinstance(self.path, Path) and self.path.is_file() and self.path.stat().st_size == 0:
             raise SlideError(f"{self.path}: is an empty file, not a slide")
         if mpp is not None and not mpp > 0:
             raise SlideError(f"{self.path}: --mpp must be a positive number of microns per pixel, got {mpp}")
@@ -99,7 +103,7 @@ class Slide:
         plain = isinstance(self._backend, PlainImage)
         if not plain and _plausible(_to_float(own)) is not None:
             return _plausible(_to_float(own)), source
-        value = _tiff_resolution_mpp(self.path) if self.path.is_file() else None
+        value = _tiff_resolution_mpp(self.path) if isinstance(self.path, Path) and self.path.is_file() else None
         if value is not None:
             return value, "tiff-resolution"
         if plain and _plausible(_to_float(own)) is not None:
@@ -131,13 +135,23 @@ class Slide:
 
         Transparent pixels are composited on white and areas past the slide edge are white.
         """
+        return self._guarded_read(lambda *args: self._backend.read_region(*args), location, level, size)
+
+    def read_array(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """:meth:`read_region` as a (h, w, 3) uint8 array, without a PIL image in between where the backend can."""
+        self._ensure_open()
+        if not hasattr(self._backend, "read_array"):
+            return np.asarray(self.read_region(location, level, size))
+        return self._guarded_read(lambda *args: self._backend.read_array(*args), location, level, size)
+
+    def _guarded_read(self, read, location: tuple[int, int], level: int, size: tuple[int, int]):
         if not 0 <= level < self.level_count:
             raise SlideError(f"{self.path}: level {level} does not exist (slide has {self.level_count})")
         x, y = int(location[0]), int(location[1])
         w, h = int(size[0]), int(size[1])
         self._ensure_open()
         try:
-            return self._backend.read_region(x, y, level, w, h)
+            return read(x, y, level, w, h)
         except SlideError:
             raise
         except MemoryError:
@@ -191,13 +205,19 @@ class Slide:
         return f"Slide({str(self.path)!r}, vendor={self.vendor!r}, dims={self.dimensions}, mpp={self.mpp})"
 
 
-def _open_backend(path: Path) -> Any:
-    """DICOM folder → wsidicom; file → OpenSlide (level 0 and TIFF layout checked) or the plain image."""
+def _open_backend(path: str | Path) -> Any:
+    """DICOMweb URL or DICOM folder → wsidicom; file → OpenSlide (level 0 and TIFF layout checked) or the plain image."""
     from indexer.slides.dicom import DicomSlide, dicom_folder
     from indexer.slides.openslide_backend import try_openslide
     from indexer.slides.plain import PlainImage
     from indexer.slides.tiff_layout import check_tiff_layout
 
+    if isinstance(path, str):
+        from indexer.slides.dicomweb import DicomWebSlide
+
+        backend = DicomWebSlide(path)
+        _check_level0(path, backend)
+        return backend
     folder = dicom_folder(path)
     if folder is not None:
         backend = DicomSlide(folder)
@@ -217,7 +237,7 @@ def _open_backend(path: Path) -> Any:
     return backend
 
 
-def _check_level0(path: Path, backend: Any) -> None:
+def _check_level0(path: str | Path, backend: Any) -> None:
     width, height = backend.level_dimensions[0]
     why = over_limit(width, height, "MAX_SLIDE_PIXELS")
     if why is None and max(width, height) > MAX_SLIDE_SIDE:

@@ -34,32 +34,24 @@ def dicom_folder(path: Path) -> Path | None:
     return path.parent if path.is_file() and path.suffix.lower() == DICOM_SUFFIX else None
 
 
-class DicomSlide:
-    """Levels (largest first), MPP from the DICOM pixel spacing, and RGB reads of a DICOM-WSI folder."""
+class WsiDicomSlide:
+    """Levels (largest first), MPP from the DICOM pixel spacing, and RGB reads of an open ``WsiDicom``
+    (a folder of files, or a DICOMweb series: ``indexer.slides.dicomweb``)."""
 
     vendor = "dicom"
     objective_power = None
 
-    def __init__(self, folder: Path):
+    def __init__(self, wsi, label: object):
         try:
-            from wsidicom import WsiDicom
-        except ImportError as exc:  # a broken installation, not a property of the slide
-            raise SlideError(f"{folder}: reading DICOM-WSI needs wsidicom (pip install wsidicom): {exc}") from None
-        from indexer.slides.dicom_layout import check_dicom_layout
-
-        try:
-            self.wsi = WsiDicom.open(folder)
-            self.levels = sorted(self.wsi.levels, key=lambda lvl: -lvl.size.width)
-        except Exception as exc:  # noqa: BLE001 - wsidicom's errors for missing/foreign/corrupt instances
-            raise SlideError(f"{folder}: not a readable DICOM-WSI folder ({_one_line(exc)})") from None
-        try:
-            for file in self.wsi.files or ():
-                check_dicom_layout(Path(str(file)))
-        except BaseException:
-            self.wsi.close()
-            raise
-        w0, h0 = self.levels[0].size.width, self.levels[0].size.height
-        self.level_dimensions = tuple((int(lvl.size.width), int(lvl.size.height)) for lvl in self.levels)
+            levels = sorted(wsi.levels, key=lambda lvl: -lvl.size.width)
+            if not levels:
+                raise ValueError("it has no pyramid levels")
+        except Exception as exc:  # noqa: BLE001 - wsidicom's errors for missing/foreign instances
+            wsi.close()
+            raise SlideError(f"{label}: not a readable DICOM-WSI pyramid ({one_line(exc)})") from None
+        self.wsi, self.levels = wsi, levels
+        w0, h0 = levels[0].size.width, levels[0].size.height
+        self.level_dimensions = tuple((int(lvl.size.width), int(lvl.size.height)) for lvl in levels)
         self.level_downsamples = tuple((w0 / w + h0 / h) / 2.0 for w, h in self.level_dimensions)
 
     def metadata_mpp(self) -> tuple[float | None, str]:
@@ -94,6 +86,34 @@ class DicomSlide:
         self.wsi.close()
 
 
-def _one_line(exc: Exception) -> str:
+class DicomSlide(WsiDicomSlide):
+    """A DICOM-WSI folder (VL Whole Slide Microscopy instances, one per level), its pixel data checked to lie in its files."""
+
+    def __init__(self, folder: Path):
+        from indexer.slides.dicom_layout import check_dicom_layout
+
+        wsi = _open_folder(folder)
+        try:
+            for file in wsi.files or ():
+                check_dicom_layout(Path(str(file)))
+        except BaseException:
+            wsi.close()
+            raise
+        super().__init__(wsi, folder)
+
+
+def _open_folder(folder: Path):
+    try:
+        from wsidicom import WsiDicom
+    except ImportError as exc:  # a broken installation, not a property of the slide
+        raise SlideError(f"{folder}: reading DICOM-WSI needs wsidicom (pip install wsidicom): {exc}") from None
+    try:
+        return WsiDicom.open(folder)
+    except Exception as exc:  # noqa: BLE001 - wsidicom's errors for missing/foreign/corrupt instances
+        raise SlideError(f"{folder}: not a readable DICOM-WSI folder ({one_line(exc)})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (wsidicom's and requests' messages run over several lines)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -212,4 +212,5 @@ class Snapshot:
             agg["quantizer"] = self.version.quantizers.get(name)
         v = self.version
         return {**self.settings.to_json(), "version": v.number, "updated": v.created, "counts": v.counts,
-                "segments": len(v.segments), "indexes": indexes, "timings": v.timings, "operation": v.operation}
+                "segments": len(v.segments), "indexes": indexes, "timings": v.timings, "operation": v.operation,
+                "devices": v.devices}

@@ -31,6 +31,7 @@ class Version:
         counts: live slides, slides_ok, slides_failed, patches, tombstoned.
         operation: what made this version (index, remove, metadata, compact, migrate).
         timings: seconds per stage of the run that made it.
+        devices: where that run's encoder and FAISS builds ran (e.g. ``{"encoder": "cpu, fp32", "faiss": "cpu"}``).
         created: commit time (ISO 8601, UTC).
         quantizers: FAISS index name → relative path of its trained-once quantizer (``quantizers/…``), which
             the segments' entries naming it store their codes under.
@@ -50,6 +51,7 @@ class Version:
     timings: dict[str, float] = field(default_factory=dict)
     created: str = ""
     quantizers: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "segments": list(self.segments)}
@@ -59,9 +61,9 @@ class Version:
         return cls(**{**data, "segments": tuple(data["segments"])})
 
     def successor(self, **changes: Any) -> "Version":
-        """The next version, with ``changes`` applied and a new creation time."""
+        """The next version, with ``changes`` applied and a new creation time (devices only when given)."""
         return replace(self, number=self.number + 1, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       **changes)
+                       **{"devices": {}, **changes})
 
 
 def read_current(paths: IndexPaths) -> Version | None:

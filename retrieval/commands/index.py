@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from indexer.errors import UserError
-from retrieval.cli_app import app, guarded, print_json
+from retrieval.cli_app import DICOMWEB_TOKEN_OPTION, app, guarded, print_json
 
 REPORTS_HELP = ("Index pathology reports for report search: a folder of <slide_id>.txt files, or the metadata "
                 "column holding them (e.g. report). Later metadata that changes them re-indexes the changed ones.")
@@ -35,9 +35,12 @@ def parse_bytes(text: str | None) -> int | None:
 @app.command("index")
 @guarded
 def index_command(
-    slides: List[Path] = typer.Argument(..., help="Slide files or directories (searched recursively)."),
+    slides: List[str] = typer.Argument(..., metavar="SLIDES...", help="Slide files or directories (searched "
+                                       "recursively), or DICOMweb URLs: dicomweb+http(s)://HOST:PORT/PATH, optionally "
+                                       "…/studies/UID or …/studies/UID/series/UID (each WSI series is one slide)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory (created, or resumed/appended)."),
-    model: str = typer.Option("tiny", "--model", "-m", help="Encoder name (see `slidesearch models`)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Encoder name, required (see `slidesearch models`; tiny has random weights)."),
     checkpoint: Optional[str] = typer.Option(None, help="Local weights for the encoder."),
     mag: float = typer.Option(20.0, "--mag", help="Target magnification of patches."),
     patch: int = typer.Option(224, "--patch", help="Patch side in pixels at the target magnification."),
@@ -48,9 +51,12 @@ def index_command(
     report_model: Optional[str] = typer.Option(None, "--report-model", help=REPORT_MODEL_HELP),
     max_patches: Optional[int] = typer.Option(None, help="Sample at most this many patches per slide."),
     mpp: Optional[float] = typer.Option(None, help="Microns per pixel for slides whose files lack it."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="Encoder device: auto (a GPU when usable; one present but unusable is "
+                                            "an error), cpu or cuda. FAISS: SLIDESEARCH_FAISS_DEVICE=auto|cpu|cuda."),
     batch_size: int = typer.Option(64, help="Patches per encoder batch."),
-    workers: int = typer.Option(2, help="Patch-reading worker processes."),
+    workers: Optional[int] = typer.Option(
+        None, min=0, help="Reader processes that prepare slides and read patches ahead of the encoder, for the whole "
+                          "run (default: one per core, one fewer with a GPU; 0: read in this process)."),
     tau: Optional[float] = typer.Option(None, help="Softmax temperature of the prototype attention."),
     alpha: Optional[float] = typer.Option(None, help="Prototype refinement weight (1 = text prototypes only)."),
     max_index_memory: Optional[str] = typer.Option(None, help="Memory budget per FAISS index, e.g. 4GB."),
@@ -65,16 +71,20 @@ def index_command(
     address: Optional[str] = typer.Option(None, help="Ray engine: the cluster, auto or HOST:PORT (default: the running one, else a new local one)."),
     actors: Optional[int] = typer.Option(None, min=1, help="Ray engine: encoder actors (default: one per GPU, else as many as the CPUs hold)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer of the index instead of refusing."),
+    dicomweb_token_file: Optional[Path] = DICOMWEB_TOKEN_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Index slides: tile, embed, aggregate, and write Parquet + FAISS (resumable; exit 3 if some slides failed)."""
     import dataclasses
 
+    from indexer.slides.dicomweb import use_token_file
+
     from indexer.aggregate import AggregationConfig
     from indexer.pipeline import IndexConfig, run_index
     from indexer.tiling import TilingConfig
 
+    use_token_file(dicomweb_token_file)
     if features is not None and not features.is_dir():
         raise UserError(f"--features {features}: no such directory")
     if (slide_features is None) != (slide_encoder is None):
@@ -105,7 +115,7 @@ def index_command(
         "out": str(report.out), "version": report.version, "indexed": report.indexed, "resumed": report.resumed,
         "skipped": report.skipped, "failed": report.failed, "notes": report.notes,
         "patches_encoded": report.patches_encoded, "counts": report.counts,
-        "timings_s": {k: round(v, 3) for k, v in report.timings.items()},
+        "timings_s": {k: round(v, 3) for k, v in report.timings.items()}, "devices": report.devices,
     }
     if as_json:
         print_json(summary)
@@ -126,10 +136,18 @@ def _print_summary(summary: dict) -> None:
     )
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items())
     console.print(f"time by stage: {timing}")
+    console.print(device_line(summary["devices"]), highlight=False)
     for note in summary["notes"]:
         console.print(note, highlight=False, markup=False)
     for slide_id, reason in summary["failed"].items():
         console.print(f"[red]failed[/] {slide_id}: {reason}", highlight=False)
+
+
+def device_line(devices: dict[str, str]) -> str:
+    """``devices: encoder …; FAISS …`` (where a run's encoder and FAISS builds ran)."""
+    parts = [f"encoder {devices['encoder']}"] if devices.get("encoder") else []
+    parts += [f"FAISS {devices['faiss']}"] if devices.get("faiss") else []
+    return "devices: " + ("; ".join(parts) or "none recorded")
 
 
 @app.command("info")
@@ -165,6 +183,9 @@ def info_command(
                       f"{entry['recall_at_10']:.3f}", "—" if reranked is None else f"{reranked:.3f}",
                       f"{entry['nbytes'] / 1e6:.1f} MB")
     console.print(table)
+    if info["devices"]:
+        console.print(device_line(info["devices"]) + f" (the {info['operation']} run that made version "
+                      f"{info['version']})", highlight=False)
     queries = sorted({e.get("recall_queries", "self") for e in info["indexes"].values()})
     console.print(f"recall@10 against exact search, on {' and '.join(queries)} queries (the lowest segment's); "
                   "re-ranked: after the exact re-rank of compressed hits")

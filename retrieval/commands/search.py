@@ -16,6 +16,8 @@ K_OPTION = typer.Option(10, "-k", "--k", help="Number of slides to return.")
 WHERE_OPTION = typer.Option(None, "--where", help="SQL filter over slide columns, e.g. \"organ = 'lung'\".")
 JSON_OPTION = typer.Option(False, "--json", help="Print results as JSON.")
 THUMBS_OPTION = typer.Option(None, "--thumbnails", help="Write one PNG per hit, best patches outlined, here.")
+GEOJSON_OPTION = typer.Option(None, "--geojson", help="Write <slide_id>.geojson per hit here: its matched patches as "
+                              "QuPath annotations (level-0 px; File > Import objects in QuPath).")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda (for embedding the query).")
 HAS_OPTION = typer.Option(None, "--has", help="Keep slides whose report states an attribute: X (affirmed), "
                           "'not X' (negated, never affirmed) or 'maybe X' (uncertain); repeat for AND, "
@@ -35,6 +37,7 @@ def search_text(
     has: Optional[List[str]] = HAS_OPTION,
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
+    geojson: Optional[Path] = GEOJSON_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Text → slide: slides whose prototypes and patches (and reports, when indexed) match a description."""
@@ -42,7 +45,7 @@ def search_text(
 
     result = SlideSearcher(index, device=device).search_text(query, k=k, where=where, expand=not no_expand,
                                                              source=source, has=tuple(has or ()))
-    _show(result, as_json, thumbnails)
+    _show(result, as_json, thumbnails, geojson)
 
 
 @search_app.command("report")
@@ -85,24 +88,20 @@ def search_slide(
     group: Optional[str] = typer.Option(None, "--group", help="'case': return cases (best slide each, slides by stain); the query's case is left out."),
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
+    geojson: Optional[Path] = GEOJSON_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Slide → slide: cases that look like this slide."""
+    from retrieval.cases import slide_query
     from retrieval.search import SlideSearcher
 
-    searcher = SlideSearcher(index, device=device)
-    if group is not None or space is not None or target_stain is not None:
-        from retrieval.cases import search_slide_options
+    result = slide_query(SlideSearcher(index, device=device), slide, k=k, where=where, exclude_same=exclude_same,
+                         mode=mode, space=space, target_stain=target_stain, group=group)
+    if group is not None:
+        from retrieval.commands.search_cases import show_cases
 
-        result = search_slide_options(searcher, slide, k=k, where=where, exclude_same=exclude_same,
-                                      space=space or mode, target_stain=target_stain, group=group)
-        if group is not None:
-            from retrieval.commands.search_cases import show_cases
-
-            return show_cases(result, as_json)
-    else:
-        result = searcher.search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=mode)
-    _show(result, as_json, thumbnails)
+        return show_cases(result, as_json)
+    _show(result, as_json, thumbnails, geojson)
 
 
 @search_app.command("patch")
@@ -114,25 +113,31 @@ def search_patch(
     where: Optional[str] = WHERE_OPTION,
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
+    geojson: Optional[Path] = GEOJSON_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Patch → slide: where else this morphology occurs."""
     from retrieval.search import SlideSearcher
 
     result = SlideSearcher(index, device=device).search_patch(image, k=k, where=where)
-    _show(result, as_json, thumbnails)
+    _show(result, as_json, thumbnails, geojson)
 
 
-def _show(result, as_json: bool, thumbnails: Path | None) -> None:
+def _show(result, as_json: bool, thumbnails: Path | None, geojson: Path | None = None) -> None:
     written = []
     if thumbnails is not None:
         from retrieval.thumbnails import write_hit_thumbnails
 
         written = write_hit_thumbnails(result, thumbnails)
+    annotations = []
+    if geojson is not None:
+        from retrieval.geojson import write_hit_geojson
+
+        annotations = write_hit_geojson(result, geojson)
     if as_json:
         from retrieval.results import result_json
 
-        print_json(result_json(result, written))
+        print_json({**result_json(result, written), **({"geojson": [str(p) for p in annotations]} if geojson else {})})
         return
     from rich.console import Console
     from rich.table import Table
@@ -163,6 +168,8 @@ def _show(result, as_json: bool, thumbnails: Path | None) -> None:
         typer.echo("no slides matched", err=True)
     for path in written:
         console.print(f"thumbnail: {path}")
+    for path in annotations:
+        console.print(f"QuPath GeoJSON: {path}", markup=False)
 
 
 def highlighted(sentence: str, spans: list) -> "object":

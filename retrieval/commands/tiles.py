@@ -13,7 +13,8 @@ from retrieval.cli_app import app, guarded, print_json
 @app.command()
 @guarded
 def tiles(
-    slide: Path = typer.Argument(..., help="Slide file (SVS, NDPI, MRXS, tiled TIFF …), DICOM-WSI folder, or plain image."),
+    slide: str = typer.Argument(..., help="Slide file (SVS, NDPI, MRXS, tiled TIFF …), DICOM-WSI folder, plain image, "
+                                "or DICOMweb series (dicomweb+http(s)://…/studies/UID/series/UID)."),
     mag: float = typer.Option(20.0, "--mag", min=0.1, help="Target magnification (10 / microns per pixel)."),
     patch: int = typer.Option(224, "--patch", min=8, help="Patch side in pixels at the target magnification."),
     mpp: Optional[float] = typer.Option(

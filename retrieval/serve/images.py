@@ -1,7 +1,7 @@
 """Pixels of indexed slides for the page: DeepZoom (.dzi and tiles), thumbnails and patch crops.
 
-Every slide is opened through ``indexer.slides.open_slide`` (OpenSlide, DICOM-WSI, plain images), so
-DeepZoom works for every format the indexer reads; only paths stored in the index are ever opened.
+Every slide is opened through ``indexer.slides.open_slide`` (OpenSlide, DICOM-WSI folders and DICOMweb series,
+plain images), so DeepZoom works for every source the indexer reads; only paths stored in the index are ever opened.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ TILE_SIZE, OVERLAP = 254, 1
 MAX_THUMBNAIL_PX = 1024
 MAX_CROP_PX = 512
 OPEN_SLIDES = 16  # slides kept open
-CACHED_IMAGES = 256  # encoded thumbnails and crops kept
+CACHED_IMAGES = 256  # encoded thumbnails, crops and DICOMweb tiles kept
 
 
 class _DeepZoomSource:
@@ -79,13 +79,21 @@ class SlideImages:
         return self._open(meta)[1].get_dzi("jpeg")
 
     def tile(self, meta: dict[str, Any], level: int, col: int, row: int) -> bytes:
-        """One JPEG DeepZoom tile; QueryError for a level or address the slide does not have."""
+        """One JPEG DeepZoom tile; QueryError for a level or address the slide does not have.
+
+        Tiles of DICOMweb slides (frames fetched over HTTP) are kept in the bounded image cache.
+        """
+        from indexer.slides.dicomweb import is_dicomweb
+
         _, dz = self._open(meta)
         if not 0 <= level < dz.level_count:
             raise QueryError(f"DeepZoom level {level} does not exist (the slide has {dz.level_count})")
         cols, rows = dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise QueryError(f"DeepZoom tile {col}_{row} does not exist at level {level} ({cols}x{rows} tiles)")
+        if is_dicomweb(meta["path"]):
+            return self._cached(("tile", meta["path"], level, col, row),
+                                lambda: _encode(dz.get_tile(level, (col, row)), "JPEG"))
         return _encode(dz.get_tile(level, (col, row)), "JPEG")
 
     def thumbnail(self, meta: dict[str, Any], max_px: int) -> bytes:

@@ -36,8 +36,8 @@ def warm(searcher: SlideSearcher) -> SlideSearcher:
 class LiveIndex:
     """One searcher per committed version; requests take the current one, which never changes under them.
 
-    At most every ``check_every`` s a request looks whether a newer version was committed; if so, a
-    background thread opens and warms a searcher on it and swaps it in. A request in flight keeps the
+    At most every ``check_every`` s a request starts a background thread that looks whether a newer version
+    was committed and, if so, opens and warms a searcher on it and swaps it in. A request in flight keeps the
     searcher it took (and with it the shared lock on its version, so vacuum cannot delete its files).
 
     Args:
@@ -59,18 +59,19 @@ class LiveIndex:
         return self._searcher.catalog.snapshot.version.number
 
     def current(self) -> SlideSearcher:
-        """The searcher of the newest version known (a move to a newer one starts in the background)."""
+        """The searcher of the newest version known, from memory alone (never a disk read: it is called on the
+        event loop); at most every ``check_every`` s a background thread looks for a newer version and moves to it."""
         now = time.monotonic()
-        if now - self._checked >= self.check_every:
+        if now - self._checked >= self.check_every and self._building.acquire(blocking=False):
             self._checked = now
-            if not self._searcher.catalog.is_current() and self._building.acquire(blocking=False):
-                threading.Thread(target=self._move, name="index-refresh", daemon=True).start()
+            threading.Thread(target=self._move, name="index-refresh", daemon=True).start()
         return self._searcher
 
     def _move(self) -> None:
         try:
-            self._searcher = warm(SlideSearcher(self.root, encoder=self.encoder))  # one assignment: atomic
-            self.swaps += 1
+            if not self._searcher.catalog.is_current():
+                self._searcher = warm(SlideSearcher(self.root, encoder=self.encoder))  # one assignment: atomic
+                self.swaps += 1
         except Exception:  # noqa: BLE001 - keep serving the old version; the next check tries again
             import logging
 

@@ -1,17 +1,29 @@
-// slidesearch page: search (text, patch upload or region, slide id), result cards, an OpenSeadragon viewer
-// with the query's heatmap and matching patches outlined, and "more like this region". State lives in the URL.
+// slidesearch page: search (text, patch upload or region, slide id, case, report), result cards, a CSV download,
+// an OpenSeadragon viewer with the query's heatmap and matching patches outlined, and "more like this region".
+// State lives in the URL (an uploaded image does not).
 "use strict";
 
+import { authHeaders, call, download } from "./api.js";
+import { caseCard, el, slideCard, slideURL } from "./cards.js";
+
 const $ = (sel) => document.querySelector(sel);
-const HIDDEN_COLUMNS = new Set(["path", "sha256", "size_bytes", "mtime_ns", "fingerprint", "status", "error",
-  "slide_row", "patch_row_start", "mpp_source", "entropy", "max_mass"]);
-const state = { mode: "text", q: "", k: 10, where: "", exclude_same: "", smode: "proto", open: "", heat: false, source: "" };
+const state = { mode: "text", q: "", k: 10, where: "", exclude_same: "", smode: "proto", source: "", fusion: "mean",
+  open: "", heat: false };
+const PLACEHOLDER = { text: "poorly differentiated adenocarcinoma with necrosis", slide: "an indexed slide id",
+  patch: "a region SLIDE_ID@x,y,w,h, or choose an image file", case: "a case id, or a slide id (its case is the query)" };
 let upload = null;       // the File of a patch upload (not kept in the URL)
 let result = null;       // the last search result (as `search --json`)
 let viewer = null, heatItem = null, picking = false, pickStart = null, pickBox = null;
+const ctx = { technical: new Set(), reportColumn: null, onOpen: (id, hit) => { state.open = id; writeURL(true); openViewer(id, hit); },
+  onError: (message) => showError(message), geojsonURL };
 
-const enc = encodeURIComponent;
-const slideURL = (id) => `/api/slides/${enc(id)}`;
+// The page's GeoJSON file of a slide hit for the current text, slide or region query (null otherwise).
+function geojsonURL(hit) {
+  if (!state.q || !["text", "slide", "patch"].includes(state.mode)) return null;
+  const p = new URLSearchParams({ kind: state.mode, q: state.q, rank: hit.rank });
+  if (state.mode === "slide") p.set("mode", state.smode);
+  return `${slideURL(hit.slide_id)}/matches.geojson?${p}`;
+}
 
 function readURL() {
   const p = new URLSearchParams(location.search);
@@ -24,7 +36,7 @@ function writeURL(push) {
   const p = new URLSearchParams();
   for (const [key, value] of Object.entries(state)) {
     if (key === "heat") { if (value) p.set(key, "1"); }
-    else if (value !== "" && value !== null) p.set(key, String(value));
+    else if (value !== "" && value !== null && !(key === "fusion" && value === "mean")) p.set(key, String(value));
   }
   const url = `${location.pathname}?${p}`;
   if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
@@ -32,19 +44,27 @@ function writeURL(push) {
 
 function syncForm() {
   document.querySelectorAll("input[name=mode]").forEach((r) => { r.checked = r.value === state.mode; });
-  $("#q").value = state.q; $("#k").value = state.k; $("#where").value = state.where;
-  $("#exclude").value = state.exclude_same; $("#smode").value = state.smode; $("#heatmap").checked = state.heat;
-  const patch = state.mode === "patch";
-  $("#file").hidden = !patch;
-  $("#q").placeholder = { text: "poorly differentiated adenocarcinoma with necrosis", slide: "an indexed slide id",
-    patch: "a region SLIDE_ID@x,y,w,h, or choose an image file" }[state.mode];
-  $("#hint").textContent = patch && upload && !state.q ? `uploaded image: ${upload.name} (not kept in the URL)` : "";
+  const report = state.mode === "report";
+  $("#q").hidden = report; $("#report").hidden = !report;
+  $(report ? "#report" : "#q").value = state.q;
+  $("#k").value = state.k; $("#where").value = state.where; $("#exclude").value = state.exclude_same;
+  $("#smode").value = state.smode; $("#source").value = state.source; $("#fusion").value = state.fusion;
+  $("#heatmap").checked = state.heat;
+  $("#file").hidden = state.mode !== "patch";
+  $("#smode").hidden = state.mode !== "slide";
+  $("#fusion").hidden = state.mode !== "case";
+  $("#source").hidden = state.mode !== "text" || !ctx.reportColumn;
+  $("#exclude").hidden = state.mode === "text" || state.mode === "report";
+  if (!report) $("#q").placeholder = PLACEHOLDER[state.mode];
+  $("#hint").textContent = state.mode === "patch" && upload && !state.q ? `uploaded image: ${upload.name} (not kept in the URL)` : "";
 }
 
 function readForm() {
   state.mode = document.querySelector("input[name=mode]:checked").value;
-  state.q = $("#q").value.trim(); state.k = Number($("#k").value) || 10; state.where = $("#where").value.trim();
+  state.q = (state.mode === "report" ? $("#report") : $("#q")).value.trim();
+  state.k = Number($("#k").value) || 10; state.where = $("#where").value.trim();
   state.exclude_same = $("#exclude").value.trim(); state.smode = $("#smode").value;
+  state.source = $("#source").value; state.fusion = $("#fusion").value;
 }
 
 function showError(message) {
@@ -53,26 +73,34 @@ function showError(message) {
   $("#error").hidden = filter || !message; $("#error").textContent = filter ? "" : message;
 }
 
-async function call(url, options) {
-  const response = await fetch(url, options);
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
-
-function searchRequest() {
+// [url, fetch options] of the current search; `format` csv asks for the table instead of JSON.
+function searchRequest(format) {
   const p = new URLSearchParams({ k: state.k });
   if (state.where) p.set("where", state.where);
-  if (state.mode === "text") { p.set("q", state.q); if (state.source) p.set("source", state.source); return [`/api/search/text?${p}`]; }
-  if (state.exclude_same) p.set("exclude_same", state.exclude_same);
-  if (state.mode === "slide") { p.set("slide_id", state.q); p.set("mode", state.smode); return [`/api/search/slide?${p}`]; }
-  if (state.q) { p.set("region", state.q); return [`/api/search/patch?${p}`]; }
-  p.delete("exclude_same");
+  if (format) p.set("format", format);
+  const excluded = () => { if (state.exclude_same) p.set("exclude_same", state.exclude_same); };
+  switch (state.mode) {
+    case "text":
+      p.set("q", state.q); if (state.source) p.set("source", state.source);
+      return [`/api/search/text?${p}`];
+    case "slide":
+      excluded(); p.set("slide_id", state.q); p.set("mode", state.smode);
+      return [`/api/search/slide?${p}`];
+    case "case":
+      excluded(); p.set("q", state.q); p.set("fusion", state.fusion);
+      return [`/api/search/case?${p}`];
+    case "report":
+      return [`/api/search/report?${p}`, { method: "POST", body: JSON.stringify({ text: state.q }),
+        headers: { "Content-Type": "application/json" } }];
+    default:
+      if (state.q) { excluded(); p.set("region", state.q); return [`/api/search/patch?${p}`]; }
+      return [`/api/search/patch?${p}`, { method: "POST", body: uploadForm() }];
+  }
+}
+
+function uploadForm() {
   const body = new FormData(); body.append("image", upload);
-  return [`/api/search/patch?${p}`, { method: "POST", body }];
+  return body;
 }
 
 async function runSearch() {
@@ -81,76 +109,67 @@ async function runSearch() {
   $("#go").disabled = true;
   try {
     result = await (await call(...searchRequest())).json();
-    renderCards();
-    if (state.open) {
-      const hit = result.hits.find((h) => h.slide_id === state.open);
-      openViewer(state.open, hit || null);
-    }
+    renderResults();
+    if (state.open) openViewer(state.open, hitOf(state.open));
   } catch (err) {
-    showError(err.message); result = null; $("#results").replaceChildren();
+    showError(err.message); result = null; renderResults();
   } finally { $("#go").disabled = false; }
 }
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+// The slide hit of a slide id in the current result (a case result: its matched slide), or null.
+function hitOf(slideId) {
+  if (!result) return null;
+  for (const hit of result.hits) {
+    const slide = result.kind === "case" ? hit.matched : hit;
+    if (slide.slide_id === slideId) return slide;
   }
-  node.append(...children);
-  return node;
+  return null;
 }
 
-// The hit's matching report sentence, its matched words in <mark> (text search over indexed reports).
-function reportLine(hit) {
-  const r = hit.report;
-  if (!r || !r.sentence) return [];
-  const parts = []; let at = 0;
-  for (const [start, end] of r.highlights || []) {
-    if (start < at) continue;
-    parts.push(r.sentence.slice(at, start), el("mark", { text: r.sentence.slice(start, end) })); at = end;
+function about() {
+  const n = result.hits.length, what = result.kind === "case" ? "cases" : "slides";
+  const d = result.details || {};
+  if (result.kind === "report") {
+    return `${n} ${what} for the report's attributes: ${(d.attributes || []).join(", ")}` +
+      (d.left_out && d.left_out.length ? ` (left out: ${d.left_out.join("; ")})` : "");
   }
-  parts.push(r.sentence.slice(at));
-  return [el("p", { class: "report", title: `report (${r.via})` }, ...parts)];
+  if (result.kind === "case") return `${n} ${what} like case ${d.query_case}`;
+  return `${n} ${what}` + (d.expanded_with ? `, query expanded with ${d.expanded_with}` : "");
 }
 
-function renderCards() {
-  const cards = result.hits.map((hit) => {
-    const meta = el("dl");
-    for (const [key, value] of Object.entries(hit.metadata)) {
-      if (HIDDEN_COLUMNS.has(key) || value === null || value === "") continue;
-      meta.append(el("dt", { text: key }), el("dd", { text: String(value), title: String(value) }));
-    }
-    const protos = el("ul", {}, ...hit.prototypes.map((p) =>
-      el("li", { text: `${p.name}: mass ${p.mass.toFixed(2)}, sim ${p.similarity.toFixed(2)}` })));
-    const crops = el("div", { class: "crops" }, ...hit.patches.map((p) => el("figure", {},
-      el("img", { src: `${slideURL(hit.slide_id)}/region.jpeg?x=${p.x}&y=${p.y}&w=${p.size}&h=${p.size}&max_px=96`,
-        alt: `patch at ${p.x}, ${p.y}`, loading: "lazy" }),
-      el("figcaption", { text: p.score.toFixed(2) }))));
-    const card = el("article", { class: "card", "data-slide-id": hit.slide_id },
-      el("h3", {}, el("span", { text: `${hit.rank}. ${hit.slide_id}` }), el("span", { class: "score", text: hit.score.toFixed(3) })),
-      el("img", { class: "thumb", src: `${slideURL(hit.slide_id)}/thumbnail.png?max_px=256`, alt: hit.slide_id, loading: "lazy" }),
-      meta, ...reportLine(hit), el("div", { class: "muted", text: "prototypes" }), protos, el("div", { class: "muted", text: "best patches" }), crops);
-    card.addEventListener("click", () => { state.open = hit.slide_id; writeURL(true); openViewer(hit.slide_id, hit); });
-    return card;
-  });
+function renderResults() {
+  $("#results-bar").hidden = !result;
+  if (!result) { $("#results").replaceChildren(); return; }
+  $("#results-about").textContent = about();
+  const card = result.kind === "case" ? caseCard : slideCard;
+  const cards = result.hits.map((hit) => card(hit, ctx));
   $("#results").replaceChildren(...cards);
-  if (!cards.length) $("#results").append(el("p", { class: "muted", text: "no slides matched" }));
+  if (!cards.length) $("#results").append(el("p", { class: "muted", text: "nothing matched" }));
+}
+
+async function downloadCSV() {
+  try {
+    await download(await call(...searchRequest("csv")), `slidesearch-${state.mode}.csv`);
+  } catch (err) { showError(`CSV: ${err.message}`); }
 }
 
 function openViewer(slideId, hit) {
   if (typeof OpenSeadragon === "undefined") { showError("the viewer's OpenSeadragon is missing: run `npm ci`"); return; }
-  document.querySelectorAll(".card").forEach((c) => c.classList.toggle("selected", c.dataset.slideId === slideId));
+  document.querySelectorAll(".card").forEach((c) => c.classList.toggle("selected",
+    c.dataset.slideId === slideId || !!c.querySelector(`.case-slide.matched[data-slide-id="${CSS.escape(slideId)}"]`)));
   $("#viewer-panel").hidden = false;
   $("#viewer-title").textContent = slideId;
   const tiles = `${slideURL(slideId)}/image.dzi`;
   heatItem = null;
-  if (!viewer) {
+  if (!viewer) {  // tiles come by fetch, so they carry the token (none needed: the same, without a header)
     viewer = OpenSeadragon({ id: "osd", prefixUrl: "/vendor/openseadragon/images/", tileSources: tiles,
-      showNavigator: true, crossOriginPolicy: false, gestureSettingsMouse: { clickToZoom: false } });
+      showNavigator: true, crossOriginPolicy: false, gestureSettingsMouse: { clickToZoom: false },
+      loadTilesWithAjax: true, ajaxHeaders: authHeaders() });
     viewer.addHandler("canvas-press", onPress);
     viewer.addHandler("canvas-drag", onDrag);
     viewer.addHandler("canvas-release", onRelease);
   } else {
+    viewer.setAjaxHeaders(authHeaders());
     viewer.open(tiles);
   }
   viewer.addOnceHandler("open", () => { outline(hit); if (state.heat) showHeatmap(); });
@@ -171,26 +190,32 @@ function outline(hit) {
   }
 }
 
-async function heatmapURL(slideId) {
-  if (state.mode === "patch" && !state.q) {
-    const body = new FormData(); body.append("image", upload);
-    const response = await call(`${slideURL(slideId)}/heatmap.png`, { method: "POST", body });
-    return [URL.createObjectURL(await response.blob()), response.headers];
-  }
-  const p = new URLSearchParams({ kind: state.mode, q: state.q });
-  const response = await call(`${slideURL(slideId)}/heatmap.png?${p}`);
-  return [URL.createObjectURL(await response.blob()), response.headers];
+// The heatmap's query: the search itself, a case's first query slide, or a report's affirmed attributes.
+function heatmapQuery() {
+  const d = (result && result.details) || {};
+  if (state.mode === "case") return d.query_slides && d.query_slides.length ? { kind: "slide", q: d.query_slides[0].slide_id } : null;
+  if (state.mode === "report") return d.attributes && d.attributes.length ? { kind: "text", q: d.attributes.join(", ") } : null;
+  return { kind: state.mode, q: state.q };
 }
 
 async function showHeatmap() {
   hideHeatmap();
   const slideId = state.open;
   try {
-    const [url, headers] = await heatmapURL(slideId);
+    let response;
+    if (state.mode === "patch" && !state.q) {
+      response = await call(`${slideURL(slideId)}/heatmap.png`, { method: "POST", body: uploadForm() });
+    } else {
+      const query = heatmapQuery();
+      if (!query) return;
+      response = await call(`${slideURL(slideId)}/heatmap.png?${new URLSearchParams(query)}`);
+    }
+    const url = URL.createObjectURL(await response.blob());
     if (slideId !== state.open) return;
-    viewer.addTiledImage({ tileSource: { type: "image", url }, x: 0, y: 0, width: 1, opacity: 0.55,
+    viewer.addTiledImage({ tileSource: { type: "image", url }, x: 0, y: 0, width: 1, opacity: 0.55, loadTilesWithAjax: false,
       success: (event) => { heatItem = event.item; } });
-    $("#heat-range").textContent = `similarity ${Number(headers.get("X-Heatmap-Min")).toFixed(2)} – ${Number(headers.get("X-Heatmap-Max")).toFixed(2)}`;
+    const h = response.headers;
+    $("#heat-range").textContent = `similarity ${Number(h.get("X-Heatmap-Min")).toFixed(2)} – ${Number(h.get("X-Heatmap-Max")).toFixed(2)}`;
   } catch (err) { showError(`heatmap: ${err.message}`); }
 }
 
@@ -226,7 +251,7 @@ function onRelease(event) {
   pickStart = null;
   if (pickBox) { viewer.removeOverlay(pickBox); pickBox = null; }
   const size = viewer.world.getItemAt(0).getContentSize();
-  const hit = result && result.hits.find((h) => h.slide_id === state.open);
+  const hit = hitOf(state.open);
   const patch = (hit && hit.metadata.patch_size) || 448;
   let x = Math.min(start.x, end.x), y = Math.min(start.y, end.y);
   let w = Math.abs(end.x - start.x), h = Math.abs(end.y - start.y);
@@ -238,19 +263,29 @@ function onRelease(event) {
   syncForm(); writeURL(true); runSearch();
 }
 
-function init() {
-  readURL(); syncForm();
-  fetch("/api/info").then((r) => r.json()).then((info) => {
+async function loadInfo() {
+  try {
+    const info = await (await call("/api/info")).json();
+    ctx.technical = new Set(info.served.technical_columns || []);
+    ctx.reportColumn = info.reports ? (info.reports.column || "report") : null;
     $("#index-info").textContent = `${info.counts.slides_ok} slides, ${info.counts.patches} patches · ` +
-      `encoder ${info.encoder.name} · version ${info.version}`;
-  }).catch(() => {});
+      `encoder ${info.encoder.name} · version ${info.version}` + (info.reports ? " · reports indexed" : "");
+  } catch (err) { showError(`index info: ${err.message}`); }
+}
+
+async function init() {
+  readURL();
+  await loadInfo();  // asks for the token first when the server needs one
+  syncForm();
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => {
-    readForm(); syncForm();
+    const typed = (state.mode === "report" ? $("#report") : $("#q")).value;  // kept across the switch of field
+    readForm(); state.q = typed.trim(); syncForm();
   }));
   $("#file").addEventListener("change", () => { upload = $("#file").files[0] || null; $("#q").value = ""; readForm(); syncForm(); });
   $("#search").addEventListener("submit", (event) => {
-    event.preventDefault(); readForm(); state.open = ""; writeURL(true); runSearch();
+    event.preventDefault(); readForm(); state.open = ""; $("#viewer-panel").hidden = true; writeURL(true); runSearch();
   });
+  $("#csv").addEventListener("click", downloadCSV);
   $("#heatmap").addEventListener("change", () => {
     state.heat = $("#heatmap").checked; writeURL(false);
     if (state.heat) showHeatmap(); else hideHeatmap();
