@@ -91,10 +91,19 @@ def test_a_writer_killed_while_its_reader_workers_live_leaves_no_lock(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", run, "index", str(big), "--out", str(out), *common,
                                "--workers", "2", "--batch-size", "16"], stderr=subprocess.PIPE, text=True)
     deadline, workers = time.monotonic() + 240, []
-    while time.monotonic() < deadline and writer.poll() is None and len(workers) < 2:
+    lock = out / "LOCK"
+
+    def held() -> bool:  # the writer has taken the lock (its readers may start before it does)
+        try:
+            return f'"pid": {writer.pid}' in lock.read_text()
+        except OSError:
+            return False
+
+    while time.monotonic() < deadline and writer.poll() is None and (len(workers) < 2 or not held()):
         workers = _children(writer.pid)
         time.sleep(0.005)
-    assert len(workers) >= 2, f"the writer's reader workers never started ({writer.poll()}: {writer.stderr.read()[-300:]})"
+    assert len(workers) >= 2 and held(), \
+        f"the writer's reader workers never ran under its lock ({writer.poll()}: {writer.stderr.read()[-300:]})"
     try:
         for pid in workers:  # stopped, they stay alive (holding whatever they inherited) until killed below
             os.kill(pid, signal.SIGSTOP)
