@@ -113,14 +113,8 @@ class RowFile:
         """``queries @ rows[positions].T`` (len(queries), len(positions)) float32, the rows read a chunk at a time
         into one small buffer: a re-rank of 512 slide vectors (16 MB at 8,192-d) holds 1 MB at once and scores
         each chunk while it is still in the cache."""
-        step = max(1, chunk_bytes // self.row_bytes)
-        buf = np.empty((min(step, len(positions)), self.shape[1]), self.dtype)
         out = np.empty((len(queries), len(positions)), np.float32)
-        for lo in range(0, len(positions), step):
-            part = positions[lo:lo + step]
-            self._read(part, buf)
-            block = buf[:len(part)]
-            out[:, lo:lo + len(part)] = queries @ (block if self.dtype == np.float32 else block.astype(np.float32)).T
+        dot_rows([(self, positions, np.arange(len(positions)))], queries, out, chunk_bytes)
         return out
 
     def _read(self, positions: np.ndarray, into) -> None:
@@ -132,6 +126,37 @@ class RowFile:
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
+
+
+def dot_rows(pieces, queries: np.ndarray, out: np.ndarray, chunk_bytes: int = DOT_CHUNK_BYTES) -> np.ndarray:
+    """``out[:, where] = queries @ file.rows[positions].T`` for each ``(file, positions, where)`` of ``pieces``
+    (:class:`RowFile` objects of one dtype and width, e.g. one per segment), the rows of all of them read into one
+    buffer of at most ``chunk_bytes`` and scored a buffer at a time (one product per buffer, not per file)."""
+    pieces = [p for p in pieces if len(p[1])]
+    if not pieces:
+        return out
+    first = pieces[0][0]
+    step = max(1, chunk_bytes // first.row_bytes)
+    buf = np.empty((min(step, sum(len(p[1]) for p in pieces)), first.shape[1]), first.dtype)
+    filled, targets = 0, []
+
+    def score() -> None:
+        block = buf[:filled]
+        out[:, np.concatenate(targets)] = queries @ (block if block.dtype == np.float32 else block.astype(np.float32)).T
+
+    for file, positions, where in pieces:
+        lo = 0
+        while lo < len(positions):
+            take = min(len(positions) - lo, step - filled)
+            file._read(positions[lo:lo + take], buf[filled:filled + take])
+            targets.append(where[lo:lo + take])
+            filled, lo = filled + take, lo + take
+            if filled == step:
+                score()
+                filled, targets = 0, []
+    if filled:
+        score()
+    return out
 
 
 def row_gather(vectors, ids: np.ndarray):

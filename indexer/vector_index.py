@@ -331,10 +331,13 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
     """Write ``index`` (moved to CPU if needed) atomically: temp file in the same folder, then rename."""
     import faiss
 
-    from indexer.store import atomic_path
+    from indexer.store.atomic import atomic_path, os_error
 
-    with atomic_path(Path(path)) as tmp:
-        faiss.write_index(_to_cpu(index), str(tmp))
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+        try:  # through Python's file: a failed write or close (a full disk) is an OSError, and FAISS prints nothing
+            faiss.write_index(_to_cpu(index), faiss.PyCallbackIOWriter(fh.write))
+        except RuntimeError as exc:  # a FAISS I/O error names its cause in its message only
+            raise os_error(exc, path) from None
 
 
 def load_index(path: str | os.PathLike) -> faiss.Index:

@@ -211,12 +211,17 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(data, indexes, tmp_pa
     vi.save_index(indexes["flat"], path)
     old = path.read_bytes()
 
-    def broken_write(index, name):
-        open(name, "wb").write(b"half")
-        raise RuntimeError("disk full")
+    def broken_write(message):
+        def write(index, writer):
+            raise RuntimeError(message)
+        return write
 
-    monkeypatch.setattr(faiss, "write_index", broken_write)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(faiss, "write_index", broken_write("something else"))
+    with pytest.raises(RuntimeError, match="something else"):
+        vi.save_index(indexes["ivf_flat"], path)
+    full = "Error in faiss::write_index: write error in x: 4 != 8 (No space left on device)"
+    monkeypatch.setattr(faiss, "write_index", broken_write(full))
+    with pytest.raises(OSError, match="No space left on device"):  # the CLI's one line, not a traceback
         vi.save_index(indexes["ivf_flat"], path)
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["slides.faiss"]
 
