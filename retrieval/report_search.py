@@ -1,10 +1,12 @@
 """Report evidence for text queries: the report source (``report_source.py``) fused with the image evidence,
 and attribute filters (``--has``). Report → slide search is in ``retrieval/report_to_slide.py``.
 
-``source="report"``: slides in the order of their reports' fused score (``report_source.py``); slides with
+``source=None``: ``both``, or ``report`` for an index whose encoder has random weights (``tiny``: its text tower
+is noise). ``source="report"``: slides in the order of their reports' fused score (``report_source.py``); slides with
 no report follow, and slides whose report contradicts the query come last. ``source="both"``: reciprocal
-rank fusion ``Σ_lists 1 / (RRF_K + rank)`` of the image ranking and the report ranking; a slide whose report
-contradicts the query loses one top-rank share (``−1 / (RRF_K + 1)``).
+rank fusion ``Σ_lists 1 / (RRF_K + rank)`` (equal scores share a rank) of the image ranking and the report source's
+two views (the reports that bear on the query: with BM25 evidence, or at cosine ≥ 0.3); a slide whose report contradicts the query loses one
+top-rank share (``−1 / (RRF_K + 1)``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from indexer.encoders import random_weights
 from indexer.errors import QueryError
+from indexer.reports.lexical import top_k
 from indexer.reports.negation import AFFIRMED, NEGATED
 from retrieval.results import SearchHit, SearchResult
 
 RRF_K = 60
 SOURCES = ("image", "report", "both")
 REPORT_DEPTH = 200  # report-ranked slides fused with the image ranking (source both)
+DENSE_RELATED = 0.3  # a report sharing no query word joins the dense list (source both) from this cosine up
 IMAGE_DEPTH = 30  # image hits fetched per requested hit, at least
 
 
@@ -161,7 +166,7 @@ def wants_reports(catalog, source: str | None, has: Iterable[str]) -> bool:
 def fused_text_search(searcher, query: str, k: int, where: str | None, expand: bool, source: str | None,
                       has: Iterable[str] = ()) -> SearchResult:
     """Text → slide with report evidence: ``source`` image, report or both (None: both)."""
-    has, source = list(has), source or "both"
+    has, source = list(has), source or default_source(searcher)
     if k < 1:
         raise QueryError(f"k must be at least 1 (got {k})")
     if not (query or "").strip():
@@ -188,9 +193,9 @@ def fused_text_search(searcher, query: str, k: int, where: str | None, expand: b
         score = evidence.slide_scores(max(k, REPORT_DEPTH)) if evidence else {}
         details["fusion"] = {"method": "report", "lists": ["lexical", "dense"]}
     else:
-        lists = {"image": list(image_hits)}
+        lists = {"image": {row: hit.score for row, hit in image_hits.items()}}
         if evidence is not None:
-            lists["report"] = list(evidence.slide_scores(REPORT_DEPTH))
+            lists.update((view, evidence.view_scores(view, REPORT_DEPTH)) for view in ("lexical", "dense"))
         score = rrf(lists, evidence.contradicted if evidence else set())
         details["fusion"] = {**details.get("fusion", {}), "method": "rrf", "rrf_k": RRF_K, "lists": list(lists)}
     if len(score) < k:  # fewer slides with evidence than asked: the rest score 0, above contradicted ones
@@ -207,15 +212,30 @@ def fused_text_search(searcher, query: str, k: int, where: str | None, expand: b
     return SearchResult("text", query, tuple(hits), details)
 
 
-def rrf(lists: dict[str, list[int]], contradicted: set[int]) -> dict[int, float]:
-    """Reciprocal rank fusion of ranked slide rows; a contradicted slide loses one top-rank share.
+def default_source(searcher) -> str:
+    """``both``; ``report`` where the index has reports and its encoder has random weights (``tiny``), whose text
+    tower would only add noise."""
+    if searcher.report_index.available and random_weights(searcher.catalog.manifest.get("encoder") or {}):
+        return "report"
+    return "both"
 
-    >>> rrf({"a": [1, 2], "b": [2]}, {1})
+
+def rrf(lists: dict[str, dict[int, float]], contradicted: set[int]) -> dict[int, float]:
+    """Reciprocal rank fusion of scored slide rows (each list best first; equal scores share the better rank); a
+    contradicted slide loses one top-rank share.
+
+    >>> rrf({"a": {1: 0.9, 2: 0.5}, "b": {2: 1.0}}, {1})
     {1: 0.0, 2: 0.03252247488101534}
+    >>> fused = rrf({"image": {1: 0.9, 2: 0.8, 3: 0.7}, "dense": {3: 1.0, 2: 1.0, 1: 0.2}}, set())
+    >>> fused[2] > fused[1] == fused[3]  # 2 and 3 tie in the dense list
+    True
     """
     score: dict[int, float] = {}
-    for ranked in lists.values():
-        for rank, row in enumerate(ranked, 1):
+    for scored in lists.values():
+        rank, previous = 0, None
+        for position, (row, value) in enumerate(scored.items(), 1):
+            if value != previous:
+                rank, previous = position, value
             score[row] = score.get(row, 0.0) + 1.0 / (RRF_K + rank)
     for row in contradicted:
         score[row] = score.get(row, 0.0) - 1.0 / (RRF_K + 1)
@@ -240,6 +260,19 @@ class ReportEvidence:
         """slide_row → fused report score of the ``depth`` best allowed reports, best first."""
         rows = self.source.top(self.scores, depth)
         return {int(self.slide_of[r]): float(self.scores.fused[r]) for r in rows}
+
+    def view_scores(self, view: str, depth: int) -> dict[int, float]:
+        """slide_row → one view's score of the ``depth`` best allowed reports that bear on the query, best first:
+        ``lexical`` those with BM25 evidence, ``dense`` those too and any at cosine ≥ ``DENSE_RELATED``."""
+        related = self.scores.lexical > 0
+        if view == "dense":
+            related |= self.scores.dense >= DENSE_RELATED
+        values = np.where(self.mask & related, getattr(self.scores, view), -np.inf)
+        rows = top_k(values, depth)
+        out: dict[int, float] = {}
+        for r in rows[np.isfinite(values[rows])]:
+            out.setdefault(int(self.slide_of[r]), float(values[r]))
+        return out
 
     def _allowed(self, name: str) -> np.ndarray:
         """One view's scores of the allowed reports (computed once per query)."""

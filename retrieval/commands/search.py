@@ -33,7 +33,8 @@ def search_text(
     where: Optional[str] = WHERE_OPTION,
     no_expand: bool = typer.Option(False, "--no-expand", help="Do not expand disease names with their attributes."),
     source: Optional[str] = typer.Option(None, "--source", help="image, report or both (default: both when the "
-                                         "index has reports); report and image rankings are fused by RRF."),
+                                         "index has reports); report and image rankings are fused by RRF; "
+                                         "default report where the encoder has random weights, as tiny has)."),
     has: Optional[List[str]] = HAS_OPTION,
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
