@@ -182,8 +182,8 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
         meta = arrays.metadata[row]
         return f"{config.label} {meta.get(config.label)}, patient {meta.get('patient_id')}"
 
-    notes = {"text": "free text, matched to the reports (report model, real weights; the "
-                     f"{config.model} text tower joins where its weights are trained)",
+    notes = {"text": "free text, matched to the reports by the report model (real weights); the "
+                     f"{config.model} text tower has random weights, so it joins only with --source both",
              "slide": f"{about(slide_row)}; slides of the same {config.exclude_same} left out",
              "patch": f"one {size}-px patch of a slide with {about(other)}"}
     written = {}
