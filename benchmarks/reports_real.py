@@ -182,7 +182,7 @@ def collect(methods: Methods, texts: list[str]) -> list[dict]:
 
 def refuse(item: dict, w: float, pool: int) -> np.ndarray:
     """The report source's fused score of one collected query with other fusion settings."""
-    from retrieval.report_source import CONTRADICTS, combine
+    from retrieval.query.report_source import CONTRADICTS, combine
 
     return combine(item["lexical"], item["dense"], w, pool) + CONTRADICTS * item["contradicts"]
 
@@ -406,7 +406,7 @@ def main() -> None:
     result["indexing"] = {"reports": len(held_rows), "total s": round(seconds, 2), "model load s": load_s,
                           "ms/report": round(1000 * seconds / len(held_rows), 1),
                           "ms/report without model load": round(1000 * (seconds - load_s) / len(held_rows), 1)}
-    from retrieval import report_source
+    from retrieval.query import report_source
 
     result["fusion"] = {"W_SHORT": report_source.W_SHORT, "W_LONG": report_source.W_LONG, "POOL": report_source.POOL,
                         "SHORT_WORDS": report_source.SHORT_WORDS}

@@ -50,7 +50,7 @@ class ReportIndex:
     @cached_property
     def source(self):
         """The report source (``report_source.py``) over these tables."""
-        from retrieval.report_source import ReportSource
+        from retrieval.query.report_source import ReportSource
 
         if not self.files.current:
             raise QueryError("this index's reports were indexed by an older slidesearch; re-index them "

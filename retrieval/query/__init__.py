@@ -1,0 +1,1 @@
+"""The query pipeline (see the module docstring, written once the moves are done)."""
