@@ -83,7 +83,7 @@ def build(rows: list[dict], folder: Path) -> tuple[object, float, float]:
 
     from indexer.bank import load_bank
     from indexer.reports.store import ReportConfig, build_reports
-    from retrieval.report_search import ReportIndex
+    from retrieval.query.report_search import ReportIndex
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -253,7 +253,7 @@ def tiled(reports, size: int, folder: Path, seed: int = 0):
     import pyarrow as pa
 
     from indexer.reports.store import ATTRIBUTE_SCHEMA, REPORT_SCHEMA, write_reports
-    from retrieval.report_search import ReportIndex
+    from retrieval.query.report_search import ReportIndex
 
     files, rng = reports.files, np.random.default_rng(seed)
     base_reports = files.reports
@@ -283,7 +283,7 @@ def tiled(reports, size: int, folder: Path, seed: int = 0):
 
 def time_queries(reports, queries: list[str], k: int = 10) -> list[float]:
     """Seconds of the report path of ``search_text(source="report")`` per query (after one warm-up query)."""
-    from retrieval.report_search import REPORT_DEPTH, ReportEvidence
+    from retrieval.query.report_search import REPORT_DEPTH, ReportEvidence
 
     live = {s: i for i, s in enumerate(reports.source.report_slide.tolist())}
     out = []

@@ -87,8 +87,8 @@ class SlideSearcher:
 
     @cached_property
     def report_index(self):
-        """The version's report tables (``retrieval/report_search.py``)."""
-        from retrieval.report_search import ReportIndex
+        """The version's report tables (``retrieval/query/report_search.py``)."""
+        from retrieval.query.report_search import ReportIndex
 
         return ReportIndex(self.catalog)
 
@@ -99,10 +99,10 @@ class SlideSearcher:
 
         Args:
             source: ``image``, ``report`` or ``both`` (None: both when the index has reports); report
-                evidence is fused by ``retrieval/report_search.py``.
+                evidence is fused by ``retrieval/query/report_search.py``.
             has: report attribute filters (``X``, ``not X``, ``maybe X``).
         """
-        from retrieval.report_search import fused_text_search, wants_reports
+        from retrieval.query.report_search import fused_text_search, wants_reports
 
         if wants_reports(self.catalog, source, has):
             return fused_text_search(self, query, k, where, expand, source, has)
