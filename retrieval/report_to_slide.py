@@ -21,7 +21,7 @@ def search_report(searcher, text: str, k: int = 10, where: str | None = None, ha
     """
     from indexer.reports.attributes import AttributeMatcher, bank_terms
     from indexer.reports.sentences import split_sentences
-    from retrieval.queries import embed_text_query
+    from retrieval.query.parse import embed_text_query
 
     if not (text or "").strip():
         raise QueryError("empty report text")

@@ -111,7 +111,7 @@ class SlideSearcher:
 
     def text_vector(self, query: str, where: str | None = None, expand: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
         """The unit query vector (d,) of a text and how it was built; a bad ``where`` fails before the model loads."""
-        from retrieval.queries import embed_text_query
+        from retrieval.query.parse import embed_text_query
 
         if not (query or "").strip():
             raise QueryError("empty text query")
@@ -318,7 +318,7 @@ class SlideSearcher:
 
     def patch_vector(self, image) -> tuple[np.ndarray, int | None]:
         """The embedding (d,) of a query patch (as ``search_patch`` takes it) and its slide_row when it is a region."""
-        from retrieval.queries import load_query_image, parse_region, read_region_image
+        from retrieval.query.parse import load_query_image, parse_region, read_region_image
 
         row = None
         if isinstance(image, (str, Path)):

@@ -14,7 +14,7 @@ import planted
 from indexer import vector_index as vi
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app
-from retrieval.queries import embed_text_query
+from retrieval.query.parse import embed_text_query
 from retrieval.search import SlideSearcher
 from assertions import one_error_line
 

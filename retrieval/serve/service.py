@@ -158,7 +158,7 @@ class Service:
         return value
 
     def _region(self, searcher, query: str | None) -> str:
-        from retrieval.queries import parse_region
+        from retrieval.query.parse import parse_region
 
         region = parse_region(query or "")
         if region is None:
