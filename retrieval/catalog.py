@@ -78,8 +78,8 @@ class Catalog:
 
     @cached_property
     def filters(self):
-        """The slides table in a sandboxed DuckDB that evaluates parsed ``--where`` filters (retrieval/filters.py)."""
-        from retrieval.filters import FilterEngine
+        """The slides table in a sandboxed DuckDB that evaluates parsed ``--where`` filters (retrieval/query/filters.py)."""
+        from retrieval.query.filters import FilterEngine
 
         return FilterEngine(self.slides)
 
