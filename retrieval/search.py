@@ -29,7 +29,7 @@ from indexer import vector_index as vi
 from indexer.errors import QueryError
 from retrieval.catalog import Catalog
 from retrieval.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult
-from retrieval.search_support import IndexArrays, first_m_per_group, group_top_m, load_index_encoder, lookup
+from retrieval.query.arrays import IndexArrays, first_m_per_group, group_top_m, load_index_encoder, lookup
 
 W_PROTO, W_PATCH, W_MASS = 0.4, 0.4, 0.2
 MIN_MASS = 0.01

@@ -48,7 +48,7 @@ class Service:
 
     def __init__(self, index: str | Path, encoder: Any = None, device: str = "auto", budget: BudgetConfig = BudgetConfig()):
         from retrieval.catalog import Catalog
-        from retrieval.search_support import load_index_encoder
+        from retrieval.query.arrays import load_index_encoder
 
         self.encoder_error: str | None = None
         if encoder is None:
