@@ -62,7 +62,7 @@ def search_report_command(
 ) -> None:
     """Report → slide: slides whose images show the attributes a report affirms (negated ones left out)."""
     from indexer.errors import UserError
-    from retrieval.report_to_slide import search_report
+    from retrieval.query.report_to_slide import search_report
     from retrieval.search import SlideSearcher
 
     if text.startswith("@"):

@@ -1,5 +1,5 @@
 """Report evidence for text queries: the report source (``report_source.py``) fused with the image evidence,
-and attribute filters (``--has``). Report → slide search is in ``retrieval/report_to_slide.py``.
+and attribute filters (``--has``). Report → slide search is in ``retrieval/query/report_to_slide.py``.
 
 ``source="report"``: slides in the order of their reports' fused score (``report_source.py``); slides with
 no report follow, and slides whose report contradicts the query come last. ``source="both"``: reciprocal

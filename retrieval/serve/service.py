@@ -105,7 +105,7 @@ class Service:
 
     def search_report(self, text: str, k: int = 10, where: str | None = None, has: Sequence[str] = ()) -> SearchResult:
         """`search report`: slides whose images show the attributes a free report text affirms."""
-        from retrieval.report_to_slide import search_report
+        from retrieval.query.report_to_slide import search_report
 
         self._need_encoder()
         return search_report(self.live.current(), text, k=k, where=where, has=tuple(has))
