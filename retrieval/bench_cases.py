@@ -20,7 +20,7 @@ import numpy as np
 
 from indexer.errors import QueryError
 from retrieval.bench_retrieval import convention_line, write_report
-from retrieval.cases import FUSIONS, CaseSearcher
+from retrieval.query.cases import FUSIONS, CaseSearcher
 from retrieval.metrics import DEFAULT_CONVENTION, check_convention, recall_at_k, retrieval_report
 from retrieval.search import SlideSearcher
 

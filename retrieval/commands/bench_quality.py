@@ -71,7 +71,7 @@ def _case_level(index, label, ks, exclude, fusions, spaces, convention, out, as_
     from rich.progress import Progress
 
     from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
-    from retrieval.cases import FUSIONS
+    from retrieval.query.cases import FUSIONS
 
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task("case queries", total=None)

@@ -92,7 +92,7 @@ def search_slide(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Slide → slide: cases that look like this slide."""
-    from retrieval.cases import slide_query
+    from retrieval.query.cases import slide_query
     from retrieval.search import SlideSearcher
 
     result = slide_query(SlideSearcher(index, device=device), slide, k=k, where=where, exclude_same=exclude_same,

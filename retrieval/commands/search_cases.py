@@ -31,7 +31,7 @@ def search_case(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Case → case: cases (a case_id's slides, by stain) like a case or a slide; the query's own case is left out."""
-    from retrieval.cases import CaseSearcher
+    from retrieval.query.cases import CaseSearcher
     from retrieval.search import SlideSearcher
 
     searcher = CaseSearcher(SlideSearcher(index, device=device))
@@ -48,7 +48,7 @@ def show_cases(result, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from retrieval.cases import slides_by_stain
+    from retrieval.query.cases import slides_by_stain
 
     d = result.details
     title = f"case query: {result.query} (case {d['query_case']}; fusion {d['fusion']}, space {d['space']}" + \

@@ -80,7 +80,7 @@ class Service:
                      mode: str = "proto", space: str | None = None, target_stain: str | None = None,
                      group: str | None = None):
         """`search slide` of an indexed slide: a SearchResult, or a CaseResult with ``group='case'``."""
-        from retrieval.cases import slide_query
+        from retrieval.query.cases import slide_query
 
         searcher = self.live.current()
         self._check_mode("slide", mode)
@@ -112,7 +112,7 @@ class Service:
 
     def cases(self):
         """The CaseSearcher of the current version (its case table is built once per version)."""
-        from retrieval.cases import CaseSearcher
+        from retrieval.query.cases import CaseSearcher
 
         searcher = self.live.current()
         with self._lock:
