@@ -38,7 +38,7 @@ def run_case_benchmark(index: str | Path, label: str, ks: Sequence[int] = (1, 5,
         A JSON-able dict: settings, counts, ``results`` (``"<space>/<fusion>"`` → metrics, per_class, seconds),
         ``baselines`` (``he_only``, ``random``), ``cross_stain`` (space → Recall@k, and ``random``).
     """
-    from retrieval.spaces import space_names
+    from retrieval.query.spaces import space_names
 
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:

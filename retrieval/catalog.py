@@ -155,7 +155,7 @@ def _first_line(exc: Exception) -> str:
 def index_info(path: str | Path | Catalog) -> dict[str, Any]:
     """Identity, version, counts, FAISS indexes, segments, imported slide-encoder spaces, report tables and failed
     slides of an index (or an open catalog)."""
-    from retrieval.spaces import imported_spaces
+    from retrieval.query.spaces import imported_spaces
 
     catalog = path if isinstance(path, Catalog) else Catalog(path)
     m = catalog.manifest
