@@ -77,7 +77,7 @@ def main() -> None:
     from indexer.tiling import TilingConfig
     from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
     from retrieval.bench_search import machine_description
-    from retrieval.catalog import Catalog
+    from retrieval.query.catalog import Catalog
 
     tiling = TilingConfig(magnification=10, patch_px=64)
     timings = {}

@@ -25,7 +25,7 @@ from indexer.synthetic import DIAGNOSES
 from indexer.synthetic_multistain import write_multistain_cohort
 from indexer.tiling import TilingConfig
 from retrieval.query.cases import CaseSearcher, fused_scores
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
 
 SPACE = "trident-test"

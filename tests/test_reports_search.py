@@ -13,7 +13,7 @@ import planted  # noqa: F401 - registers the planted encoder
 from indexer.store.layout import IndexPaths
 from indexer.store.versions import read_current
 from indexer.store.writer import IndexWriter
-from retrieval.catalog import index_info
+from retrieval.query.catalog import index_info
 
 REPORTS = {
     "S01": "Adenocarcinoma with fibrous stroma. No necrosis identified.",

@@ -20,7 +20,7 @@ from indexer.store.segments import SegmentFiles
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiling import TilingConfig
 from indexer.vector_index import reconstruct
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
 
 FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet", "--model", "tiny"]

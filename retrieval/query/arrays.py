@@ -127,7 +127,7 @@ class IndexArrays:
 
     @classmethod
     def load(cls, catalog) -> "IndexArrays":
-        """Read the arrays from a :class:`retrieval.catalog.Catalog`."""
+        """Read the arrays from a :class:`retrieval.query.catalog.Catalog`."""
         db = catalog.db
         protos = db.sql("SELECT name, embedding FROM prototypes ORDER BY proto_id").fetchall()
         prototypes = np.asarray([p[1] for p in protos], np.float32)

@@ -47,7 +47,7 @@ class Service:
     """
 
     def __init__(self, index: str | Path, encoder: Any = None, device: str = "auto", budget: BudgetConfig = BudgetConfig()):
-        from retrieval.catalog import Catalog
+        from retrieval.query.catalog import Catalog
         from retrieval.query.arrays import load_index_encoder
 
         self.encoder_error: str | None = None
@@ -224,7 +224,7 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """``slidesearch info`` of the served version (computed once a version), plus what the server serves."""
-        from retrieval.catalog import index_info
+        from retrieval.query.catalog import index_info
         from retrieval.results import technical_columns
 
         searcher = self.live.current()
