@@ -40,7 +40,7 @@ class Catalog:
         import pyarrow as pa
 
         from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA
-        from retrieval.case_columns import derived_select
+        from retrieval.query.case_columns import derived_select
 
         con = duckdb.connect()
         con.execute(f"SET temp_directory = {_quote(tempfile.gettempdir())}")  # never spill into the user's folder
