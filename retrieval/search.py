@@ -28,7 +28,7 @@ import numpy as np
 from indexer import vector_index as vi
 from indexer.errors import QueryError
 from retrieval.query.catalog import Catalog
-from retrieval.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult
+from retrieval.query.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult
 from retrieval.query.arrays import IndexArrays, first_m_per_group, group_top_m, load_index_encoder, lookup
 
 W_PROTO, W_PATCH, W_MASS = 0.4, 0.4, 0.2

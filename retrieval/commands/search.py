@@ -135,7 +135,7 @@ def _show(result, as_json: bool, thumbnails: Path | None, geojson: Path | None =
 
         annotations = write_hit_geojson(result, geojson)
     if as_json:
-        from retrieval.results import result_json
+        from retrieval.query.results import result_json
 
         print_json({**result_json(result, written), **({"geojson": [str(p) for p in annotations]} if geojson else {})})
         return

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import QueryError
-from retrieval.results import SearchHit, hit_json
+from retrieval.query.results import SearchHit, hit_json
 
 FUSIONS = ("concat", "mean", "max")
 DEFAULT_FUSION = "mean"

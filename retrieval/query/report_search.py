@@ -17,7 +17,7 @@ import numpy as np
 
 from indexer.errors import QueryError
 from indexer.reports.negation import AFFIRMED, NEGATED
-from retrieval.results import SearchHit, SearchResult
+from retrieval.query.results import SearchHit, SearchResult
 
 RRF_K = 60
 SOURCES = ("image", "report", "both")

@@ -8,7 +8,7 @@ import numpy as np
 
 from indexer.errors import QueryError
 from indexer.reports.negation import AFFIRMED
-from retrieval.results import SearchHit, SearchResult
+from retrieval.query.results import SearchHit, SearchResult
 
 
 def search_report(searcher, text: str, k: int = 10, where: str | None = None, has: Iterable[str] = ()) -> SearchResult:

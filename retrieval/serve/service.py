@@ -19,7 +19,7 @@ import numpy as np
 
 from indexer.errors import ModelError, QueryError, UserError
 from indexer.slide_ids import check_slide_id
-from retrieval.results import SearchResult, hit_json
+from retrieval.query.results import SearchResult, hit_json
 from retrieval.serve.batching import TextBatcher
 from retrieval.serve.budget import Budget, BudgetConfig
 from retrieval.serve.images import SlideImages
@@ -225,7 +225,7 @@ class Service:
     def info(self) -> dict[str, Any]:
         """``slidesearch info`` of the served version (computed once a version), plus what the server serves."""
         from retrieval.query.catalog import index_info
-        from retrieval.results import technical_columns
+        from retrieval.query.results import technical_columns
 
         searcher = self.live.current()
         version = searcher.catalog.snapshot.version.number
