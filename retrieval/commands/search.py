@@ -131,7 +131,7 @@ def _show(result, as_json: bool, thumbnails: Path | None, geojson: Path | None =
         written = write_hit_thumbnails(result, thumbnails)
     annotations = []
     if geojson is not None:
-        from retrieval.geojson import write_hit_geojson
+        from retrieval.query.geojson import write_hit_geojson
 
         annotations = write_hit_geojson(result, geojson)
     if as_json:
