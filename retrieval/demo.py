@@ -161,7 +161,7 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
         kind → SearchResult, kind → a note on what was asked, and kind → thumbnails of its first hits.
     """
     from retrieval.search import SlideSearcher
-    from retrieval.thumbnails import write_hit_thumbnails
+    from retrieval.query.thumbnails import write_hit_thumbnails
 
     searcher = SlideSearcher(index, device="cpu")
     arrays = searcher.arrays

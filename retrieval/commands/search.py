@@ -126,7 +126,7 @@ def search_patch(
 def _show(result, as_json: bool, thumbnails: Path | None, geojson: Path | None = None) -> None:
     written = []
     if thumbnails is not None:
-        from retrieval.thumbnails import write_hit_thumbnails
+        from retrieval.query.thumbnails import write_hit_thumbnails
 
         written = write_hit_thumbnails(result, thumbnails)
     annotations = []
