@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from indexer.errors import QueryError
-from retrieval.bench_retrieval import convention_line, write_report
+from retrieval.evaluation.bench_retrieval import convention_line, write_report
 from retrieval.query.cases import FUSIONS, CaseSearcher
 from retrieval.evaluation.metrics import DEFAULT_CONVENTION, check_convention, recall_at_k, retrieval_report
 from retrieval.search import SlideSearcher

@@ -85,7 +85,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), show_progress: 
         UserError: ``out`` holds a demo made with other cohort settings, or a step's input is bad.
     """
     from indexer.pipeline import IndexConfig, run_index
-    from retrieval.bench_retrieval import MODES, run_retrieval_benchmark, write_retrieval_report
+    from retrieval.evaluation.bench_retrieval import MODES, run_retrieval_benchmark, write_retrieval_report
 
     step = on_step or (lambda _: None)
     out = Path(out)

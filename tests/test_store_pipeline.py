@@ -92,7 +92,7 @@ def test_metadata_command_encodes_nothing_and_index_metadata_merges(tmp_path, ru
 
 
 def test_removed_slides_vanish_from_bench_retrieval(tmp_path, run_cli):
-    from retrieval.bench_retrieval import run_retrieval_benchmark
+    from retrieval.evaluation.bench_retrieval import run_retrieval_benchmark
 
     folder, out = slides(tmp_path / "s", "ABCD", ("tumour", "tumour", "mucin", "mucin")), tmp_path / "idx"
     csv = tmp_path / "m.csv"

@@ -36,7 +36,7 @@ def retrieval(
     """Leave-one-patient-out retrieval over the whole index: mMV@k, mAP@k, Acc@k per mode, with the chance rate."""
     from rich.progress import Progress
 
-    from retrieval.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
+    from retrieval.evaluation.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
 
     ks = parse_ints(k, "--k")
     modes = tuple(mode or MODES)
