@@ -67,10 +67,10 @@ def _report(result, out, as_json: bool, write, markdown) -> None:
 
 
 def _case_level(index, label, ks, exclude, fusions, spaces, convention, out, as_json) -> None:
-    """`bench retrieval --level case`: retrieval/bench_cases.py."""
+    """`bench retrieval --level case`: retrieval/evaluation/bench_cases.py."""
     from rich.progress import Progress
 
-    from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
+    from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
     from retrieval.query.cases import FUSIONS
 
     with Progress(transient=True, disable=as_json) as progress:
