@@ -58,7 +58,7 @@ class SlideSearcher:
         if self.catalog.is_current():
             return False
         self.catalog = Catalog(self.catalog.root)
-        for name in ("arrays", "bank", "_composition", "_derived", "report_index"):
+        for name in ("arrays", "bank", "composition", "_derived", "report_index"):
             self.__dict__.pop(name, None)
         return True
 
@@ -144,7 +144,7 @@ class SlideSearcher:
         return SearchResult("text", query, hits, {**(details or {}), "fusion": fusion})
 
     @cached_property
-    def _composition(self) -> np.ndarray:
+    def composition(self) -> np.ndarray:
         """w_s = Σ_k π_k ẑ_k = Σ_k √π_k·s_k per slide row (s: the stored slide vectors), so S_mass = ⟨q, w_s⟩."""
         arrays = self.arrays
         kp, d = arrays.n_prototypes, arrays.dim
@@ -186,7 +186,7 @@ class SlideSearcher:
 
     def _abundance(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """S_mass = Σ_k π_k·cos(q, ẑ_k) for slides ``rows``."""
-        return self._composition[rows] @ q.astype(np.float32)
+        return self.composition[rows] @ q.astype(np.float32)
 
     def _derived_ids(self, allowed: np.ndarray | None, name: str, derive) -> np.ndarray | None:
         """Ids of FAISS index ``name`` allowed by a slide filter, kept for as long as the filter's rows are cached."""

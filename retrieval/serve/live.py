@@ -28,7 +28,7 @@ def warm(searcher: SlideSearcher) -> SlideSearcher:
         if ids:
             vi.reconstruct(index, np.asarray(ids))  # IVF indexes build their direct map here, not in a request
     arrays.representative_patches(EXPLAIN)
-    searcher._composition  # noqa: B018
+    searcher.composition  # noqa: B018
     searcher.bank  # noqa: B018
     return searcher
 
