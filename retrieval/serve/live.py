@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.search import EXPLAIN, SlideSearcher
+from retrieval.query.explain import EXPLAIN
+from retrieval.search import SlideSearcher
 
 CHECK_EVERY_S = 1.0
 
