@@ -1,7 +1,7 @@
 """``SlideSearcher``: text → slide, slide → slide and patch → slide search over one index (the Python API).
 
 A thin façade over the query pipeline in ``retrieval/query/`` (see its package docstring): it opens the index
-(``OpenIndex``) and hands each query to its source (``query/image.py``, ``query/text.py``).
+(``OpenIndex``) and hands each query to its source (``query/text.py``, ``query/image.py``).
 """
 
 from __future__ import annotations
@@ -31,25 +31,18 @@ class SlideSearcher(OpenIndex):
 
         Args:
             source: ``image``, ``report`` or ``both`` (None: both when the index has reports); report
-                evidence is fused by ``retrieval/query/report_search.py``.
+                evidence is fused by ``retrieval/query/text.py``.
             has: report attribute filters (``X``, ``not X``, ``maybe X``).
         """
-        from retrieval.query.report_search import fused_text_search, wants_reports
+        from retrieval.query.text import search_text
 
-        if wants_reports(self.catalog, source, has):
-            return fused_text_search(self, query, k, where, expand, source, has)
-        q, details = self.text_vector(query, where, expand)
-        return self.search_text_vector(q, k, where, query=query, details=details)
+        return search_text(self, query, k, where, expand, source, has)
 
     def text_vector(self, query: str, where: str | None = None, expand: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
         """The unit query vector (d,) of a text and how it was built; a bad ``where`` fails before the model loads."""
-        from indexer.errors import QueryError
-        from retrieval.query.parse import embed_text_query
+        from retrieval.query.text import text_vector
 
-        if not (query or "").strip():
-            raise QueryError("empty text query")
-        self.catalog.allowed_slide_rows(where)  # the result is cached for the search that follows
-        return embed_text_query(self.encoder, query, self.bank, expand)
+        return text_vector(self, query, where, expand)
 
     def search_text_vector(self, q: np.ndarray, k: int = 10, where: str | None = None, query: str = "",
                            details: dict[str, Any] | None = None, allowed: np.ndarray | None = None) -> SearchResult:

@@ -13,6 +13,7 @@ import numpy as np
 from retrieval.query.arrays import lookup
 
 W_PROTO, W_PATCH, W_MASS = 0.4, 0.4, 0.2
+RRF_K = 60
 
 
 def fuse(candidates: np.ndarray, proto: tuple[np.ndarray, np.ndarray], patch: tuple[np.ndarray, np.ndarray],
@@ -27,3 +28,44 @@ def fuse(candidates: np.ndarray, proto: tuple[np.ndarray, np.ndarray], patch: tu
     proto_score = lookup(candidates, *proto, proto[1].min() if len(proto[1]) else 0.0)
     patch_score = lookup(candidates, *patch, patch[1].min() if len(patch[1]) else 0.0)
     return W_PROTO * proto_score + W_PATCH * patch_score + W_MASS * abundance
+
+
+def rrf(lists: dict[str, list[int]], contradicted: set[int]) -> dict[int, float]:
+    """Reciprocal rank fusion of ranked slide rows; a contradicted slide loses one top-rank share.
+
+    >>> rrf({"a": [1, 2], "b": [2]}, {1})
+    {1: 0.0, 2: 0.03252247488101534}
+    """
+    score: dict[int, float] = {}
+    for ranked_rows in lists.values():
+        for rank, row in enumerate(ranked_rows, 1):
+            score[row] = score.get(row, 0.0) + 1.0 / (RRF_K + rank)
+    for row in contradicted:
+        score[row] = score.get(row, 0.0) - 1.0 / (RRF_K + 1)
+    return score
+
+
+def mean_of_lists(lists: dict[str, dict[int, float]]) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
+    """Each slide's mean score over several scored lists (a slide missing from a list takes that list's lowest
+    score), and its (rounded) score in each list.
+
+    >>> mean_of_lists({"a": {1: 0.9, 2: 0.5}, "b": {2: 0.7}})
+    ({1: 0.8, 2: 0.6}, {1: {'a': 0.9, 'b': 0.7}, 2: {'a': 0.5, 'b': 0.7}})
+    """
+    totals: dict[int, list[float]] = {}
+    per: dict[int, dict[str, float]] = {}
+    for i, (name, seen) in enumerate(lists.items()):
+        floor = min(seen.values(), default=0.0)
+        for row in set(totals) | set(seen):
+            totals.setdefault(row, [floor] * i).append(seen.get(row, floor))
+            per.setdefault(row, {})[name] = round(seen.get(row, floor), 4)
+    return {row: float(np.mean(v)) for row, v in totals.items()}, per
+
+
+def ranked(score: dict[int, float], k: int) -> list[int]:
+    """The k best slide rows of fused scores (equal to 9 decimals: the lower row first).
+
+    >>> ranked({3: 0.5, 1: 0.5, 2: 0.9}, 2)
+    [2, 1]
+    """
+    return sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
