@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import QueryError
+from retrieval.query.options import FUSIONS
 from retrieval.query.results import SearchHit, hit_json
 
-FUSIONS = ("concat", "mean", "max")
 DEFAULT_FUSION = "mean"
 UNKNOWN_STAIN = "unknown"
 

@@ -29,6 +29,7 @@ from indexer.errors import QueryError
 from retrieval.query.arrays import MIN_MASS, first_m_per_group, group_top_m
 from retrieval.query.explain import EXPLAIN, build_hits, explain_pairs, explain_text
 from retrieval.query.fuse import W_MASS, W_PATCH, W_PROTO, fuse
+from retrieval.query.options import MODES
 from retrieval.query.results import SearchResult
 
 TOP_M = 3
@@ -92,7 +93,7 @@ def search_slide(index, slide: str, k: int = 10, where: str | None = None, exclu
         mode: ``proto`` (ProAlign slide vectors) or ``mean`` (mean-pool baseline).
     """
     check_k(k)
-    if mode not in ("proto", "mean"):
+    if mode not in MODES:
         raise QueryError(f"unknown mode {mode!r}: use proto or mean")
     row = index.arrays.row_of(slide)
     if row is not None:

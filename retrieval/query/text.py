@@ -22,10 +22,10 @@ import numpy as np
 from indexer.errors import QueryError
 from retrieval.query import image as image_source
 from retrieval.query.fuse import RRF_K, ranked, rrf
+from retrieval.query.options import SOURCES
 from retrieval.query.report_search import REPORT_DEPTH, ReportEvidence
 from retrieval.query.results import SearchHit, SearchResult
 
-SOURCES = ("image", "report", "both")
 IMAGE_DEPTH = 30  # image hits fetched per requested hit, at least
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from indexer.errors import ModelError, QueryError, UserError
 from indexer.slide_ids import check_slide_id
+from retrieval.query.options import MODES
 from retrieval.query.results import SearchResult, hit_json
 from retrieval.serve.batching import TextBatcher
 from retrieval.serve.budget import Budget, BudgetConfig
@@ -26,7 +27,6 @@ from retrieval.serve.images import SlideImages
 from retrieval.serve.live import LiveIndex
 
 KINDS = ("text", "slide", "patch")
-MODES = ("proto", "mean")
 TEXT_CACHE = 512  # embedded text queries kept (a search and then its heatmaps embed once)
 HEATMAP_BYTES = 16 << 20  # a heatmap's image and its PNG, besides the slide's patch features
 UPLOAD_SIDE = 2  # an upload is decoded (JPEG) or reduced (others) to at least this many times the model's input side
