@@ -75,9 +75,9 @@ def main() -> None:
     from indexer.pipeline import IndexConfig, run_index
     from indexer.synthetic_multistain import write_multistain_cohort
     from indexer.tiling import TilingConfig
-    from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
+    from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
     from retrieval.bench_search import machine_description
-    from retrieval.catalog import Catalog
+    from retrieval.query.catalog import Catalog
 
     tiling = TilingConfig(magnification=10, patch_px=64)
     timings = {}

@@ -201,7 +201,7 @@ def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
     from PIL import Image
 
     from indexer.encoders import load_encoder
-    from retrieval.queries import embed_text_query
+    from retrieval.query.parse import embed_text_query
 
     if threads:
         torch.set_num_threads(threads)

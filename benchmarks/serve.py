@@ -253,7 +253,7 @@ def paired_slide(port: int, searcher, n_slides: int, where: str | None = None, n
     the HTTP answer also builds), the same ids on every side, alternating in blocks (``_alternate``)."""
     from urllib.parse import quote
 
-    from retrieval.results import dumps, result_json
+    from retrieval.query.results import dumps, result_json
 
     raw, client = RawConnection(port), http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     suffix = f"&where={quote(where)}" if where else ""

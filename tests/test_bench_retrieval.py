@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import planted
 from indexer.pipeline import IndexConfig, run_index
-from retrieval.bench_retrieval import MODES, run_retrieval_benchmark
+from retrieval.evaluation.bench_retrieval import MODES, run_retrieval_benchmark
 from retrieval.cli import app
 from assertions import one_error_line
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import planted
 from retrieval.cli import app as cli_app
-from retrieval.results import result_json
+from retrieval.query.results import result_json
 from retrieval.search import SlideSearcher
 from serving import app_client, get
 

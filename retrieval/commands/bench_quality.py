@@ -36,7 +36,7 @@ def retrieval(
     """Leave-one-patient-out retrieval over the whole index: mMV@k, mAP@k, Acc@k per mode, with the chance rate."""
     from rich.progress import Progress
 
-    from retrieval.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
+    from retrieval.evaluation.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
 
     ks = parse_ints(k, "--k")
     modes = tuple(mode or MODES)
@@ -67,11 +67,11 @@ def _report(result, out, as_json: bool, write, markdown) -> None:
 
 
 def _case_level(index, label, ks, exclude, fusions, spaces, convention, out, as_json) -> None:
-    """`bench retrieval --level case`: retrieval/bench_cases.py."""
+    """`bench retrieval --level case`: retrieval/evaluation/bench_cases.py."""
     from rich.progress import Progress
 
-    from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
-    from retrieval.cases import FUSIONS
+    from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
+    from retrieval.query.cases import FUSIONS
 
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task("case queries", total=None)

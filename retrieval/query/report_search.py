@@ -1,33 +1,22 @@
-"""Report evidence for text queries: the report source (``report_source.py``) fused with the image evidence,
-and attribute filters (``--has``). Report → slide search is in ``retrieval/report_to_slide.py``.
-
-``source=None``: ``both``, or ``report`` for an index whose encoder has random weights (``tiny``: its text tower
-is noise). ``source="report"``: slides in the order of their reports' fused score (``report_source.py``); slides with
-no report follow, and slides whose report contradicts the query come last. ``source="both"``: reciprocal
-rank fusion ``Σ_lists 1 / (RRF_K + rank)`` (equal scores share a rank) of the image ranking and the report source's
-two views (the reports that bear on the query: with BM25 evidence, or at cosine ≥ 0.3); a slide whose report contradicts the query loses one
-top-rank share (``−1 / (RRF_K + 1)``).
+"""The reports of an index as a source of the query pipeline: the report tables and attribute filters
+(``--has``, ``ReportIndex``) and a text query's report evidence as slide rows (``ReportEvidence``, over
+``report_source.py``). ``retrieval/query/text.py`` fuses it with the image evidence (``fuse.rrf``); report →
+slide search is in ``retrieval/query/report_to_slide.py``.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from itertools import islice
 from typing import Any, Iterable
 
 import numpy as np
 
-from indexer.encoders import random_weights
 from indexer.errors import QueryError
 from indexer.reports.lexical import top_k
 from indexer.reports.negation import AFFIRMED, NEGATED
-from retrieval.results import SearchHit, SearchResult
 
-RRF_K = 60
-SOURCES = ("image", "report", "both")
 REPORT_DEPTH = 200  # report-ranked slides fused with the image ranking (source both)
 DENSE_RELATED = 0.3  # a report sharing no query word joins the dense list (source both) from this cosine up
-IMAGE_DEPTH = 30  # image hits fetched per requested hit, at least
 
 
 class ReportIndex:
@@ -55,7 +44,7 @@ class ReportIndex:
     @cached_property
     def source(self):
         """The report source (``report_source.py``) over these tables."""
-        from retrieval.report_source import ReportSource
+        from retrieval.query.report_source import ReportSource
 
         if not self.files.current:
             raise QueryError("this index's reports were indexed by an older slidesearch; re-index them "
@@ -151,95 +140,6 @@ class ReportIndex:
         else:
             scores = source.vectors @ q.vector
         return source.report_slide[np.lexsort((np.arange(len(scores)), -scores))].tolist()
-
-
-def wants_reports(catalog, source: str | None, has: Iterable[str]) -> bool:
-    """Whether a text search takes report evidence (default: yes when the index has reports)."""
-    if source is not None and source not in SOURCES:
-        raise QueryError(f"unknown --source {source!r}: use image, report or both")
-    has_reports = catalog.snapshot.version.reports is not None
-    if source in ("report", "both") and not has_reports:
-        raise QueryError(f"--source {source}: this index has no reports (index them with --reports FOLDER|COLUMN)")
-    return bool(list(has)) or (source != "image" and has_reports)
-
-
-def fused_text_search(searcher, query: str, k: int, where: str | None, expand: bool, source: str | None,
-                      has: Iterable[str] = ()) -> SearchResult:
-    """Text → slide with report evidence: ``source`` image, report or both (None: both)."""
-    has, source = list(has), source or default_source(searcher)
-    if k < 1:
-        raise QueryError(f"k must be at least 1 (got {k})")
-    if not (query or "").strip():
-        raise QueryError("empty text query")
-    reports = searcher.report_index
-    live = searcher.arrays.ids
-    allowed = searcher.catalog.allowed_slide_rows(where)
-    if has:
-        rows = reports.slide_rows_with(has, searcher.bank, live)
-        allowed = rows if allowed is None else np.intersect1d(allowed, rows)
-    details: dict[str, Any] = {"source": source, "has": has}
-    image_hits: dict[int, SearchHit] = {}
-    if source in ("image", "both"):
-        q, qd = searcher.text_vector(query, where, expand)
-        depth = min(len(live), max(k * 3, IMAGE_DEPTH))
-        image = searcher.search_text_vector(q, depth, where, query=query, details=qd, allowed=allowed)
-        image_hits = {h.slide_row: h for h in image.hits}
-        details.update(image.details)
-    evidence = ReportEvidence(reports, query, live, allowed) if source in ("report", "both") and reports.available \
-        else None
-    if evidence is not None:
-        details["query_attributes"] = reports.query_attributes(query, searcher.bank)
-    if source == "report":
-        score = evidence.slide_scores(max(k, REPORT_DEPTH)) if evidence else {}
-        details["fusion"] = {"method": "report", "lists": ["lexical", "dense"]}
-    else:
-        lists = {"image": {row: hit.score for row, hit in image_hits.items()}}
-        if evidence is not None:
-            lists.update((view, evidence.view_scores(view, REPORT_DEPTH)) for view in ("lexical", "dense"))
-        score = rrf(lists, evidence.contradicted if evidence else set())
-        details["fusion"] = {**details.get("fusion", {}), "method": "rrf", "rrf_k": RRF_K, "lists": list(lists)}
-    if len(score) < k:  # fewer slides with evidence than asked: the rest score 0, above contradicted ones
-        pool = sorted(live.values()) if allowed is None else allowed.tolist()
-        score.update((int(r), 0.0) for r in islice((r for r in pool if int(r) not in score), k))
-    order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
-    hits = []
-    for rank, row in enumerate(order, 1):
-        base = image_hits.get(row)
-        meta = searcher.arrays.metadata[row]
-        report = evidence.explain(row, image_hits) if evidence is not None else None
-        hits.append(SearchHit(rank, meta["slide_id"], row, float(score[row]), meta,
-                              base.prototypes if base else (), base.patches if base else (), report))
-    return SearchResult("text", query, tuple(hits), details)
-
-
-def default_source(searcher) -> str:
-    """``both``; ``report`` where the index has reports and its encoder has random weights (``tiny``), whose text
-    tower would only add noise."""
-    if searcher.report_index.available and random_weights(searcher.catalog.manifest.get("encoder") or {}):
-        return "report"
-    return "both"
-
-
-def rrf(lists: dict[str, dict[int, float]], contradicted: set[int]) -> dict[int, float]:
-    """Reciprocal rank fusion of scored slide rows (each list best first; equal scores share the better rank); a
-    contradicted slide loses one top-rank share.
-
-    >>> rrf({"a": {1: 0.9, 2: 0.5}, "b": {2: 1.0}}, {1})
-    {1: 0.0, 2: 0.03252247488101534}
-    >>> fused = rrf({"image": {1: 0.9, 2: 0.8, 3: 0.7}, "dense": {3: 1.0, 2: 1.0, 1: 0.2}}, set())
-    >>> fused[2] > fused[1] == fused[3]  # 2 and 3 tie in the dense list
-    True
-    """
-    score: dict[int, float] = {}
-    for scored in lists.values():
-        rank, previous = 0, None
-        for position, (row, value) in enumerate(scored.items(), 1):
-            if value != previous:
-                rank, previous = position, value
-            score[row] = score.get(row, 0.0) + 1.0 / (RRF_K + rank)
-    for row in contradicted:
-        score[row] = score.get(row, 0.0) - 1.0 / (RRF_K + 1)
-    return score
 
 
 class ReportEvidence:

@@ -3,7 +3,7 @@
 Protocol. Every indexed slide with a value in the ``label`` column is a query; slides without one are
 skipped and never retrieved. A query searches the other labelled slides, minus every slide sharing its
 ``exclude_same`` value (e.g. ``patient_id``: leave one patient out), and the labels of the ranked hits
-are scored with :mod:`retrieval.metrics` (mMV@k macro over classes; mAP@k and Acc@k over queries).
+are scored with :mod:`retrieval.evaluation.metrics` (mMV@k macro over classes; mAP@k and Acc@k over queries).
 
 Modes:
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from indexer import vector_index as vi
 from indexer.errors import QueryError
-from retrieval.metrics import DEFAULT_CONVENTION, check_convention, retrieval_report
+from retrieval.evaluation.metrics import DEFAULT_CONVENTION, check_convention, retrieval_report
 from retrieval.search import SlideSearcher
 
 MODES = ("proto", "mean", "patch-vote")
@@ -62,7 +62,7 @@ def run_retrieval_benchmark(index: str | Path, label: str, ks: Sequence[int] = (
         patch_neighbours: patch-vote: nearest patches fetched per query patch.
         seed: seed of the random-ranking baseline.
         on_query: called with the query's slide_id after it ran in every mode (progress).
-        convention: metric convention, ``slidesearch`` or ``sish`` (see :mod:`retrieval.metrics`).
+        convention: metric convention, ``slidesearch`` or ``sish`` (see :mod:`retrieval.evaluation.metrics`).
 
     Returns:
         A JSON-able dict: settings, counts (queries, skipped, classes), ``chance``, ``random`` baseline
