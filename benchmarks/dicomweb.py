@@ -6,7 +6,7 @@ pass opens the slide afresh (empty frame caches) and reads every tissue patch of
 as ``slidesearch index`` reads them; the figure is patches/s, the median of the passes, disk and DICOMweb
 alternating. Opening (metadata over HTTP) is timed apart.
 
-Usage: python benchmarks/dicomweb.py [--size 8192] [--mag 20] [--repeats 5] [--json out.json]
+Usage: python -m benchmarks.dicomweb [--size 8192] [--mag 20] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,22 +16,19 @@ import json
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the Orthanc runner the tests use
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from indexer.slides import open_slide  # noqa: E402
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout  # noqa: E402
-from indexer.synthetic_dicom import write_dicom_slide  # noqa: E402
-from indexer.tiling import TilingConfig, read_patch, tile_slide  # noqa: E402
-from orthanc import running_orthanc  # noqa: E402
+from indexer.slides import open_slide
+from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout
+from indexer.synthetic_dicom import write_dicom_slide
+from indexer.tiling import TilingConfig, read_patch, tile_slide
+from benchmarks.fixtures.orthanc import running_orthanc
 
 
 def one_pass(source, grid) -> tuple[float, float]:

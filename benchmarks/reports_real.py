@@ -1,6 +1,6 @@
 """Report search on real TCGA pathology reports against simple baselines, and its speed.
 
-Run: python benchmarks/reports_real.py [--csv benchmarks/data/tcga_reports_sample.csv.gz] [--tune] [--speed]
+Run: python -m benchmarks.reports_real [--csv benchmarks/data/tcga_reports_sample.csv.gz] [--tune] [--speed]
      [--first-query] [--sizes 1000,10000,100000] [--out /tmp/reports-real] [--json OUT]
 
 Data: ``benchmarks/data/tcga_reports_sample.csv.gz`` (1,221 real reports, 18 TCGA types; sources and licences
@@ -391,7 +391,7 @@ def main() -> None:
     parser.add_argument("--no-quality", action="store_true", help="skip the held-out quality figures")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     rows = load(args.csv)
     tune_rows, held_rows = split(rows, args.seed)

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-import planted  # noqa: F401 - registers the planted encoder
+from benchmarks.fixtures import planted  # noqa: F401 - registers the planted encoder
 from indexer.store.layout import IndexPaths
 from indexer.store.versions import read_current
 from indexer.store.writer import IndexWriter

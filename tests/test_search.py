@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import planted
+from benchmarks.fixtures import planted
 from indexer import vector_index as vi
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import planted
+from benchmarks.fixtures import planted
 from retrieval.cli import app as cli_app
 from retrieval.query.results import result_json
 from retrieval.search import SlideSearcher

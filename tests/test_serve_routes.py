@@ -10,7 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import planted  # noqa: F401 - registers the planted encoder
+from benchmarks.fixtures import planted  # noqa: F401 - registers the planted encoder
 from retrieval.cli import app as cli_app
 from serving import app_client, get, make_lab_index
 

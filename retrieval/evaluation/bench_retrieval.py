@@ -24,7 +24,9 @@ rankings per query) is reported too.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -235,7 +237,8 @@ def write_retrieval_report(result: dict[str, Any], out: str | Path, command: str
 
 def write_report(result: dict[str, Any], out: str | Path, stem: str, markdown: Callable[[dict], str],
                  plot: Callable[[dict, Path], Path], command: str = "") -> dict[str, Path]:
-    """Write ``<stem>.json`` (the result and the command), ``.md`` (``markdown(result)``) and ``.png`` (``plot``)."""
+    """Write ``<stem>.json`` (the result and the command), ``.md`` (``markdown(result)``) and, where matplotlib is
+    installed, ``.png`` (``plot``)."""
     from indexer.store import atomic_write_bytes
 
     out = Path(out)
@@ -245,7 +248,11 @@ def write_report(result: dict[str, Any], out: str | Path, stem: str, markdown: C
     atomic_write_bytes(paths["json"], (json.dumps(body, indent=2, default=str) + "\n").encode())
     text = markdown(result) + (f"\nCommand: `{command}`\n" if command else "")
     atomic_write_bytes(paths["md"], text.encode())
-    plot(result, paths["png"])
+    if importlib.util.find_spec("matplotlib") is None:  # the `bench` extra: the figure is optional
+        print("note: no figure: matplotlib is not installed (pip install 'slidesearch[bench]')", file=sys.stderr)
+        del paths["png"]
+    else:
+        plot(result, paths["png"])
     return paths
 
 
