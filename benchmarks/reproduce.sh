@@ -34,6 +34,11 @@ needs_gpu() {
     || { echo "torch sees no CUDA GPU on this machine"; return 1; }
 }
 
+needs_orthanc() {
+  python -c "import sys; from benchmarks.fixtures.orthanc import orthanc_binary, dicomweb_plugin; sys.exit(0 if orthanc_binary() and dicomweb_plugin() else 1)" 2>/dev/null \
+    || { echo "Orthanc and its DICOMweb plugin are not installed (scripts/env.sh installs them)"; return 1; }
+}
+
 # ---- the steps, in report order ---------------------------------------------------------------------------
 step tiling "Patch reading and tiling (issue #2)" \
   "python -m benchmarks.tiling --size 8000 --repeats 2 --out {out}" \
@@ -77,6 +82,15 @@ step multistain "Multi-stain cases, cross-stain search, slide-encoder space (iss
 step reports "Reports as a second view (issue #17)" \
   "python -m benchmarks.reports --slides 30 --work {out}/work --out {out}" \
   "python -m benchmarks.reports --slides 60 --work {out}/work --out {out}"
+step serve_mixed "Serving a lab: never stalls, memory bounded (issue #22)" \
+  "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --keep {out}/work --out {out}" \
+  "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --keep {out}/work --out {out}"
+step dicomweb "Slides from the hospital archive: patch reads over DICOMweb vs disk (issue #24)" \
+  "python -m benchmarks.dicomweb --size 4096 --repeats 3 --out {out}" \
+  "python -m benchmarks.dicomweb --size 8192 --repeats 5 --out {out}" orthanc
+step ingest "Ingest against the machine's limit (issue #26)" \
+  "python -m benchmarks.ingest --big 2 --small 100 --small-memory 30 --limit-small 8 --work {out}/work --out {out}" \
+  "python -m benchmarks.ingest --work {out}/work --out {out}"
 step gpu "GPU: encoding, FAISS and index on CUDA (benchmarks/gpu.py)" \
   "python -m benchmarks.gpu --quick --out {out}" \
   "python -m benchmarks.gpu --out {out}" gpu
