@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indexer.errors import UserError
-from indexer.slide_ids import check_slide_id, slide_id_from_name
+from indexer.slides.ids import check_slide_id, slide_id_from_name
 
 # Columns slidesearch computes itself; a metadata CSV may not redefine them.
 RESERVED_COLUMNS = frozenset({

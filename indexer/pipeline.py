@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from indexer.aggregate import AggregationConfig
-from indexer.dicomweb_sources import list_sources, source_facts
+from indexer.slides.sources import list_sources, source_facts
 from indexer.encode import file_facts
 from indexer.encoders import file_sha256
 from indexer.engines.job import EncodeJob, SlideOutcome
@@ -24,7 +24,7 @@ from indexer.errors import UserError
 from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
 from indexer.progress import StageProgress
 from indexer.reports.commit import commit_metadata, report_source
-from indexer.slide_ids import SLIDE_SUFFIXES, check_slide_id
+from indexer.slides.ids import SLIDE_SUFFIXES, check_slide_id
 from indexer.slides import slide_id as slide_id_of
 from indexer.store.identity import IndexSettings
 from indexer.store.writer import IndexWriter
@@ -176,7 +176,7 @@ def run_index(
     already committed with the same file and settings are skipped; staged work of a killed run is resumed.
 
     Args:
-        inputs: slide files or directories, or DICOMweb URLs (``indexer.dicomweb_sources``).
+        inputs: slide files or directories, or DICOMweb URLs (``indexer.slides.sources``).
         out: the index directory (created if missing).
         config: model, tiling, bank and index options.
         metadata_csv: optional CSV of user columns, merged into the stored metadata.

@@ -44,7 +44,7 @@ def open_slide(path: str | Path, mpp: float | None = None, require_mpp: bool = T
 
 def slide_id(path: str | Path) -> str:
     """The slide id of a slide input: a folder's name (DICOM-WSI), else the file name without its slide suffix."""
-    from indexer.slide_ids import slide_id_from_name
+    from indexer.slides.ids import slide_id_from_name
 
     path = Path(path)
     return path.name if path.is_dir() else slide_id_from_name(path.name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from indexer.errors import UserError
-from indexer.slide_ids import RULE, check_slide_id
+from indexer.slides.ids import RULE, check_slide_id
 from indexer.slides.dicomweb import (WSI_SOP_CLASS, DicomWebAddress, dicomweb_client, http_problem,
                                      is_dicomweb)
 
