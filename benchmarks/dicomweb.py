@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from indexer.slides import open_slide  # noqa: E402
 from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout  # noqa: E402
 from indexer.synthetic_dicom import write_dicom_slide  # noqa: E402
-from indexer.tiling import TilingConfig, read_patch, tile_slide  # noqa: E402
+from indexer.tiles.tiling import TilingConfig, read_patch, tile_slide  # noqa: E402
 from orthanc import running_orthanc  # noqa: E402
 
 

@@ -30,7 +30,7 @@ from indexer.embedding import iter_slide_embeddings  # noqa: E402
 from indexer.encoders import load_encoder  # noqa: E402
 from indexer.slides import open_slide  # noqa: E402
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide  # noqa: E402
-from indexer.tiling import TileGrid, TilingConfig, tile_slide  # noqa: E402
+from indexer.tiles.tiling import TileGrid, TilingConfig, tile_slide  # noqa: E402
 
 # (patches per run, batch size) per model: a few seconds to half a minute of work per run on 2 CPU cores.
 SETTINGS = {"tiny": (1024, 64), "openclip:ViT-B-16": (32, 16)}
@@ -53,7 +53,7 @@ def preprocessed(encoder, grid: TileGrid, slide: Path):
     """The grid's patches, read and preprocessed once (the encoder-only input)."""
     import torch
 
-    from indexer.tiling import read_patch
+    from indexer.tiles.tiling import read_patch
 
     with open_slide(slide) as s:
         return torch.stack([encoder.preprocess(read_patch(s, grid, i)) for i in range(len(grid))])

@@ -100,7 +100,7 @@ def measure_limit(grids, cores: int) -> dict:
     from indexer.preprocess import BatchPreprocess
     from indexer.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
     from indexer.slides import open_slide
-    from indexer.tiling import read_patch_array
+    from indexer.tiles.tiling import read_patch_array
 
     n = sum(len(g) for _, g in grids)
     t0 = time.perf_counter()

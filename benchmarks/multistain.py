@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     from indexer.pipeline import IndexConfig, run_index
     from indexer.synthetic_multistain import write_multistain_cohort
-    from indexer.tiling import TilingConfig
+    from indexer.tiles.tiling import TilingConfig
     from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
     from retrieval.bench_search import machine_description
     from retrieval.catalog import Catalog

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     from indexer.pipeline import IndexConfig, run_index
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
-    from indexer.tiling import TilingConfig
+    from indexer.tiles.tiling import TilingConfig
     from retrieval.bench_search import machine_description
     from retrieval.search import SlideSearcher
 

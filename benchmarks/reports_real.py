@@ -335,7 +335,7 @@ def first_query(rows: list[dict], out: Path, runs: int = 3) -> dict:
     """A fresh process opens a 24-slide index (``--model tiny``) with real reports and runs its first report query."""
     from indexer.pipeline import IndexConfig, run_index
     from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-    from indexer.tiling import TilingConfig
+    from indexer.tiles.tiling import TilingConfig
 
     folder = out / "first"
     shutil.rmtree(folder, ignore_errors=True)

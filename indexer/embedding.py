@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from indexer.encoders import Encoder
     from indexer.feed import Batch, PatchFeed
     from indexer.preprocess import BatchPreprocess
-    from indexer.tiling import TileGrid
+    from indexer.tiles.tiling import TileGrid
 
 POLL_S = 0.5  # longest wait for a reader's answer before looking at the readers again
 
@@ -51,7 +51,7 @@ def iter_slide_embeddings(
 
     Args:
         slide_path: the slide file the grid was made from.
-        grid: patch grid (``indexer.tiling.tile_slide``).
+        grid: patch grid (``indexer.tiles.tiling.tile_slide``).
         encoder: a loaded encoder (``indexer.encoders.load_encoder``).
         mpp: MPP override used when the grid was made (passed to ``open_slide``).
         batch_size: patches per encoder call.

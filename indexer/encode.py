@@ -68,7 +68,7 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
 def _import_features(path, record, config, encoder, mpp, timings) -> StagedSlide:
     from indexer.features_import import find_features_file, read_features_h5
     from indexer.slides import open_slide
-    from indexer.tiling import patch_geometry
+    from indexer.tiles.tiling import patch_geometry
 
     t0 = time.perf_counter()
     coords, feats, size = read_features_h5(find_features_file(config.features_dir, record["slide_id"]), encoder.dim)

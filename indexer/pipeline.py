@@ -28,7 +28,7 @@ from indexer.slides.ids import SLIDE_SUFFIXES, check_slide_id
 from indexer.slides import slide_id as slide_id_of
 from indexer.store.identity import IndexSettings
 from indexer.store.writer import IndexWriter
-from indexer.tiling import TilingConfig
+from indexer.tiles.tiling import TilingConfig
 
 SEGMENT_MAX_PATCHES = 2_000_000  # a run commits a segment at least this often (bounds a segment's FAISS build)
 REFINE_SAMPLE = 200_000  # patches (spread over slides) used to refine prototypes

@@ -17,7 +17,7 @@ import numpy as np
 from indexer.errors import UserError
 
 if TYPE_CHECKING:
-    from indexer.tiling import TileGrid, TilingConfig
+    from indexer.tiles.tiling import TileGrid, TilingConfig
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ def prepare_slide(path, record: dict[str, Any], config: "PrepareOptions", mpp: f
     """
     from indexer.encoders import file_sha256
     from indexer.slides import open_slide
-    from indexer.tiling import tile_slide
-    from indexer.tissue import detect_tissue
+    from indexer.tiles.tiling import tile_slide
+    from indexer.tiles.tissue import detect_tissue
 
     timings = timings if timings is not None else defaultdict(float)
     t0 = time.perf_counter()
@@ -109,8 +109,8 @@ def prepare_slide(path, record: dict[str, Any], config: "PrepareOptions", mpp: f
 
 
 def detect_stain_into(slide, mask, record: dict[str, Any], timings: dict[str, float]) -> None:
-    """Record the detected stain (H&E or IHC) of the slide (``indexer/stain.py``)."""
-    from indexer.stain import detect_slide_stain, stain_record
+    """Record the detected stain (H&E or IHC) of the slide (``indexer/tiles/stain.py``)."""
+    from indexer.tiles.stain import detect_slide_stain, stain_record
 
     t0 = time.perf_counter()
     record.update(stain_record(detect_slide_stain(slide, mask)))

@@ -108,7 +108,7 @@ def _read(task: ReadTask, slides, slot: np.ndarray) -> None:
     from indexer.errors import SlideError
     from indexer.preprocess import resize_like_pil
     from indexer.slides import open_slide
-    from indexer.tiling import read_patch_array
+    from indexer.tiles.tiling import read_patch_array
 
     key = (task.path, task.mpp)
     for i, (x, y) in enumerate(task.coords):
@@ -162,8 +162,8 @@ def _warm_imports() -> None:
     from skimage import color, filters, morphology  # noqa: F401
 
     import indexer.prepare  # noqa: F401
-    import indexer.stain  # noqa: F401
-    import indexer.tiling  # noqa: F401
+    import indexer.tiles.stain  # noqa: F401
+    import indexer.tiles.tiling  # noqa: F401
 
     try:
         import imagecodecs  # noqa: F401

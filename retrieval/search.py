@@ -251,7 +251,7 @@ class SlideSearcher:
         from indexer.aggregate import AggregationConfig, aggregate_slide
         from indexer.encode import encode_slide
         from indexer.pipeline import IndexConfig
-        from indexer.tiling import TilingConfig
+        from indexer.tiles.tiling import TilingConfig
 
         m = self.catalog.manifest
         tiling = {k: v for k, v in m["tiling"].items() if k != "max_patches"}

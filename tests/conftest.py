@@ -76,7 +76,7 @@ def planted_index(tmp_path_factory):
     """The planted 8-slide cohort (tests/planted.py) indexed once: (index dir, cohort dir, IndexConfig)."""
     import planted
     from indexer.pipeline import IndexConfig, run_index
-    from indexer.tiling import TilingConfig
+    from indexer.tiles.tiling import TilingConfig
 
     root = tmp_path_factory.mktemp("planted")
     csv = planted.write_planted_cohort(root / "cohort")

@@ -20,10 +20,10 @@ import pytest
 
 from assertions import one_error_line
 from indexer.pipeline import IndexConfig, run_index
-from indexer.stain import detect_slide_stain, detect_stain
+from indexer.tiles.stain import detect_slide_stain, detect_stain
 from indexer.synthetic import DIAGNOSES
 from indexer.synthetic_multistain import write_multistain_cohort
-from indexer.tiling import TilingConfig
+from indexer.tiles.tiling import TilingConfig
 from retrieval.cases import CaseSearcher, fused_scores
 from retrieval.catalog import Catalog
 from retrieval.search import SlideSearcher
@@ -84,7 +84,7 @@ def slides_of(index: Path) -> dict[str, dict]:
 # -- stains and case ids ----------------------------------------------------------------------------
 def test_real_slides_are_called_he_and_ihc(shared_slides):
     from indexer.slides import open_slide
-    from indexer.tissue import detect_tissue
+    from indexer.tiles.tissue import detect_tissue
 
     for name, stain in (("tcga-cr-7395-01a-01-ts1.svs", "H&E"), ("kidney-48-5.tif", "IHC")):
         with open_slide(shared_slides / name, require_mpp=False) as slide:

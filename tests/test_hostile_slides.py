@@ -71,7 +71,7 @@ def test_every_hostile_file_is_one_slide_error_under_2gb(corpus):
         "import sys\n"
         "from indexer.errors import SlideError\n"
         "from indexer.slides import open_slide\n"
-        "from indexer.tiling import tile_slide\n"
+        "from indexer.tiles.tiling import tile_slide\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"
         "        with open_slide(path, mpp=0.5) as slide:\n"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import planted  # noqa: F401  (registers the planted encoder used below)
 from indexer.pipeline import IndexConfig, run_index
 from indexer.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
-from indexer.tiling import TilingConfig
+from indexer.tiles.tiling import TilingConfig
 from indexer.vector_index import reconstruct
 from retrieval.catalog import Catalog, index_info
 from retrieval.cli import app
@@ -198,7 +198,7 @@ def test_trident_h5_import_gives_the_same_slide_vectors(tmp_path):
     from indexer.embedding import embed_slide
     from indexer.encoders import load_encoder
     from indexer.slides import open_slide
-    from indexer.tiling import tile_slide
+    from indexer.tiles.tiling import tile_slide
 
     folder = tmp_path / "slides"
     folder.mkdir()

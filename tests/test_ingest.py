@@ -28,7 +28,7 @@ from indexer.slides import open_slide
 from indexer.store.segments import SegmentFiles
 from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
 from indexer.synthetic_dicom import write_dicom_slide
-from indexer.tiling import TileGrid, TilingConfig
+from indexer.tiles.tiling import TileGrid, TilingConfig
 from retrieval.catalog import Catalog
 
 BATCH_ATOL = 1e-5  # a patch encoded alone or in another batch (fp32, CPU) agrees to rounding
@@ -205,7 +205,7 @@ def test_readers_do_not_run_the_callers_script_again(slides, tmp_path):
         from indexer.embedding import embed_slide
         from indexer.encoders import load_encoder
         from indexer.prepare import PrepareOptions, prepare_slide
-        from indexer.tiling import TilingConfig
+        from indexer.tiles.tiling import TilingConfig
         grid = prepare_slide({str(path)!r}, {{"slide_id": "x"}}, PrepareOptions(TilingConfig()), hash_file=False).grid
         print("rows", embed_slide({str(path)!r}, grid, load_encoder("tiny", device="cpu"), num_workers=2).shape[0])
     """))

@@ -23,7 +23,7 @@ from indexer.errors import UserError
 from indexer.pipeline import IndexConfig, run_index
 from indexer.store.segments import SegmentFiles
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-from indexer.tiling import TilingConfig
+from indexer.tiles.tiling import TilingConfig
 from indexer.vector_index import reconstruct
 from retrieval.catalog import Catalog
 

@@ -12,7 +12,7 @@ from typing import Any
 from indexer.aggregate import AggregationConfig
 from indexer.errors import IndexError_
 from indexer.store.layout import SCHEMA_VERSION
-from indexer.tiling import TilingConfig
+from indexer.tiles.tiling import TilingConfig
 
 
 @dataclass(frozen=True)

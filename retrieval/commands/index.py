@@ -82,7 +82,7 @@ def index_command(
 
     from indexer.aggregate import AggregationConfig
     from indexer.pipeline import IndexConfig, run_index
-    from indexer.tiling import TilingConfig
+    from indexer.tiles.tiling import TilingConfig
 
     use_token_file(dicomweb_token_file)
     if features is not None and not features.is_dir():

@@ -10,7 +10,7 @@ from PIL import Image
 from indexer.errors import SlideError
 from indexer.slides import Slide
 from indexer.slides.limits import MAX_READ_PIXELS
-from indexer.tissue import TissueMask, detect_tissue
+from indexer.tiles.tissue import TissueMask, detect_tissue
 
 _GRID_CHUNK = 1 << 20  # grid cells scored per pass
 

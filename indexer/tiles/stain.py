@@ -61,7 +61,7 @@ def detect_stain(rgb: np.ndarray, tissue: np.ndarray | None = None) -> StainCall
 
 
 def detect_slide_stain(slide, mask=None) -> StainCall:
-    """:func:`detect_stain` on an open slide's thumbnail, over its tissue mask (:class:`indexer.tissue.TissueMask`)."""
+    """:func:`detect_stain` on an open slide's thumbnail, over its tissue mask (:class:`indexer.tiles.tissue.TissueMask`)."""
     from PIL import Image
 
     thumb = np.asarray(slide.thumbnail(THUMB_PX).convert("RGB"))

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from indexer.slides import Slide
-from indexer.tiling import TileGrid
-from indexer.tissue import TissueMask
+from indexer.tiles.tiling import TileGrid
+from indexer.tiles.tissue import TissueMask
 
 OUTLINE_RGB = (0, 170, 0)
 GRID_RGB = (20, 60, 230)
