@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cuda_problem(probe=None, faiss_gpus: int | None = None) -> str | None:
     """Why this machine cannot run the check (None when torch and FAISS both see a GPU)."""
-    from indexer.devices import probe_torch
+    from indexer.models.devices import probe_torch
 
     probe = probe or probe_torch()
     if not probe.available:
@@ -99,7 +99,7 @@ def encode_step(models: dict, precisions: list[str], batch_sizes: list[int], pat
     """patches/s and peak GPU memory of ``encode_images`` per model × precision × batch size, with evidence."""
     import torch
 
-    from indexer.encoder_openclip import build_open_clip
+    from indexer.models.openclip import build_open_clip
 
     rows = []
     for name, (arch, size) in models.items():

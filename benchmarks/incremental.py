@@ -58,7 +58,7 @@ def build_base(root: Path, n_slides: int, patches: int) -> float:
     """A base index of synthetic slides written through the store's writer; returns seconds."""
     from indexer.aggregate import aggregate_slide
     from indexer.bank import load_bank
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
     from indexer.pipeline import IndexConfig, prototype_table, settings_for
     from indexer.prototypes import embed_prototypes
     from indexer.store.segments import SlideRows

@@ -96,8 +96,8 @@ def measure_limit(grids, cores: int) -> dict:
     import torch
     from PIL import Image
 
-    from indexer.encoders import load_encoder
-    from indexer.preprocess import BatchPreprocess
+    from indexer.models.encoders import load_encoder
+    from indexer.models.preprocess import BatchPreprocess
     from indexer.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
     from indexer.slides import open_slide
     from indexer.tiles.tiling import read_patch_array
@@ -126,7 +126,7 @@ def measure_limit(grids, cores: int) -> dict:
             encoder.encode_images(torch.stack([encoder.preprocess(Image.fromarray(p)) for p in patches[i:i + 64]]))
         encode_s = time.perf_counter() - t0
         fast = BatchPreprocess(encoder.preprocess, grids[0][1].patch_px, "cpu")
-        from indexer.preprocess import resize_like_pil
+        from indexer.models.preprocess import resize_like_pil
 
         t0 = time.perf_counter()
         for i in range(0, n, 64):

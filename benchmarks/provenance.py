@@ -34,7 +34,7 @@ def commit() -> str:
 
 def machine() -> str:
     """CPU model, cores, FAISS threads and GPUs (``machine_description``), memory, and the NVIDIA driver's GPUs."""
-    from indexer.devices import system_gpus
+    from indexer.models.devices import system_gpus
     from retrieval.bench_search import machine_description
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -200,7 +200,7 @@ def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
     import torch
     from PIL import Image
 
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
     from retrieval.queries import embed_text_query
 
     if threads:

@@ -14,9 +14,9 @@ import numpy as np
 from indexer.errors import SlideError
 
 if TYPE_CHECKING:
-    from indexer.encoders import Encoder
+    from indexer.models.encoders import Encoder
     from indexer.feed import Batch, PatchFeed
-    from indexer.preprocess import BatchPreprocess
+    from indexer.models.preprocess import BatchPreprocess
     from indexer.tiles.tiling import TileGrid
 
 POLL_S = 0.5  # longest wait for a reader's answer before looking at the readers again
@@ -52,7 +52,7 @@ def iter_slide_embeddings(
     Args:
         slide_path: the slide file the grid was made from.
         grid: patch grid (``indexer.tiles.tiling.tile_slide``).
-        encoder: a loaded encoder (``indexer.encoders.load_encoder``).
+        encoder: a loaded encoder (``indexer.models.encoders.load_encoder``).
         mpp: MPP override used when the grid was made (passed to ``open_slide``).
         batch_size: patches per encoder call.
         num_workers: reader processes; 0 reads in this process.
@@ -65,7 +65,7 @@ def iter_slide_embeddings(
         SlideError: a patch cannot be read.
     """
     from indexer.feed import PatchFeed
-    from indexer.preprocess import BatchPreprocess
+    from indexer.models.preprocess import BatchPreprocess
     from indexer.readers import ReaderPool
 
     if len(grid) == 0:

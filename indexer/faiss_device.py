@@ -88,7 +88,7 @@ def faiss_device() -> str:
         DeviceError: an unknown value; ``cuda`` when FAISS sees no GPU; ``auto`` on a machine whose NVIDIA GPU
             this faiss-gpu build cannot use.
     """
-    from indexer.devices import system_gpus
+    from indexer.models.devices import system_gpus
 
     raw = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
     want = _CHOICES.get(raw)

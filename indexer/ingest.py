@@ -53,7 +53,7 @@ class SlideStream:
     """
 
     def __init__(self, config, encoder, staging, pool: ReaderPool, progress: StageProgress | None = None):
-        from indexer.preprocess import BatchPreprocess
+        from indexer.models.preprocess import BatchPreprocess
 
         from indexer.prepare import PrepareOptions
 

@@ -18,7 +18,7 @@ import numpy as np
 from indexer.aggregate import AggregationConfig
 from indexer.slides.sources import list_sources, source_facts
 from indexer.encode import file_facts
-from indexer.encoders import file_sha256
+from indexer.models.encoders import file_sha256
 from indexer.engines.job import EncodeJob, SlideOutcome
 from indexer.errors import UserError
 from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
@@ -120,7 +120,7 @@ def check_model_named(model: str | None) -> None:
         ModelError: ``model`` is None or empty.
     """
     if not model:
-        from indexer.encoders import known_names
+        from indexer.models.encoders import known_names
         from indexer.errors import ModelError
 
         raise ModelError(f"name the encoder with --model (known: {', '.join(known_names())}; `slidesearch models` "
@@ -186,7 +186,7 @@ def run_index(
         report_model: a sentence-transformers folder for the reports (default: all-MiniLM-L6-v2).
     """
     from indexer.bank import load_bank
-    from indexer.devices import encoder_label
+    from indexer.models.devices import encoder_label
     from indexer.engines import open_engine
     from indexer.faiss_device import faiss_label
     from indexer.store.compact import auto_merge, vacuum

@@ -70,7 +70,7 @@ def prepare_slide(path, record: dict[str, Any], config: "PrepareOptions", mpp: f
     Raises:
         UserError: unreadable slide, no MPP, or no tissue.
     """
-    from indexer.encoders import file_sha256
+    from indexer.models.encoders import file_sha256
     from indexer.slides import open_slide
     from indexer.tiles.tiling import tile_slide
     from indexer.tiles.tissue import detect_tissue

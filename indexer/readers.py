@@ -50,7 +50,7 @@ class PrepareTask:
 @dataclass(frozen=True)
 class ReadTask:
     """Read ``coords`` (level-0 x, y; grid rows from ``first_row`` on) of a slide into ``slot`` from ``offset`` on,
-    resized with Pillow to ``resize`` = ((h, w), mode) when given (``indexer.preprocess``)."""
+    resized with Pillow to ``resize`` = ((h, w), mode) when given (``indexer.models.preprocess``)."""
 
     key: int
     path: str
@@ -106,7 +106,7 @@ def _kind(task) -> str:
 
 def _read(task: ReadTask, slides, slot: np.ndarray) -> None:
     from indexer.errors import SlideError
-    from indexer.preprocess import resize_like_pil
+    from indexer.models.preprocess import resize_like_pil
     from indexer.slides import open_slide
     from indexer.tiles.tiling import read_patch_array
 

@@ -196,7 +196,7 @@ class IndexArrays:
 
 def load_index_encoder(manifest: dict[str, Any], device: str = "auto"):
     """Load the encoder an index was built with and check its weights fingerprint."""
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
 
     spec = manifest["encoder"]
     encoder = load_encoder(spec["name"], checkpoint=spec.get("checkpoint"), device=device)

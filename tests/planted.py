@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.encoders import Encoder, EncoderInfo, register_encoder
+from indexer.models.encoders import Encoder, EncoderInfo, register_encoder
 from indexer.synthetic import TISSUE_CLASSES, Region, SyntheticSlideSpec, write_slide
 
 CLASSES = list(TISSUE_CLASSES)

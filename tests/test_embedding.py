@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexer.embedding import embed_slide, iter_slide_embeddings
-from indexer.encoders import load_encoder
+from indexer.models.encoders import load_encoder
 from indexer.errors import SlideError
 from indexer.slides import open_slide
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide

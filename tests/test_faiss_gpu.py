@@ -10,7 +10,7 @@ import pytest
 
 from benchmark_module import load_benchmark
 from gpu_standin import StandInGpu
-from indexer import devices
+from indexer.models import devices
 from indexer import faiss_device as fd
 from indexer import vector_index as vi
 from indexer.errors import DeviceError

@@ -196,7 +196,7 @@ def test_trident_h5_import_gives_the_same_slide_vectors(tmp_path):
     import h5py
 
     from indexer.embedding import embed_slide
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
     from indexer.slides import open_slide
     from indexer.tiles.tiling import tile_slide
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from indexer.embedding import embed_slide
-from indexer.encoders import load_encoder
+from indexer.models.encoders import load_encoder
 from indexer.pipeline import IndexConfig, run_index
 from indexer.prepare import PrepareOptions, prepare_slide
 from indexer.readers import PrepareTask, ReaderPool, resolve_workers
@@ -203,7 +203,7 @@ def test_readers_do_not_run_the_callers_script_again(slides, tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""
         from indexer.embedding import embed_slide
-        from indexer.encoders import load_encoder
+        from indexer.models.encoders import load_encoder
         from indexer.prepare import PrepareOptions, prepare_slide
         from indexer.tiles.tiling import TilingConfig
         grid = prepare_slide({str(path)!r}, {{"slide_id": "x"}}, PrepareOptions(TilingConfig()), hash_file=False).grid

@@ -30,7 +30,7 @@ class LocalEngine:
     def load(self, bank):
         """Start the reader processes (their imports warm up meanwhile), then load the encoder; returns it and
         the bank's text prototypes T."""
-        from indexer.encoders import load_encoder, resolve_device
+        from indexer.models.encoders import load_encoder, resolve_device
         from indexer.prototypes import embed_prototypes
         from indexer.readers import ReaderPool, resolve_workers
 

@@ -57,7 +57,7 @@ class SlideEncoder:
     def encoder(self):
         with self._lock:
             if self._encoder is None:
-                from indexer.encoders import load_encoder
+                from indexer.models.encoders import load_encoder
 
                 c = self.config
                 self._encoder = load_encoder(c.model, checkpoint=c.checkpoint, device=c.device, batch_size=c.batch_size)

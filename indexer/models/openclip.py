@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from indexer.encoders import (
+from indexer.models.encoders import (
     RANDOM_WEIGHTS,
     Encoder,
     EncoderInfo,

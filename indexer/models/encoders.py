@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from indexer.devices import check_precision, default_precision, resolve_device
+from indexer.models.devices import check_precision, default_precision, resolve_device
 from indexer.errors import DeviceError, ModelError
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `slidesearch --help` is instant
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy so `slidesearch --help` is instant
     from PIL import Image
 
 RANDOM_WEIGHTS = "random"  # checkpoint value that explicitly asks for random initialisation
-_BACKEND_MODULES = ("indexer.encoder_openclip", "indexer.encoder_backends")
+_BACKEND_MODULES = ("indexer.models.openclip", "indexer.models.backends")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def load_encoder(name: str, checkpoint: str | None = None, device: str = "auto",
         name: ``tiny``, ``openclip:<arch>[@<pretrained tag>]``, ``quiltnet-b32``, ``quiltnet-b16``,
             ``conch``, ``plip``, or any name added with :func:`register_encoder`.
         checkpoint: a local weights file or folder; ``"random"`` for explicit random weights.
-        device: ``auto`` (CUDA when usable), ``cpu`` or ``cuda[:N]`` (:func:`indexer.devices.resolve_device`).
+        device: ``auto`` (CUDA when usable), ``cpu`` or ``cuda[:N]`` (:func:`indexer.models.devices.resolve_device`).
         batch_size: images or texts per forward pass.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast (None: bf16 on CUDA, fp32 on the CPU).
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from indexer.encoders import (
+from indexer.models.encoders import (
     Encoder,
     EncoderInfo,
     check_checkpoint_fits,
