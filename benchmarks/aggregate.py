@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 from benchmarks.rates import gpu_encoder_rate  # noqa: E402
-from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize  # noqa: E402
+from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide, l2_normalize  # noqa: E402
 
 DIM = 512
 TARGET_FRACTION = 0.01

@@ -56,11 +56,11 @@ def record(slide_id: str, n: int) -> dict:
 
 def build_base(root: Path, n_slides: int, patches: int) -> float:
     """A base index of synthetic slides written through the store's writer; returns seconds."""
-    from indexer.aggregate import aggregate_slide
-    from indexer.bank import load_bank
+    from indexer.aggregation.aggregate import aggregate_slide
+    from indexer.aggregation.bank import load_bank
     from indexer.models.encoders import load_encoder
     from indexer.pipeline import IndexConfig, prototype_table, settings_for
-    from indexer.prototypes import embed_prototypes
+    from indexer.aggregation.prototypes import embed_prototypes
     from indexer.store.segments import SlideRows
     from indexer.store.writer import IndexWriter
 

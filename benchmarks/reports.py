@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 BANK_WORDING = {"tumour": "tumour", "stroma": "stroma", "lymphocytes": "lymphocytes", "necrosis": "necrosis",
                 "adipose": "adipose", "mucin": "mucin"}
-# Written apart from the banks (indexer/banks/*.yaml, the planted bank) and from the NegEx trigger lists
+# Written apart from the banks (indexer/aggregation/banks/*.yaml, the planted bank) and from the NegEx trigger lists
 # (indexer/reports/negation.py): tests/test_bench_reports.py fails if a paraphrase holds a bank term or shares a
 # content-word pair with any bank text, or if a negation/uncertainty phrasing is a trigger list's entry.
 HELD_OUT = {  # in reports only: never a bank text, a class name or a query

@@ -81,7 +81,7 @@ def build(rows: list[dict], folder: Path) -> tuple[object, float, float]:
     """Index ``rows`` as report tables in ``folder``; (ReportIndex, seconds, seconds of which model load)."""
     import pyarrow as pa
 
-    from indexer.bank import load_bank
+    from indexer.aggregation.bank import load_bank
     from indexer.reports.store import ReportConfig, build_reports
     from retrieval.report_search import ReportIndex
 

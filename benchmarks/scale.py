@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS loads
 
-from indexer.aggregate import l2_normalize  # noqa: E402
+from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
 
 TOP = 10
 LATENCY_QUERIES = 200  # single queries timed per API kind

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from indexer.aggregate import AggregationConfig
+from indexer.aggregation.aggregate import AggregationConfig
 from indexer.slides.sources import list_sources, source_facts
 from indexer.encode import file_facts
 from indexer.models.encoders import file_sha256
@@ -56,7 +56,7 @@ class IndexConfig:
     features_dir: str | None = None
     wait: bool = False
     commit_every: int | None = None
-    slide_features_dir: str | None = None  # TRIDENT slide-encoder .h5 files (indexer/slide_features.py)
+    slide_features_dir: str | None = None  # TRIDENT slide-encoder .h5 files (indexer/aggregation/slide_features.py)
     slide_encoder: str | None = None  # the slide space they fill
     commit_minutes: float | None = None
     engine: str = "local"
@@ -88,7 +88,7 @@ class IndexReport:
 
 def settings_for(config: IndexConfig, encoder, bank) -> IndexSettings:
     """The index settings a run with ``config`` asks for."""
-    from indexer.bank import list_banks
+    from indexer.aggregation.bank import list_banks
 
     source = config.bank if config.bank in list_banks() else str(Path(config.bank).expanduser().resolve())
     return IndexSettings(
@@ -185,7 +185,7 @@ def run_index(
             report search: ``indexer/reports/``).
         report_model: a sentence-transformers folder for the reports (default: all-MiniLM-L6-v2).
     """
-    from indexer.bank import load_bank
+    from indexer.aggregation.bank import load_bank
     from indexer.models.devices import encoder_label
     from indexer.engines import open_engine
     from indexer.faiss_device import faiss_label
@@ -361,7 +361,7 @@ class _Run:
         alpha, tau = self.settings.aggregation.alpha, self.settings.aggregation.tau
         if alpha >= 1.0 or not self.ok or self.writer.version.number > 0:
             return self.text_prototypes
-        from indexer.prototypes import refine_prototypes
+        from indexer.aggregation.prototypes import refine_prototypes
 
         per_slide = max(1, REFINE_SAMPLE // len(self.ok))  # an even share keeps memory flat on large collections
         feats = [_evenly_spaced(self.writer.staging.get(s).features, per_slide) for s in self.ok]

@@ -26,7 +26,7 @@ class PrepareOptions:
 
     tiling: "TilingConfig"
     max_patches: int | None = None
-    slide_features_dir: str | None = None  # TRIDENT slide-encoder .h5 files (indexer/slide_features.py)
+    slide_features_dir: str | None = None  # TRIDENT slide-encoder .h5 files (indexer/aggregation/slide_features.py)
     slide_encoder: str | None = None
 
     @classmethod
@@ -81,7 +81,7 @@ def prepare_slide(path, record: dict[str, Any], config: "PrepareOptions", mpp: f
         record["sha256"] = file_sha256(path)
         _add(timings, "hash", t0)
     if config.slide_features_dir is not None:  # before any pixel is read: a missing file fails the slide at once
-        from indexer.slide_features import RECORD_KEY, read_slide_embedding
+        from indexer.aggregation.slide_features import RECORD_KEY, read_slide_embedding
 
         vector = read_slide_embedding(config.slide_features_dir, record["slide_id"])
         record[RECORD_KEY] = {config.slide_encoder: vector.tolist()}

@@ -75,7 +75,7 @@ class SlideSearcher:
     @cached_property
     def bank(self):
         """The knowledge bank the index was built with (None when it is gone or changed: no expansion then)."""
-        from indexer.bank import load_bank
+        from indexer.aggregation.bank import load_bank
         from indexer.errors import UserError
 
         spec = self.catalog.manifest["bank"]
@@ -248,7 +248,7 @@ class SlideSearcher:
         return SearchResult("slide", str(slide), hits, {"mode": mode, "exclude_same": exclude_same})
 
     def _embed_new_slide(self, path: Path):
-        from indexer.aggregate import AggregationConfig, aggregate_slide
+        from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide
         from indexer.encode import encode_slide
         from indexer.pipeline import IndexConfig
         from indexer.tiles.tiling import TilingConfig

@@ -31,7 +31,7 @@ class LocalEngine:
         """Start the reader processes (their imports warm up meanwhile), then load the encoder; returns it and
         the bank's text prototypes T."""
         from indexer.models.encoders import load_encoder, resolve_device
-        from indexer.prototypes import embed_prototypes
+        from indexer.aggregation.prototypes import embed_prototypes
         from indexer.readers import ReaderPool, resolve_workers
 
         c = self.config

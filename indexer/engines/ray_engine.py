@@ -77,7 +77,7 @@ class SlideEncoder:
 
     def start(self, bank=None):
         """Load the model; returns its description and, when given ``bank``, the text prototypes T."""
-        from indexer.prototypes import embed_prototypes
+        from indexer.aggregation.prototypes import embed_prototypes
 
         encoder = self.encoder
         return encoder.describe(), (embed_prototypes(bank, encoder) if bank is not None else None)

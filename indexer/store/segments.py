@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.slide_features import RECORD_KEY, write_segment_spaces
+from indexer.aggregation.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
 from indexer.store.layout import FAISS_NAMES

@@ -80,7 +80,7 @@ def index_command(
 
     from indexer.slides.dicomweb import use_token_file
 
-    from indexer.aggregate import AggregationConfig
+    from indexer.aggregation.aggregate import AggregationConfig
     from indexer.pipeline import IndexConfig, run_index
     from indexer.tiles.tiling import TilingConfig
 
@@ -90,7 +90,7 @@ def index_command(
     if (slide_features is None) != (slide_encoder is None):
         raise UserError("--slide-features and --slide-encoder go together (a folder of .h5 files and its space name)")
     if slide_features is not None:
-        from indexer.slide_features import check_space_name
+        from indexer.aggregation.slide_features import check_space_name
 
         if not slide_features.is_dir():
             raise UserError(f"--slide-features {slide_features}: no such directory")

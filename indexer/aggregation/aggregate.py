@@ -22,7 +22,7 @@ class AggregationConfig:
             over the many patches of one morphology; CLIP's trained 0.01 (scale 100) would make
             attention over 10^5 patches collapse onto a handful of them.
         alpha: Prototype refinement weight on the text embedding (1 = text only, no refinement;
-            see :func:`indexer.prototypes.refine_prototypes`). Recorded in the manifest.
+            see :func:`indexer.aggregation.prototypes.refine_prototypes`). Recorded in the manifest.
         chunk: Patches per chunk; memory is O(chunk·(d+K)) beyond the inputs and outputs.
     """
 

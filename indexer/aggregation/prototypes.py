@@ -6,8 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
-from indexer.aggregate import l2_normalize, similarity_chunks
-from indexer.bank import Bank
+from indexer.aggregation.aggregate import l2_normalize, similarity_chunks
+from indexer.aggregation.bank import Bank
 
 
 class TextEncoder(Protocol):

@@ -98,7 +98,7 @@ class Bank:
 
 def list_banks() -> list[str]:
     """Names of the banks shipped with the package (``general`` and the organ banks)."""
-    files = resources.files("indexer").joinpath("banks").iterdir()
+    files = resources.files("indexer.aggregation").joinpath("banks").iterdir()
     return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml") and f.name != DISEASES_FILE)
 
 
@@ -146,7 +146,7 @@ _Origin = str
 
 
 def _shipped(file_name: str) -> Path:
-    return Path(str(resources.files("indexer").joinpath("banks", file_name)))
+    return Path(str(resources.files("indexer.aggregation").joinpath("banks", file_name)))
 
 
 def _locate(name_or_path: str, base: Path | None, context: str = "") -> tuple[Path, str]:
