@@ -29,7 +29,7 @@ from benchmarks.rates import gpu_encoder_rate  # noqa: E402
 from indexer.embedding import iter_slide_embeddings  # noqa: E402
 from indexer.models.encoders import load_encoder  # noqa: E402
 from indexer.slides import open_slide  # noqa: E402
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide  # noqa: E402
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide  # noqa: E402
 from indexer.tiles.tiling import TileGrid, TilingConfig, tile_slide  # noqa: E402
 
 # (patches per run, batch size) per model: a few seconds to half a minute of work per run on 2 CPU cores.

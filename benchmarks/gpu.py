@@ -166,7 +166,7 @@ def index_step(model: str, checkpoint: str | None, device: str, slides: int, sli
                batch_size: int, work: Path) -> dict:
     """``run_index`` over a synthetic cohort: patches/s of the run (model load excluded) and its devices."""
     from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic import write_cohort
+    from retrieval.demo.synthetic import write_cohort
 
     cohort = work / "cohort"
     write_cohort(cohort, n_patients=max(1, slides // 2), slides_per_patient=min(2, slides), size=(slide_px, slide_px),

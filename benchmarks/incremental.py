@@ -89,7 +89,7 @@ def build_base(root: Path, n_slides: int, patches: int) -> float:
 
 def new_slides(folder: Path, count: int) -> list[Path]:
     """``count`` synthetic 3,136² slides at 0.25 µm/px (49 tissue patches at 20x each)."""
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     folder.mkdir(parents=True, exist_ok=True)
     return [write_slide(folder / f"NEW{i:03d}.tif", SyntheticSlideSpec(

@@ -50,8 +50,8 @@ COHORTS = {  # name → (side px, µm/px, distinct slides written)
 
 # -- slides ------------------------------------------------------------------------------------
 def write_jpeg_slide(path: Path, side: int, mpp: float, seed: int) -> Path:
-    """A JPEG-tiled, Aperio-described pyramidal TIFF of a synthetic cohort layout (``indexer.synthetic``)."""
-    from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
+    """A JPEG-tiled, Aperio-described pyramidal TIFF of a synthetic cohort layout (``retrieval.demo.synthetic``)."""
+    from retrieval.demo.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
 
     rng = np.random.default_rng(seed)
     diagnosis = list(DIAGNOSES.values())[seed % len(DIAGNOSES)]

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--ihc-section", choices=("same", "serial"), default="same")
     args = parser.parse_args()
     from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic_multistain import write_multistain_cohort
+    from retrieval.demo.multistain import write_multistain_cohort
     from indexer.tiles.tiling import TilingConfig
     from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
     from retrieval.bench_search import machine_description

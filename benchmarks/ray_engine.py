@@ -133,7 +133,7 @@ def cluster_plan(measured: dict, commit: dict, n_slides: int = 100_000, gpus: in
 def run(args, work: Path) -> dict:
     import ray
 
-    from indexer.synthetic import write_cohort
+    from retrieval.demo.synthetic import write_cohort
 
     write_cohort(work / "slides", n_patients=(args.slides + 1) // 2, slides_per_patient=2,
                  size=(args.slide_px, args.slide_px), mpp=args.mpp)

@@ -56,7 +56,7 @@ SIDE = 1024
 def cohort(out: Path, n: int, seed: int) -> tuple[list[dict], Path]:
     """Write ``n`` slides, their metadata CSV and report folder; returns the slide facts and the CSV."""
     from planted import CLASSES
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     rng = np.random.default_rng(seed)
     (out / "slides").mkdir(parents=True, exist_ok=True)

@@ -334,7 +334,7 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t2 - t0:.3f}")
 def first_query(rows: list[dict], out: Path, runs: int = 3) -> dict:
     """A fresh process opens a 24-slide index (``--model tiny``) with real reports and runs its first report query."""
     from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
     from indexer.tiles.tiling import TilingConfig
 
     folder = out / "first"

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 from indexer.slides import open_slide  # noqa: E402
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide  # noqa: E402
+from retrieval.demo.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide  # noqa: E402
 from indexer.tiles.tiling import TileGrid, TilingConfig, read_patch, tile_slide  # noqa: E402
 from indexer.tiles.tissue import detect_tissue  # noqa: E402
 

@@ -69,7 +69,7 @@ def run_index_benchmark(config: IndexBenchConfig, workdir: str | Path,
     Raises:
         UserError: an index run failed (its log file is named).
     """
-    from indexer.synthetic import write_cohort
+    from retrieval.demo.synthetic import write_cohort
 
     step = on_step or (lambda _: None)
     workdir = Path(workdir)

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import pytest
 
-from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` itself sets it, before torch loads
 

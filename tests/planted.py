@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from indexer.models.encoders import Encoder, EncoderInfo, register_encoder
-from indexer.synthetic import TISSUE_CLASSES, Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import TISSUE_CLASSES, Region, SyntheticSlideSpec, write_slide
 
 CLASSES = list(TISSUE_CLASSES)
 DIM = 16

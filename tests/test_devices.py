@@ -13,7 +13,7 @@ from indexer import faiss_device as fd
 from indexer.models.devices import TorchProbe, resolve_device
 from indexer.models.encoders import load_encoder
 from indexer.errors import DeviceError
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
 FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
 BROKEN_DRIVER = TorchProbe(False, error="CUDA initialization: The NVIDIA driver on your system is too old "

@@ -13,7 +13,7 @@ from indexer.embedding import embed_slide, iter_slide_embeddings
 from indexer.models.encoders import load_encoder
 from indexer.errors import SlideError
 from indexer.slides import open_slide
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiles.tiling import TileGrid, TilingConfig, read_patch, tile_slide
 
 # Encoding a patch alone or inside a differently composed batch (fp32, CPU) agrees to rounding.

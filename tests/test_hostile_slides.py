@@ -16,8 +16,8 @@ import hostile
 from indexer.errors import QueryError, SlideError
 from indexer.slides import open_slide
 from indexer.slides.limits import pil_pixel_limit
-from indexer.synthetic import SyntheticSlideSpec, write_slide
-from indexer.synthetic_dicom import write_dicom_slide
+from retrieval.demo.synthetic import SyntheticSlideSpec, write_slide
+from retrieval.demo.dicom import write_dicom_slide
 from conftest import GRID_ALIGNED_REGIONS, SHARED_SLIDES
 
 ADDRESS_SPACE = 2 << 30  # bytes: the hostile files are opened under this RLIMIT_AS

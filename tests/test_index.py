@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import planted  # noqa: F401  (registers the planted encoder used below)
 from indexer.pipeline import IndexConfig, run_index
-from indexer.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
 from indexer.tiles.tiling import TilingConfig
 from indexer.vector_index import reconstruct
 from retrieval.catalog import Catalog, index_info

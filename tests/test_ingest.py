@@ -26,8 +26,8 @@ from indexer.prepare import PrepareOptions, prepare_slide
 from indexer.readers import PrepareTask, ReaderPool, resolve_workers
 from indexer.slides import open_slide
 from indexer.store.segments import SegmentFiles
-from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
-from indexer.synthetic_dicom import write_dicom_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
+from retrieval.demo.dicom import write_dicom_slide
 from indexer.tiles.tiling import TileGrid, TilingConfig
 from retrieval.catalog import Catalog
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import planted
 from indexer import vector_index as vi
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app
 from retrieval.queries import embed_text_query
 from retrieval.search import SlideSearcher

@@ -11,7 +11,7 @@ import httpx
 
 import planted
 from indexer.pipeline import run_index
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from serving import running
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from indexer.pipeline import IndexConfig, run_index
 from indexer.store.segments import SegmentFiles
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiles.tiling import TilingConfig
 from indexer.vector_index import reconstruct
 from retrieval.catalog import Catalog

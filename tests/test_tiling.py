@@ -8,7 +8,7 @@ import pytest
 from conftest import GRID_ALIGNED_REGIONS
 from indexer.errors import SlideError
 from indexer.slides import open_slide
-from indexer.synthetic import Region
+from retrieval.demo.synthetic import Region
 from indexer.tiles.tiling import TilingConfig, patch_geometry, read_patch, tile_slide
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexer.slides import open_slide
-from indexer.synthetic import ARTEFACTS, TISSUE_CLASSES, Region, SyntheticSlideSpec, render_tile
+from retrieval.demo.synthetic import ARTEFACTS, TISSUE_CLASSES, Region, SyntheticSlideSpec, render_tile
 from indexer.tiles.tissue import TissueConfig, TissueMask, binary_dilation, binary_erosion, detect_tissue
 
 

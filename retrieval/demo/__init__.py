@@ -123,7 +123,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), show_progress: 
 
 def prepare_cohort(out: Path, config: DemoConfig) -> tuple[Path, bool]:
     """The cohort's metadata.csv under ``out/cohort``, written unless an identical one is complete there."""
-    from indexer.synthetic import DIAGNOSES, write_cohort
+    from retrieval.demo.synthetic import DIAGNOSES, write_cohort
 
     settings = {name: getattr(config, name) for name in COHORT_FIELDS}
     record = out / "demo.json"

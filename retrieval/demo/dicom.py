@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from indexer.synthetic import SyntheticSlideSpec, _level_shapes, _tiles
+from retrieval.demo.synthetic import SyntheticSlideSpec, level_shapes, level_tiles
 
 _WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 
@@ -27,8 +27,8 @@ def write_dicom_slide(folder: str | Path, spec: SyntheticSlideSpec, quality: int
     folder.mkdir(parents=True, exist_ok=True)
     seed = f"slidesearch-synthetic-{spec.seed}-{spec.width}x{spec.height}"
     uids = {name: generate_uid(entropy_srcs=[seed, name]) for name in ("study", "series", "frame")}
-    for index, (ds, width, height) in enumerate(_level_shapes(spec)):
-        frames = [_jpeg(tile, quality) for tile in _tiles(spec, ds, width, height)]
+    for index, (ds, width, height) in enumerate(level_shapes(spec)):
+        frames = [_jpeg(tile, quality) for tile in level_tiles(spec, ds, width, height)]
         dataset = _level_dataset(spec, index, ds, width, height, frames, uids,
                                  generate_uid(entropy_srcs=[seed, f"level{index}"]))
         dataset.save_as(folder / f"level{index}.dcm", enforce_file_format=True)

@@ -2,7 +2,7 @@
 
 Each case (one patient, one diagnosis) has a tissue layout drawn from its diagnosis's mixture; its H&E slides
 and its IHC slides render that same layout and texture (same regions, same seed): the IHC rendering recolours
-every tissue class as haematoxylin counterstain with DAB-positive tumour cells (``indexer.synthetic.IHC_CLASSES``),
+every tissue class as haematoxylin counterstain with DAB-positive tumour cells (``retrieval.demo.synthetic.IHC_CLASSES``),
 so only the stain differs between a case's slides. Further H&E slides of a case (``he_per_case`` > 1) are
 other sections: a new layout of the same case mixture. With ``ihc_section="serial"`` the IHC slides are such
 other sections too (as in practice: each stain is cut from its own section). With ``concentration`` set, each
@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from indexer.synthetic import DIAGNOSES, Diagnosis, SyntheticSlideSpec, cohort_layout, ihc, write_slide
+from retrieval.demo.synthetic import DIAGNOSES, Diagnosis, SyntheticSlideSpec, cohort_layout, ihc, write_slide
 
 FIELDS = ("slide_id", "patient_id", "case_id", "label", "organ", "true_stain")
 

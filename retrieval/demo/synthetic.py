@@ -223,7 +223,7 @@ def render_tile(spec: SyntheticSlideSpec, downsample: int, x: int, y: int, w: in
 
 
 # ---- writers ---------------------------------------------------------------------------------
-def _level_shapes(spec: SyntheticSlideSpec) -> list[tuple[int, int, int]]:
+def level_shapes(spec: SyntheticSlideSpec) -> list[tuple[int, int, int]]:
     """(downsample, width, height) per pyramid level, halving until the longer side ≤ 2 tiles."""
     levels = [(1, spec.width, spec.height)]
     while max(levels[-1][1:]) > 2 * spec.tile and levels[-1][0] * 2 <= BANK_PX:
@@ -232,7 +232,8 @@ def _level_shapes(spec: SyntheticSlideSpec) -> list[tuple[int, int, int]]:
     return levels
 
 
-def _tiles(spec: SyntheticSlideSpec, ds: int, width: int, height: int) -> Iterator[np.ndarray]:
+def level_tiles(spec: SyntheticSlideSpec, ds: int, width: int, height: int) -> Iterator[np.ndarray]:
+    """The level's ``spec.tile``-sized RGB tiles (downsample ``ds``, size ``width`` × ``height``), row by row."""
     t = spec.tile
     for ty in range(0, height, t):
         for tx in range(0, width, t):
@@ -265,10 +266,10 @@ def write_slide(path: str | Path, spec: SyntheticSlideSpec) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with tifffile.TiffWriter(tmp, bigtiff=spec.width * spec.height > 2**31) as tif:
-        for ds, width, height in _level_shapes(spec):
+        for ds, width, height in level_shapes(spec):
             px_per_cm = 1e4 / (spec.mpp * ds)
             tif.write(
-                _tiles(spec, ds, width, height),
+                level_tiles(spec, ds, width, height),
                 shape=(height, width, 3),
                 dtype=np.uint8,
                 tile=(spec.tile, spec.tile),
