@@ -136,7 +136,7 @@ def faiss_step(sizes: list[int], dim: int, n_queries: int) -> list[dict]:
     import faiss
 
     from indexer import vector_index as vi
-    from indexer.faiss_device import is_gpu
+    from indexer.vectors.device import is_gpu
     from retrieval.bench_search import synthetic_embeddings
 
     rows = []

@@ -140,7 +140,7 @@ def _rss_gb() -> float:
 
 def exact_patch_truth(snapshot, queries: np.ndarray, k: int = TOP) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, patch rows) over every live segment's float16 features (streamed)."""
-    from indexer.exact import exact_topk
+    from indexer.vectors.exact import exact_topk
     from indexer.store.segments import SegmentFiles
 
     scores, rows = [], []
@@ -170,7 +170,7 @@ def timed_each(fn, items) -> list[float]:
 def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, n_queries: int, progress=print) -> dict:
     """Build (or resume) the index of ``n_patches`` and measure it (run inside the child process)."""
     from indexer import vector_index as vi
-    from indexer.exact import tied_recall
+    from indexer.vectors.exact import tied_recall
     from indexer.store.rerank import RerankedIndex
     from retrieval.search import SlideSearcher
     from search import VectorEncoder, make_queries
@@ -217,7 +217,7 @@ def measure_slides(work: Path, n: int, k: int, dim: int, n_queries: int, progres
     """The slide-vector plan on ``n`` slide vectors of K·d: IVF-PQ trained on a sample, exact re-rank from the
     float32 vectors (memory-mapped, as the store keeps them in ``slides.npy``); held-out = fresh slides."""
     from indexer import vector_index as vi
-    from indexer.exact import exact_topk, row_gather, tied_recall
+    from indexer.vectors.exact import exact_topk, row_gather, tied_recall
     from indexer.store.quantizer import plan_choice
     from indexer.store.rerank import RerankedIndex
 

@@ -188,7 +188,7 @@ def run_index(
     from indexer.aggregation.bank import load_bank
     from indexer.models.devices import encoder_label
     from indexer.engines import open_engine
-    from indexer.faiss_device import faiss_label
+    from indexer.vectors.device import faiss_label
     from indexer.store.compact import auto_merge, vacuum
 
     # Every check comes before the first write: a refused run leaves the index as it was.

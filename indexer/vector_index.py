@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.errors import IndexError_, QueryError
-from indexer.exact import (  # noqa: F401 (exact_search re-exported)
+from indexer.vectors.exact import (  # noqa: F401 (exact_search re-exported)
     exact_search, exact_topk, iter_rows, release_pages, row_gather, tied_recall, without_own)
-from indexer.faiss_device import (  # noqa: F401 (the GPU side, re-exported)
+from indexer.vectors.device import (  # noqa: F401 (the GPU side, re-exported)
     DEVICE_ENV, base_index as _base, faiss_device, gpu_enabled, is_gpu as _is_gpu, to_cpu as _to_cpu, to_gpu)
 
 if TYPE_CHECKING:  # faiss is imported lazily so `slidesearch --help` stays instant

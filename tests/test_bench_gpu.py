@@ -14,7 +14,7 @@ import torch
 from benchmark_module import load_benchmark
 from gpu_standin import StandInGpu
 from indexer.models import devices
-from indexer import faiss_device as fd
+from indexer.vectors import device as fd
 from indexer.models.devices import TorchProbe
 from indexer.models.openclip import TINY_CONFIG
 

@@ -94,7 +94,7 @@ def test_slide_query_returns_the_faiss_ids_the_benchmark_times(bench, run):
 
 def _pq_index(n=4000, d=32, seed=0):
     """An IVF-PQ index with its exact re-rank (what the store opens for compressed segments), and its vectors."""
-    from indexer.exact import row_gather
+    from indexer.vectors.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
     rng = np.random.default_rng(seed)

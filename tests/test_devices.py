@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from indexer.models import devices
-from indexer import faiss_device as fd
+from indexer.vectors import device as fd
 from indexer.models.devices import TorchProbe, resolve_device
 from indexer.models.encoders import load_encoder
 from indexer.errors import DeviceError

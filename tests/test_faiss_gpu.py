@@ -11,7 +11,7 @@ import pytest
 from benchmark_module import load_benchmark
 from gpu_standin import StandInGpu
 from indexer.models import devices
-from indexer import faiss_device as fd
+from indexer.vectors import device as fd
 from indexer import vector_index as vi
 from indexer.errors import DeviceError
 from indexer.store import quantizer

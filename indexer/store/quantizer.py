@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.exact import release_pages
+from indexer.vectors.exact import release_pages
 from indexer.vector_index import FLAT_MAX_COUNT
 
 if TYPE_CHECKING:

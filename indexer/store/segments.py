@@ -190,7 +190,7 @@ def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: in
     held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
     """
     from indexer.store.quantizer import describe, kind_of, save_codes
-    from indexer.exact import row_gather
+    from indexer.vectors.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
     n, dim = vectors.shape
@@ -237,8 +237,8 @@ class SegmentFiles:
         return np.load(self.folder / VECTOR_FILES[name], mmap_mode="r")
 
     def row_file(self, name: str):
-        """The vectors of FAISS index ``name`` as a :class:`indexer.exact.RowFile` (read once per folder)."""
-        from indexer.exact import RowFile
+        """The vectors of FAISS index ``name`` as a :class:`indexer.vectors.exact.RowFile` (read once per folder)."""
+        from indexer.vectors.exact import RowFile
 
         files = self.__dict__.setdefault("_row_files", {})
         if name not in files:

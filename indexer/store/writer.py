@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide
 from indexer.errors import IndexError_, UserError
-from indexer.faiss_device import faiss_label
+from indexer.vectors.device import faiss_label
 from indexer.store import crash
 from indexer.store.atomic import atomic_path, atomic_write_bytes, remove_temporaries
 from indexer.store.backfill import backfill
