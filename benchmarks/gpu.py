@@ -9,7 +9,7 @@ Usage: python benchmarks/gpu.py [--out out/gpu] [--quick] [--batch-sizes 64,128,
    patch, 4× ViT-B/16's), open_clip with random weights, through the project's ``Encoder.encode_images`` in each
    precision (autocast) and batch size: patches/s (CUDA-synchronised) and peak GPU memory.
 2. FAISS: Flat and IVF-PQ (the project's default parameters) trained, filled and searched on the GPU through
-   ``indexer.vector_index``, and the same on the CPU: build s, QPS of 1,000 batched queries, recall@10 against
+   ``indexer.vectors``, and the same on the CPU: build s, QPS of 1,000 batched queries, recall@10 against
    exact search; GPU recall must match the CPU's within ``PARITY``.
 3. ``index`` end to end: a synthetic cohort indexed by ``run_index`` with ViT-B/16 (random weights, bf16, CUDA):
    its patches/s against step 1's encoder-only rate at the same batch size, and the devices the run reports.
@@ -135,7 +135,7 @@ def faiss_step(sizes: list[int], dim: int, n_queries: int) -> list[dict]:
     """Flat and IVF-PQ per size, on the GPU and on the CPU: build s, QPS, recall@10, and whether it was a GPU index."""
     import faiss
 
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from indexer.vectors.device import is_gpu
     from retrieval.bench_search import synthetic_embeddings
 

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(args.code.resolve()))
     import numpy as np
 
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from retrieval.search import SlideSearcher
     from retrieval.serve.live import warm
 

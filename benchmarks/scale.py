@@ -169,7 +169,7 @@ def timed_each(fn, items) -> list[float]:
 
 def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, n_queries: int, progress=print) -> dict:
     """Build (or resume) the index of ``n_patches`` and measure it (run inside the child process)."""
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from indexer.vectors.exact import tied_recall
     from indexer.store.rerank import RerankedIndex
     from retrieval.search import SlideSearcher
@@ -216,7 +216,7 @@ def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, 
 def measure_slides(work: Path, n: int, k: int, dim: int, n_queries: int, progress=print) -> dict:
     """The slide-vector plan on ``n`` slide vectors of K·d: IVF-PQ trained on a sample, exact re-rank from the
     float32 vectors (memory-mapped, as the store keeps them in ``slides.npy``); held-out = fresh slides."""
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from indexer.vectors.exact import exact_topk, row_gather, tied_recall
     from indexer.store.quantizer import plan_choice
     from indexer.store.rerank import RerankedIndex
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     import faiss
 
-    from indexer.vector_index import DEVICE_ENV
+    from indexer.vectors import DEVICE_ENV
     from retrieval.bench_search import machine_description
 
     if args.device == "cuda" and faiss.get_num_gpus() == 0:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
-from indexer import vector_index as vi  # noqa: E402
+from indexer import vectors as vi  # noqa: E402
 from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
 from benchmarks.provenance import header, kept, provenance  # noqa: E402
 from retrieval.bench_search import machine_description  # noqa: E402

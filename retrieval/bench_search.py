@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import QueryError
 
 # Search-effort values swept per kind to trace recall against speed (the kind's default is added).

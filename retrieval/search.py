@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import QueryError
 from retrieval.catalog import Catalog
 from retrieval.results import PatchMatch, PrototypeMatch, SearchHit, SearchResult

@@ -189,7 +189,7 @@ class IndexArrays:
 
     def slide_vectors(self, catalog, rows: np.ndarray, name: str) -> np.ndarray:
         """Stored vectors (len(rows), dim) of slides ``rows`` in FAISS index ``name``."""
-        from indexer.vector_index import reconstruct
+        from indexer.vectors import reconstruct
 
         return reconstruct(catalog.faiss(name), rows)
 

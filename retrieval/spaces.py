@@ -42,7 +42,7 @@ def search_space(searcher, slide: str, k: int = 10, where: str | None = None, ex
     Raises:
         QueryError: unknown space, or a slide that is not indexed (a slide encoder cannot embed a new file here).
     """
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from retrieval.results import SearchResult
 
     if space in BUILTIN:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
+from indexer.vectors import exact, knn, recall
 from retrieval.search import SlideSearcher
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
@@ -125,8 +126,10 @@ def test_bare_faiss_calls_run_no_project_code(bench, run, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("project code ran inside a bare FAISS call")
 
-    for name in ("search", "reconstruct", "exact_topk", "row_gather"):
-        monkeypatch.setattr(vi, name, forbidden)
+    for module in (vi, knn, recall, exact):
+        for name in ("search", "reconstruct", "exact_topk", "row_gather"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, forbidden)
     monkeypatch.setattr(type(reranked), "search", forbidden)
     reranked.gather = reranked.score = forbidden
     for call in closures:

@@ -12,7 +12,7 @@ from benchmark_module import load_benchmark
 from gpu_standin import StandInGpu
 from indexer.models import devices
 from indexer.vectors import device as fd
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import DeviceError
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot

@@ -18,7 +18,7 @@ import planted  # noqa: F401  (registers the planted encoder used below)
 from indexer.pipeline import IndexConfig, run_index
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
 from indexer.tiles.tiling import TilingConfig
-from indexer.vector_index import reconstruct
+from indexer.vectors import reconstruct
 from retrieval.catalog import Catalog, index_info
 from retrieval.cli import app
 from assertions import one_error_line

@@ -24,7 +24,7 @@ from indexer.pipeline import IndexConfig, run_index
 from indexer.store.segments import SegmentFiles
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiles.tiling import TilingConfig
-from indexer.vector_index import reconstruct
+from indexer.vectors import reconstruct
 from retrieval.catalog import Catalog
 
 ray = pytest.importorskip("ray")

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import planted
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app
 from retrieval.queries import embed_text_query

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 import store_scenario as scenario
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import IndexError_
 from indexer.store.compact import compact, merge_candidates
 from indexer.store.segments import SlideRows

@@ -3,7 +3,7 @@
 ``auto`` is CUDA when torch can use a GPU, the CPU when the machine has none. A machine that has a GPU (the
 NVIDIA driver lists one, or CUDA failed to initialise) that torch cannot use is an error naming the cause and
 ``--device cpu``, so a GPU box never encodes on its CPU at a hundredth of the speed without saying so. FAISS's
-device follows the same rule (:func:`indexer.vector_index.faiss_device`).
+device follows the same rule (:func:`indexer.vectors.faiss_device`).
 """
 
 from __future__ import annotations

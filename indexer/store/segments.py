@@ -124,11 +124,11 @@ class SegmentBuilder:
     def finish(self, max_index_memory: int | None, faiss_kind: str | None = None, quantizers=None) -> dict[str, Any]:
         """Write the tables and FAISS indexes, fsync, and publish the folder; returns the segment's entry.
 
-        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides, or the
+        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vectors.choose_index` decides, or the
         trained-once quantizer of :class:`indexer.store.quantizer.Quantizers` ``quantizers`` once there is one)."""
         import time
 
-        from indexer import vector_index as vi
+        from indexer import vectors as vi
 
         t0 = time.perf_counter()
         self._flush_patches()
