@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
 from benchmarks.rates import gpu_encoder_rate  # noqa: E402
-from indexer.embedding import iter_slide_embeddings  # noqa: E402
+from indexer.ingestion.embedding import iter_slide_embeddings  # noqa: E402
 from indexer.models.encoders import load_encoder  # noqa: E402
 from indexer.slides import open_slide  # noqa: E402
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide  # noqa: E402

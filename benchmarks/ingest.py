@@ -84,7 +84,7 @@ def make_cohort(work: Path, name: str, count: int) -> Path:
 def grids_of(paths: list[Path]) -> list[tuple[Path, object]]:
     """Each slide's grid as the pipeline makes it (tissue mask, then tiling at 20x / 224 px)."""
     from indexer.pipeline import IndexConfig
-    from indexer.prepare import prepare_slide
+    from indexer.ingestion.prepare import prepare_slide
 
     config = IndexConfig(model="tiny")
     return [(p, prepare_slide(p, {"slide_id": p.stem}, config, hash_file=False).grid) for p in paths]
@@ -98,7 +98,7 @@ def measure_limit(grids, cores: int) -> dict:
 
     from indexer.models.encoders import load_encoder
     from indexer.models.preprocess import BatchPreprocess
-    from indexer.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
+    from indexer.ingestion.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
     from indexer.slides import open_slide
     from indexer.tiles.tiling import read_patch_array
 

@@ -41,7 +41,7 @@ def write_standin_slide_features(cohort: Path, out: Path, tiling, max_patches: i
 
     import h5py
 
-    from indexer.encode import encode_slide
+    from indexer.ingestion.encode import encode_slide
     from indexer.models.encoders import load_encoder
     from indexer.pipeline import IndexConfig
 

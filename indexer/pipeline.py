@@ -17,11 +17,11 @@ import numpy as np
 
 from indexer.aggregation.aggregate import AggregationConfig
 from indexer.slides.sources import list_sources, source_facts
-from indexer.encode import file_facts
+from indexer.ingestion.encode import file_facts
 from indexer.models.encoders import file_sha256
 from indexer.engines.job import EncodeJob, SlideOutcome
 from indexer.errors import UserError
-from indexer.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
+from indexer.ingestion.metadata import mpp_overrides, read_metadata_csv, unmatched_summary
 from indexer.progress import StageProgress
 from indexer.reports.commit import commit_metadata, report_source
 from indexer.slides.ids import SLIDE_SUFFIXES, check_slide_id
@@ -46,7 +46,7 @@ class IndexConfig:
     checkpoint: str | None = None
     device: str = "auto"
     batch_size: int = 64
-    num_workers: int | None = None  # reader processes; None: one per core (indexer.readers.resolve_workers)
+    num_workers: int | None = None  # reader processes; None: one per core (indexer.ingestion.readers.resolve_workers)
     tiling: TilingConfig = TilingConfig()
     max_patches: int | None = None
     mpp: float | None = None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.embedding import embed_slide, iter_slide_embeddings
+from indexer.ingestion.embedding import embed_slide, iter_slide_embeddings
 from indexer.models.encoders import load_encoder
 from indexer.errors import SlideError
 from indexer.slides import open_slide

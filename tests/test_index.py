@@ -125,12 +125,12 @@ def test_rerun_skips_append_adds_change_reindexes_remove_deletes(tmp_path, monke
     assert sorted(first.indexed) == ["A0", "A1", "A2"] and first.patches_encoded > 0
     before = slide_vectors(out)
 
-    import indexer.embedding
+    import indexer.ingestion.embedding
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("an unchanged slide was encoded again")
 
-    monkeypatch.setattr(indexer.embedding, "iter_slide_embeddings", no_encoding)
+    monkeypatch.setattr(indexer.ingestion.embedding, "iter_slide_embeddings", no_encoding)
     again = run_index([folder], out, config, show_progress=False)
     assert again.indexed == [] and again.patches_encoded == 0 and sorted(again.skipped) == ["A0", "A1", "A2"]
     monkeypatch.undo()
@@ -195,7 +195,7 @@ def test_bad_index_input_is_one_line(tmp_path, args, message):
 def test_trident_h5_import_gives_the_same_slide_vectors(tmp_path):
     import h5py
 
-    from indexer.embedding import embed_slide
+    from indexer.ingestion.embedding import embed_slide
     from indexer.models.encoders import load_encoder
     from indexer.slides import open_slide
     from indexer.tiles.tiling import tile_slide

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from indexer.errors import UserError
-from indexer.metadata import read_metadata_csv
+from indexer.ingestion.metadata import read_metadata_csv
 
 SAMPLE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "tcga_reports_sample.csv.gz"
 

@@ -36,7 +36,7 @@ def import_ray():
 
 class SlideEncoder:
     """An encoder actor: loads the model once (again after a restart) and encodes and stages slides, with a
-    reader pool of its own that lives as long as the actor (the local engine's readers: ``indexer.ingest``).
+    reader pool of its own that lives as long as the actor (the local engine's readers: ``indexer.ingestion.stream``).
 
     Calls run concurrently (``max_concurrency=IN_FLIGHT``): the slide queued behind the current one is prepared
     by the readers while the current one encodes.
@@ -68,8 +68,8 @@ class SlideEncoder:
         encoder = self.encoder
         with self._lock:
             if self._service is None:
-                from indexer.ingest import SlideStream, StreamService
-                from indexer.readers import ReaderPool
+                from indexer.ingestion.stream import SlideStream, StreamService
+                from indexer.ingestion.readers import ReaderPool
 
                 pool = ReaderPool(self.readers)
                 self._service = StreamService(SlideStream(self.config, encoder, self.staging, pool))

@@ -226,7 +226,7 @@ def metadata_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Merge metadata into an index without encoding: columns are added, values updated, other slides keep theirs."""
-    from indexer.metadata import read_metadata_csv, unmatched_summary
+    from indexer.ingestion.metadata import read_metadata_csv, unmatched_summary
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
 

@@ -30,7 +30,7 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
                  progress=None) -> StagedSlide:
     """Open, detect tissue, tile and embed one slide (or import its features), in this process.
 
-    Many slides are encoded faster by ``indexer.ingest.SlideStream`` (reader processes for a whole run);
+    Many slides are encoded faster by ``indexer.ingestion.stream.SlideStream`` (reader processes for a whole run);
     this is the one-slide path (a query slide, imported features).
 
     Args:
@@ -45,8 +45,8 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
     Raises:
         UserError: unreadable slide, no MPP, or no tissue.
     """
-    from indexer.embedding import iter_slide_embeddings
-    from indexer.prepare import prepare_slide
+    from indexer.ingestion.embedding import iter_slide_embeddings
+    from indexer.ingestion.prepare import prepare_slide
 
     timings = timings if timings is not None else defaultdict(float)
     progress = progress or StageProgress(enabled=False)
@@ -66,7 +66,7 @@ def encode_slide(path, record, config: "IndexConfig", encoder, mpp: float | None
 
 
 def _import_features(path, record, config, encoder, mpp, timings) -> StagedSlide:
-    from indexer.features_import import find_features_file, read_features_h5
+    from indexer.ingestion.features_import import find_features_file, read_features_h5
     from indexer.slides import open_slide
     from indexer.tiles.tiling import patch_geometry
 

@@ -13,7 +13,7 @@ from typing import Any, Hashable
 
 import numpy as np
 
-from indexer.readers import ReaderPool, ReadTask
+from indexer.ingestion.readers import ReaderPool, ReadTask
 
 
 @dataclass

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.embedding import POLL_S, slots_for
+from indexer.ingestion.embedding import POLL_S, slots_for
 from indexer.engines.job import EncodeJob, SlideOutcome
 from indexer.errors import UserError
-from indexer.feed import Batch, PatchFeed
+from indexer.ingestion.feed import Batch, PatchFeed
 from indexer.progress import StageProgress
-from indexer.readers import Fatal, PrepareTask, ReaderPool
+from indexer.ingestion.readers import Fatal, PrepareTask, ReaderPool
 
 
 @dataclass
@@ -55,7 +55,7 @@ class SlideStream:
     def __init__(self, config, encoder, staging, pool: ReaderPool, progress: StageProgress | None = None):
         from indexer.models.preprocess import BatchPreprocess
 
-        from indexer.prepare import PrepareOptions
+        from indexer.ingestion.prepare import PrepareOptions
 
         self.config, self.encoder, self.staging = config, encoder, staging
         self.options = PrepareOptions.of(config)

@@ -1,6 +1,6 @@
 """Batched patch embedding of one slide: reader processes read uint8 patches while the encoder runs.
 
-Many slides in a row go through ``indexer.ingest.SlideStream``, which keeps one reader pool for the whole run;
+Many slides in a row go through ``indexer.ingestion.stream.SlideStream``, which keeps one reader pool for the whole run;
 this module embeds one grid (tests, benchmarks, a query slide) with the same readers and preprocessing.
 """
 
@@ -15,7 +15,7 @@ from indexer.errors import SlideError
 
 if TYPE_CHECKING:
     from indexer.models.encoders import Encoder
-    from indexer.feed import Batch, PatchFeed
+    from indexer.ingestion.feed import Batch, PatchFeed
     from indexer.models.preprocess import BatchPreprocess
     from indexer.tiles.tiling import TileGrid
 
@@ -64,9 +64,9 @@ def iter_slide_embeddings(
     Raises:
         SlideError: a patch cannot be read.
     """
-    from indexer.feed import PatchFeed
+    from indexer.ingestion.feed import PatchFeed
     from indexer.models.preprocess import BatchPreprocess
-    from indexer.readers import ReaderPool
+    from indexer.ingestion.readers import ReaderPool
 
     if len(grid) == 0:
         return

@@ -3,11 +3,11 @@
 A run starts ``workers`` processes once (fresh interpreters: they import neither torch nor the model, and
 inherit no locks, threads or open files). Each one takes two kinds of task from the encoding process:
 
-- ``prepare``: hash, open, detect tissue and stain, and tile one slide (``indexer.prepare.prepare_slide``);
+- ``prepare``: hash, open, detect tissue and stain, and tile one slide (``indexer.ingestion.prepare.prepare_slide``);
 - ``read``: read a run of a slide's patches as uint8 RGB straight into a slot of a shared-memory ring,
   from which the encoding process preprocesses and encodes them without another copy.
 
-Workers are started as ``python -m indexer.readers`` on a socket pair (multiprocessing's spawn would re-run
+Workers are started as ``python -m indexer.ingestion.readers`` on a socket pair (multiprocessing's spawn would re-run
 the caller's main script). Tasks go to the worker expected to finish first (the work queued on it, from
 measured costs), so a read for the batch the encoder waits on is not stuck behind a slow slide preparation.
 A worker that dies (a decoder crash, the OOM killer) fails the slides of the tasks it held, in one line each,
@@ -38,12 +38,12 @@ def resolve_workers(workers: int | None, device: str = "cpu") -> int:
 
 @dataclass(frozen=True)
 class PrepareTask:
-    """Prepare one slide: ``indexer.prepare.prepare_slide(path, record, options, mpp)``."""
+    """Prepare one slide: ``indexer.ingestion.prepare.prepare_slide(path, record, options, mpp)``."""
 
     key: int
     path: str
     record: dict
-    options: Any  # indexer.prepare.PrepareOptions
+    options: Any  # indexer.ingestion.prepare.PrepareOptions
     mpp: float | None
 
 
@@ -89,7 +89,7 @@ class Fatal(str):
 def _prepare(task: PrepareTask):
     """The prepared slide, or its record so far with the reason it failed."""
     from indexer.errors import failure_reason
-    from indexer.prepare import PreparedSlide, prepare_slide
+    from indexer.ingestion.prepare import PreparedSlide, prepare_slide
 
     record, timings = dict(task.record), {}
     try:
@@ -161,7 +161,7 @@ def _warm_imports() -> None:
     from scipy.ndimage import gaussian_filter  # noqa: F401
     from skimage import color, filters, morphology  # noqa: F401
 
-    import indexer.prepare  # noqa: F401
+    import indexer.ingestion.prepare  # noqa: F401
     import indexer.tiles.stain  # noqa: F401
     import indexer.tiles.tiling  # noqa: F401
 
@@ -222,7 +222,7 @@ class ReaderPool:
             conn.send(("attach", self._shm.name, self.shape))
 
     def _start_worker(self, index: int | None = None) -> None:
-        """Start ``python -m indexer.readers`` on one end of a socket pair: a fresh interpreter that imports
+        """Start ``python -m indexer.ingestion.readers`` on one end of a socket pair: a fresh interpreter that imports
         neither torch nor the caller's ``__main__``, and inherits no other file (an index's lock included)."""
         import socket
         import subprocess
@@ -231,7 +231,7 @@ class ReaderPool:
 
         here, there = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        proc = subprocess.Popen([sys.executable, "-m", "indexer.readers", str(there.fileno())],
+        proc = subprocess.Popen([sys.executable, "-m", "indexer.ingestion.readers", str(there.fileno())],
                                 pass_fds=(there.fileno(),), env=env, stdin=subprocess.DEVNULL)
         there.close()
         conn = Connection(here.detach())
@@ -347,6 +347,6 @@ class ReaderPool:
 if __name__ == "__main__":
     import sys
 
-    from indexer.readers import serve as _serve  # the importable module's classes, not __main__'s
+    from indexer.ingestion.readers import serve as _serve  # the importable module's classes, not __main__'s
 
     _serve(int(sys.argv[1]))
