@@ -165,7 +165,8 @@ def faiss_step(sizes: list[int], dim: int, n_queries: int) -> list[dict]:
 def index_step(model: str, checkpoint: str | None, device: str, slides: int, slide_px: int, workers: int,
                batch_size: int, work: Path) -> dict:
     """``run_index`` over a synthetic cohort: patches/s of the run (model load excluded) and its devices."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from retrieval.demo.synthetic import write_cohort
 
     cohort = work / "cohort"

@@ -59,7 +59,8 @@ def build_base(root: Path, n_slides: int, patches: int) -> float:
     from indexer.aggregation.aggregate import aggregate_slide
     from indexer.aggregation.bank import load_bank
     from indexer.models.encoders import load_encoder
-    from indexer.pipeline import IndexConfig, prototype_table, settings_for
+    from indexer.ingestion.commit import prototype_table
+    from indexer.ingestion.config import IndexConfig, settings_for
     from indexer.aggregation.prototypes import embed_prototypes
     from indexer.store.segments import SlideRows
     from indexer.store.writer import IndexWriter
@@ -98,7 +99,8 @@ def new_slides(folder: Path, count: int) -> list[Path]:
 
 def add_slides(root: Path, slides: list[Path]) -> list[dict]:
     """Add each slide with its own ``run_index`` call; per add: seconds (model load excluded), stages, merged."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from indexer.store.layout import IndexPaths
     from indexer.store.versions import read_current
 

@@ -83,7 +83,7 @@ def make_cohort(work: Path, name: str, count: int) -> Path:
 # -- the limit ---------------------------------------------------------------------------------
 def grids_of(paths: list[Path]) -> list[tuple[Path, object]]:
     """Each slide's grid as the pipeline makes it (tissue mask, then tiling at 20x / 224 px)."""
-    from indexer.pipeline import IndexConfig
+    from indexer.ingestion.config import IndexConfig
     from indexer.ingestion.prepare import prepare_slide
 
     config = IndexConfig(model="tiny")
@@ -209,7 +209,8 @@ def run_index_child(folder: Path, out: Path, code: Path | None, workers: int | N
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 spec = json.loads(sys.argv[1])
 kwargs = {} if spec["workers"] is None else {"num_workers": spec["workers"]}
 start = time.perf_counter()

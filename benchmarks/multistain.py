@@ -43,7 +43,7 @@ def write_standin_slide_features(cohort: Path, out: Path, tiling, max_patches: i
 
     from indexer.ingestion.encode import encode_slide
     from indexer.models.encoders import load_encoder
-    from indexer.pipeline import IndexConfig
+    from indexer.ingestion.config import IndexConfig
 
     start = time.perf_counter()
     encoder = load_encoder("tiny", device="cpu")
@@ -72,7 +72,8 @@ def main() -> None:
     parser.add_argument("--concentration", type=float, default=None, help="per-case mixture jitter (see the cohort script)")
     parser.add_argument("--ihc-section", choices=("same", "serial"), default="same")
     args = parser.parse_args()
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from retrieval.demo.multistain import write_multistain_cohort
     from indexer.tiles.tiling import TilingConfig
     from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report

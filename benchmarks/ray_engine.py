@@ -51,7 +51,8 @@ PLAN_ASSUMED = {
 
 def index_once(slides: Path, out: Path, mode: dict) -> dict:
     """One `run_index` of the cohort into a fresh ``out``: wall, load, steady seconds and time by stage."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
 
     import torch
 

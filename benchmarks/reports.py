@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     facts = provenance("benchmarks/reports.py", argv)
     import planted
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
     from indexer.tiles.tiling import TilingConfig

@@ -333,7 +333,8 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t2 - t0:.3f}")
 
 def first_query(rows: list[dict], out: Path, runs: int = 3) -> dict:
     """A fresh process opens a 24-slide index (``--model tiny``) with real reports and runs its first report query."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
     from indexer.tiles.tiling import TilingConfig
 

@@ -133,7 +133,8 @@ def _child(spec: dict[str, Any]) -> None:
 
     import torch
 
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
 
     config = IndexConfig(model=spec["model"], checkpoint=spec["checkpoint"], num_workers=spec["workers"],
                          max_patches=spec["max_patches"])

@@ -250,7 +250,7 @@ class SlideSearcher:
     def _embed_new_slide(self, path: Path):
         from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide
         from indexer.ingestion.encode import encode_slide
-        from indexer.pipeline import IndexConfig
+        from indexer.ingestion.config import IndexConfig
         from indexer.tiles.tiling import TilingConfig
 
         m = self.catalog.manifest

@@ -75,7 +75,8 @@ def run_cli() -> Callable[..., "object"]:
 def planted_index(tmp_path_factory):
     """The planted 8-slide cohort (tests/planted.py) indexed once: (index dir, cohort dir, IndexConfig)."""
     import planted
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from indexer.tiles.tiling import TilingConfig
 
     root = tmp_path_factory.mktemp("planted")

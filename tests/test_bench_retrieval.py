@@ -22,7 +22,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import planted
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from retrieval.bench_retrieval import MODES, run_retrieval_benchmark
 from retrieval.cli import app
 from assertions import one_error_line

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from assertions import one_error_line
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from indexer.tiles.stain import detect_slide_stain, detect_stain
 from retrieval.demo.synthetic import DIAGNOSES
 from retrieval.demo.multistain import write_multistain_cohort

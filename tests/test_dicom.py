@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexer.errors import SlideError
-from indexer.pipeline import collect_slides
+from indexer.ingestion.discovery import collect_slides
 from indexer.slides import open_slide, slide_id
 from retrieval.demo.synthetic import SyntheticSlideSpec, render_tile, write_slide
 from retrieval.demo.dicom import write_dicom_slide

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import planted  # noqa: F401  (registers the planted encoder used below)
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
 from indexer.tiles.tiling import TilingConfig
 from indexer.vectors import reconstruct

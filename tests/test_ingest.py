@@ -21,7 +21,8 @@ from PIL import Image
 
 from indexer.ingestion.embedding import embed_slide
 from indexer.models.encoders import load_encoder
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from indexer.ingestion.prepare import PrepareOptions, prepare_slide
 from indexer.ingestion.readers import PrepareTask, ReaderPool, resolve_workers
 from indexer.slides import open_slide

@@ -10,7 +10,7 @@ import time
 import httpx
 
 import planted
-from indexer.pipeline import run_index
+from indexer.ingestion.run import run_index
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from serving import running
 

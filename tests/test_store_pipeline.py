@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from indexer.store.segments import SegmentFiles
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiles.tiling import TilingConfig

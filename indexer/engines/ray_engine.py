@@ -2,7 +2,7 @@
 
 Each actor (one per GPU, else CPU actors) encodes the slides sent to it and stages each one in the index's
 ``staging/`` folder on the shared file system; the driver holds the writer lock, feeds the actors through
-the run's rules (``indexer.pipeline``) and commits versions as they fill. A slide whose actor dies is sent
+the run's rules (``indexer.ingestion.commit``) and commits versions as they fill. A slide whose actor dies is sent
 again (up to MAX_ATTEMPTS times, then it fails as itself); Ray restarts the actor.
 """
 
@@ -111,7 +111,7 @@ def actor_plan(resources: dict, largest_node_cpus: float, config) -> tuple[int, 
     feeder and its patch readers; ``num_workers`` None: the cluster's CPUs per GPU); else CPU actors of
     1 + ``num_workers`` CPUs (None: 1 reader), as many as the CPUs hold. An actor starts ``num_cpus - 1`` readers.
 
-    >>> from indexer.pipeline import IndexConfig
+    >>> from indexer.ingestion.config import IndexConfig
     >>> actor_plan({"CPU": 16, "GPU": 8}, 8, IndexConfig())
     (8, {'num_cpus': 2, 'num_gpus': 1})
     >>> actor_plan({"CPU": 2}, 2, IndexConfig(num_workers=0))

@@ -14,7 +14,7 @@ from indexer.progress import StageProgress
 from indexer.store.staging import StagedSlide
 
 if TYPE_CHECKING:
-    from indexer.pipeline import IndexConfig
+    from indexer.ingestion.config import IndexConfig
 
 
 def file_facts(path: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The encoder's loop over a run's slides: reader processes prepare and read ahead while this process encodes.
 
-``SlideStream`` takes the jobs the run's rules hand out (``indexer.pipeline``) and gives back one outcome per job,
+``SlideStream`` takes the jobs the run's rules hand out (``indexer.ingestion.commit``) and gives back one outcome per job,
 in the order they came in. One reader pool lives for the whole run (``readers.py``): its workers prepare the next
 slides (hash, open, tissue, stain, tiling) and read patches as uint8 into shared slots (``feed.py``), while this
 process preprocesses each batch on the encoder's device (``preprocess.py``), encodes it, and stages each finished

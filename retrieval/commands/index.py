@@ -81,7 +81,8 @@ def index_command(
     from indexer.slides.dicomweb import use_token_file
 
     from indexer.aggregation.aggregate import AggregationConfig
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from indexer.tiles.tiling import TilingConfig
 
     use_token_file(dicomweb_token_file)

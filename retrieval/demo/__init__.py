@@ -62,7 +62,7 @@ class DemoResult:
     cohort_csv: Path
     cohort_reused: bool
     index: Path
-    index_report: Any  # indexer.pipeline.IndexReport
+    index_report: Any  # indexer.ingestion.config.IndexReport
     queries: dict[str, Any] = field(default_factory=dict)  # kind → SearchResult
     query_notes: dict[str, str] = field(default_factory=dict)  # kind → what the query slide/region is
     thumbnails: dict[str, list[Path]] = field(default_factory=dict)
@@ -84,7 +84,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), show_progress: 
     Raises:
         UserError: ``out`` holds a demo made with other cohort settings, or a step's input is bad.
     """
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from retrieval.bench_retrieval import MODES, run_retrieval_benchmark, write_retrieval_report
 
     step = on_step or (lambda _: None)
