@@ -90,6 +90,14 @@ class Slide:
         self.level_downsamples = backend.level_downsamples
         self.objective_power = _to_float(backend.objective_power)
 
+    @property
+    def reads_concurrently(self) -> bool:
+        """Whether threads may read this slide at once (OpenSlide); plain images and wsidicom read one at a time."""
+        from indexer.slides.openslide_backend import OpenSlideBackend
+
+        self._ensure_open()
+        return isinstance(self._backend, OpenSlideBackend)
+
     def _ensure_open(self) -> None:
         if self._backend is None:
             self._open_backend()
