@@ -8,7 +8,6 @@ again (up to MAX_ATTEMPTS times, then it fails as itself); Ray restarts the acto
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -48,7 +47,6 @@ class SlideEncoder:
     """
 
     def __init__(self, config, staging_dir: str, readers: int = 0):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as `slidesearch` itself does
         self.config, self.staging, self.readers = config, Staging(Path(staging_dir)), readers
         self._encoder = self._service = None
         self._lock = threading.Lock()

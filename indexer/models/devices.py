@@ -8,12 +8,12 @@ device follows the same rule (:func:`indexer.vectors.faiss_device`).
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import DeviceError
+from indexer.settings import gpus_hidden
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the kernel driver manages
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -53,7 +53,7 @@ def system_gpus() -> list[str]:
 
     Reads ``/proc/driver/nvidia/gpus/*/information``; an empty list on machines without the NVIDIA driver.
     """
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    if gpus_hidden():
         return []
     found = []
     for folder in sorted(NVIDIA_GPUS.glob("*")) if NVIDIA_GPUS.is_dir() else []:

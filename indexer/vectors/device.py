@@ -10,12 +10,12 @@ backend (:class:`FaissGpu`; tests hand :func:`use_gpu_backend` a stand-in that r
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator
 
 from indexer.errors import DeviceError
+from indexer.settings import FAISS_DEVICE, read
 
-DEVICE_ENV = "SLIDESEARCH_FAISS_DEVICE"  # auto | cpu | cuda ("cpu" keeps FAISS off a present GPU)
+DEVICE_ENV = FAISS_DEVICE  # auto | cpu | cuda ("cpu" keeps FAISS off a present GPU)
 _CHOICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
 GPU_PQ_BYTES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)  # GpuIndexIVFPQ code sizes (8-bit codes)
 SHARED_MEMORY = 48 * 1024  # bytes of shared memory per block FAISS counts on for IVF-PQ lookup tables
@@ -90,7 +90,7 @@ def faiss_device() -> str:
     """
     from indexer.models.devices import system_gpus
 
-    raw = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+    raw = (read(DEVICE_ENV) or "auto").strip().lower() or "auto"
     want = _CHOICES.get(raw)
     if want is None:
         raise DeviceError(f"{DEVICE_ENV}={raw!r}: use auto, cpu or cuda")
