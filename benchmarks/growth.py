@@ -66,8 +66,8 @@ def paired_p50(live: SlideSearcher, compacted: SlideSearcher, queries: dict, top
 def patch_recall(searcher: SlideSearcher, queries: np.ndarray, k: int = 10) -> float:
     """Recall@k of the searcher's patch index (what `search patch` searches) against exact search over every live
     patch, for ``queries`` that are not indexed vectors (ties at rank k count as hits)."""
-    from indexer import vector_index as vi
-    from indexer.exact import exact_topk, tied_recall
+    from indexer import vectors as vi
+    from indexer.vectors.exact import exact_topk, tied_recall
     from indexer.store.segments import SegmentFiles
 
     snapshot = searcher.catalog.snapshot

@@ -62,7 +62,7 @@ def serve(index: str, port: int, dim: int) -> None:
     one_thread_per_request()  # as `slidesearch serve` does
     import uvicorn
 
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
     from retrieval.serve.app import create_app
 
     name, checkpoint = ENCODERS[dim]
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
         from retrieval.search import SlideSearcher
         from retrieval.serve.live import warm
 
-        from indexer.encoders import load_encoder
+        from indexer.models.encoders import load_encoder
 
         name, checkpoint = ENCODERS[args.dim]
         searcher = warm(SlideSearcher(index, encoder=load_encoder(name, checkpoint=checkpoint, device="cpu")))

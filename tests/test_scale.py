@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks import scale as scale_benchmark
-from indexer import vector_index as vi
-from indexer.exact import tied_recall
+from indexer import vectors as vi
+from indexer.vectors.exact import tied_recall
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot
 from indexer.store.rerank import RerankedIndex, open_index
@@ -37,7 +37,8 @@ def built(bench, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantizer, "PLAN", PLAN)
         real = vi.train_index
-        mp.setattr(vi, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
+        for module in (vi, build):  # the store trains through the package, build_index in its module
+            mp.setattr(module, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
         bench.write_collection(root, 2 * SEGMENT, gen, SEGMENT)
         first = {p.name: p.stat().st_mtime_ns for p in (root / "quantizers").iterdir()}
         bench.write_collection(root, SLIDES, gen, SEGMENT)
@@ -176,7 +177,7 @@ def test_benchmark_device_cuda_refuses_without_a_gpu_in_one_line(bench, capsys, 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dtype):
-    from indexer.exact import RowFile
+    from indexer.vectors.exact import RowFile
 
     data = np.random.default_rng(0).standard_normal((50, 24)).astype(dtype)
     np.save(tmp_path / "v.npy", data)
@@ -241,7 +242,7 @@ def test_a_provisional_quantizer_gives_way_to_the_full_one_and_every_segment_fol
 
 
 def test_scores_across_row_files_fill_one_buffer_in_any_chunk(tmp_path):
-    from indexer.exact import RowFile, dot_rows
+    from indexer.vectors.exact import RowFile, dot_rows
 
     rng = np.random.default_rng(2)
     parts = [rng.standard_normal((n, 16)).astype(np.float16) for n in (7, 1, 12)]

@@ -36,7 +36,7 @@ def backfill(paths: IndexPaths, number: int, segments: tuple[dict[str, Any], ...
     Args:
         quantizers: the commit's :class:`indexer.store.quantizer.Quantizers` (``table``: name → quantizer).
     """
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
 
     out = [dict(s) for s in segments]
     for name in quantizers.table:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.exact import release_pages
-from indexer.vector_index import FLAT_MAX_COUNT
+from indexer.vectors.exact import release_pages
+from indexer.vectors import FLAT_MAX_COUNT
 
 if TYPE_CHECKING:
     import faiss
@@ -44,7 +44,7 @@ class QuantizerPlan:
             with ~4× fewer distance computations than scanning 4,096 centroids); flat on GPU.
         niter: k-means iterations of the training (10: the centroids barely move after that; 25 costs 2.5×).
         exact_max: vectors of one kind kept exact (Flat) before the first quantizer (FLAT_MAX_COUNT: where
-            :func:`indexer.vector_index.choose_index` stops choosing exact search for a compacted collection).
+            :func:`indexer.vectors.choose_index` stops choosing exact search for a compacted collection).
     """
 
     nlist: int = 4096
@@ -64,7 +64,7 @@ class QuantizerPlan:
 
     def threshold(self, dim: int) -> int:
         """Vectors a collection needs before training: 39 per list (FAISS k-means warns below that)."""
-        from indexer.vector_index import MIN_POINTS_PER_CENTROID
+        from indexer.vectors import MIN_POINTS_PER_CENTROID
 
         return MIN_POINTS_PER_CENTROID * self.base_nlist(dim)
 
@@ -83,7 +83,7 @@ class QuantizerPlan:
         >>> QuantizerPlan().provisional_nlist(50_001, 512), QuantizerPlan().provisional_nlist(159_000, 512)
         (1024, 2048)
         """
-        from indexer.vector_index import MIN_POINTS_PER_CENTROID
+        from indexer.vectors import MIN_POINTS_PER_CENTROID
 
         return max(1, min(self.base_nlist(dim) // 2, 2 ** int(math.log2(max(1, count // MIN_POINTS_PER_CENTROID)))))
 
@@ -99,16 +99,16 @@ def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain
     vectors themselves, so it searches exactly within the probed lists, needs no re-rank, and is as fast as HNSW
     at these sizes). Otherwise IVF-PQ with ``plan.base_nlist(dim)`` lists (a retrain: ≈ 4√n, a power of two up to
     MAX_NLIST with ≥ 39 points per list), PQ with the default sub-quantizers of
-    :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain takes the
+    :func:`indexer.vectors.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain takes the
     largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
-    :func:`indexer.vector_index.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
+    :func:`indexer.vectors.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
 
     >>> plan_choice(10**6, 512).describe(), plan_choice(10**8, 512, retrain=True).describe()
     ('IVF4096_HNSW32,PQ64x8', 'IVF16384_HNSW32,PQ32x8')
     >>> plan_choice(10**5, 12_288).describe(), plan_choice(60_000, 512).describe()
     ('IVF512_HNSW32,PQ128x8', 'IVF1024_HNSW32,Flat')
     """
-    from indexer.vector_index import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
+    from indexer.vectors import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
                                       gpu_enabled)
 
     plan = plan or PLAN
@@ -159,7 +159,7 @@ class Quantizers:
         ``plan.threshold``; the segment that reaches the threshold under a provisional one trains the full one.
         Each is saved as ``quantizers/<segment_id>-<name>.faiss`` and listed in ``trained``.
         """
-        from indexer import vector_index as vi
+        from indexer import vectors as vi
 
         if name not in self.plan.names:
             return None
@@ -192,7 +192,7 @@ class Quantizers:
     def load(self, name: str):
         """The trained empty index of ``name`` (read once)."""
         if name not in self._loaded:
-            from indexer import vector_index as vi
+            from indexer import vectors as vi
 
             self._loaded[name] = vi.load_index(self.paths.root / self.table[name])
         return self._loaded[name]
@@ -226,7 +226,7 @@ def save_codes(index, path: Path) -> None:
     codes, ids and PQ codebook go to ``path``. Other indexes are saved whole."""
     import faiss
 
-    from indexer.vector_index import save_index
+    from indexer.vectors import save_index
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.slide_features import RECORD_KEY, write_segment_spaces
+from indexer.aggregation.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
 from indexer.store.layout import FAISS_NAMES
@@ -124,11 +124,11 @@ class SegmentBuilder:
     def finish(self, max_index_memory: int | None, faiss_kind: str | None = None, quantizers=None) -> dict[str, Any]:
         """Write the tables and FAISS indexes, fsync, and publish the folder; returns the segment's entry.
 
-        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides, or the
+        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vectors.choose_index` decides, or the
         trained-once quantizer of :class:`indexer.store.quantizer.Quantizers` ``quantizers`` once there is one)."""
         import time
 
-        from indexer import vector_index as vi
+        from indexer import vectors as vi
 
         t0 = time.perf_counter()
         self._flush_patches()
@@ -190,7 +190,7 @@ def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: in
     held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
     """
     from indexer.store.quantizer import describe, kind_of, save_codes
-    from indexer.exact import row_gather
+    from indexer.vectors.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
     n, dim = vectors.shape
@@ -237,8 +237,8 @@ class SegmentFiles:
         return np.load(self.folder / VECTOR_FILES[name], mmap_mode="r")
 
     def row_file(self, name: str):
-        """The vectors of FAISS index ``name`` as a :class:`indexer.exact.RowFile` (read once per folder)."""
-        from indexer.exact import RowFile
+        """The vectors of FAISS index ``name`` as a :class:`indexer.vectors.exact.RowFile` (read once per folder)."""
+        from indexer.vectors.exact import RowFile
 
         files = self.__dict__.setdefault("_row_files", {})
         if name not in files:
