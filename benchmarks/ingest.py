@@ -1,6 +1,6 @@
 """Ingest at the machine's limit (issue 26): `index --model tiny` patches/s against the work every patch cannot avoid.
 
-Usage: python benchmarks/ingest.py [--big 8] [--small 1000] [--small-memory 100] [--work DIR] [--out DIR]
+Usage: python -m benchmarks.ingest [--big 8] [--small 1000] [--small-memory 100] [--work DIR] [--out DIR]
        [--baseline CODE_DIR] [--baseline-small 100] [--workers N]
 
 Two cohorts of JPEG-tiled pyramidal slides (tifffile + imagecodecs, 256-px YCbCr tiles at quality 80, reduced
@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COHORTS = {  # name → (side px, µm/px, distinct slides written)
     "big": (16384, 0.25, None),
@@ -50,8 +49,8 @@ COHORTS = {  # name → (side px, µm/px, distinct slides written)
 
 # -- slides ------------------------------------------------------------------------------------
 def write_jpeg_slide(path: Path, side: int, mpp: float, seed: int) -> Path:
-    """A JPEG-tiled, Aperio-described pyramidal TIFF of a synthetic cohort layout (``indexer.synthetic``)."""
-    from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
+    """A JPEG-tiled, Aperio-described pyramidal TIFF of a synthetic cohort layout (``retrieval.demo.synthetic``)."""
+    from retrieval.demo.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
 
     rng = np.random.default_rng(seed)
     diagnosis = list(DIAGNOSES.values())[seed % len(DIAGNOSES)]
@@ -83,8 +82,8 @@ def make_cohort(work: Path, name: str, count: int) -> Path:
 # -- the limit ---------------------------------------------------------------------------------
 def grids_of(paths: list[Path]) -> list[tuple[Path, object]]:
     """Each slide's grid as the pipeline makes it (tissue mask, then tiling at 20x / 224 px)."""
-    from indexer.pipeline import IndexConfig
-    from indexer.prepare import prepare_slide
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.prepare import prepare_slide
 
     config = IndexConfig(model="tiny")
     return [(p, prepare_slide(p, {"slide_id": p.stem}, config, hash_file=False).grid) for p in paths]
@@ -96,11 +95,11 @@ def measure_limit(grids, cores: int) -> dict:
     import torch
     from PIL import Image
 
-    from indexer.encoders import load_encoder
-    from indexer.preprocess import BatchPreprocess
-    from indexer.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
+    from indexer.models.encoders import load_encoder
+    from indexer.models.preprocess import BatchPreprocess
+    from indexer.ingestion.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
     from indexer.slides import open_slide
-    from indexer.tiling import read_patch_array
+    from indexer.tiles.tiling import read_patch_array
 
     n = sum(len(g) for _, g in grids)
     t0 = time.perf_counter()
@@ -126,7 +125,7 @@ def measure_limit(grids, cores: int) -> dict:
             encoder.encode_images(torch.stack([encoder.preprocess(Image.fromarray(p)) for p in patches[i:i + 64]]))
         encode_s = time.perf_counter() - t0
         fast = BatchPreprocess(encoder.preprocess, grids[0][1].patch_px, "cpu")
-        from indexer.preprocess import resize_like_pil
+        from indexer.models.preprocess import resize_like_pil
 
         t0 = time.perf_counter()
         for i in range(0, n, 64):
@@ -209,7 +208,8 @@ def run_index_child(folder: Path, out: Path, code: Path | None, workers: int | N
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 spec = json.loads(sys.argv[1])
 kwargs = {} if spec["workers"] is None else {"num_workers": spec["workers"]}
 start = time.perf_counter()
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "slidesearch-bench-ingest")
     parser.add_argument("--out", type=Path, default=Path("out/bench-ingest"))
     args = parser.parse_args(argv)
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     load0 = os.getloadavg()[0]
     cores = len(os.sched_getaffinity(0))
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
             run = run_index_child(folder, Path(tmp) / f"index-{i}", code, None if code else args.workers)
             runs.append(run | {"cohort": cohort, "label": label, "baseline": code is not None})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    result = {"command": "python benchmarks/ingest.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    result = {"command": "python -m benchmarks.ingest " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
               "commit": commit.strip(), "machine": machine_description(),
               "load": f"{load0:.1f} / {os.getloadavg()[0]:.1f}", "limits": limits, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)

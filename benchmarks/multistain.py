@@ -10,7 +10,7 @@
 3. ``slidesearch index --slide-features DIR --slide-encoder mean-tiny-grey`` (in-process), then the case-level
    benchmark over every space and fusion, written to ``--out`` (JSON, Markdown, PNG).
 
-Usage: ``python benchmarks/multistain.py --work /tmp/cases-bench --out benchmarks/figures --patients 48``
+Usage: ``python -m benchmarks.multistain --work /tmp/cases-bench --out benchmarks/figures --patients 48``
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def write_standin_slide_features(cohort: Path, out: Path, tiling, max_patches: i
 
     import h5py
 
-    from indexer.encode import encode_slide
-    from indexer.encoders import load_encoder
-    from indexer.pipeline import IndexConfig
+    from indexer.ingestion.encode import encode_slide
+    from indexer.models.encoders import load_encoder
+    from indexer.ingestion.config import IndexConfig
 
     start = time.perf_counter()
     encoder = load_encoder("tiny", device="cpu")
@@ -72,12 +72,12 @@ def main() -> None:
     parser.add_argument("--concentration", type=float, default=None, help="per-case mixture jitter (see the cohort script)")
     parser.add_argument("--ihc-section", choices=("same", "serial"), default="same")
     args = parser.parse_args()
-    from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic_multistain import write_multistain_cohort
-    from indexer.tiling import TilingConfig
-    from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
-    from retrieval.bench_search import machine_description
-    from retrieval.catalog import Catalog
+    from indexer.ingestion.run import IndexConfig, run_index
+    from retrieval.demo.multistain import write_multistain_cohort
+    from indexer.tiles.tiling import TilingConfig
+    from benchmarks.common import machine_description
+    from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
+    from retrieval.query.catalog import Catalog
 
     tiling = TilingConfig(magnification=10, patch_px=64)
     timings = {}
@@ -100,7 +100,7 @@ def main() -> None:
     timings["benchmark"] = time.perf_counter() - t0
     result |= {"machine": machine_description(), "stain_detection": detection,
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    command = (f"python benchmarks/multistain.py --work {args.work} --out {args.out} --patients {args.patients} "
+    command = (f"python -m benchmarks.multistain --work {args.work} --out {args.out} --patients {args.patients} "
                f"--size {args.size} --k {args.k} --ihc-section {args.ihc_section}"
                + (f" --concentration {args.concentration:g}" if args.concentration else ""))
     write_case_report(result, args.out, command=command)

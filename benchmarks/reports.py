@@ -1,6 +1,6 @@
 """Report + image text search on a synthetic cohort whose reports are written from its planted tissue.
 
-Run: python benchmarks/reports.py [--slides 60] [--seed 0] [--work /tmp/reports-bench] [--out DIR]
+Run: python -m benchmarks.reports [--slides 60] [--seed 0] [--work /tmp/reports-bench] [--out DIR]
 
 Each slide has a major (3/4) and a minor (1/4) tissue class; the image side is the planted encoder of
 ``tests/planted.py`` (image and text towers aligned on the six class names, so image evidence is known to
@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 BANK_WORDING = {"tumour": "tumour", "stroma": "stroma", "lymphocytes": "lymphocytes", "necrosis": "necrosis",
                 "adipose": "adipose", "mucin": "mucin"}
-# Written apart from the banks (indexer/banks/*.yaml, the planted bank) and from the NegEx trigger lists
+# Written apart from the banks (indexer/aggregation/banks/*.yaml, the planted bank) and from the NegEx trigger lists
 # (indexer/reports/negation.py): tests/test_bench_reports.py fails if a paraphrase holds a bank term or shares a
 # content-word pair with any bank text, or if a negation/uncertainty phrasing is a trigger list's entry.
 HELD_OUT = {  # in reports only: never a bank text, a class name or a query
@@ -55,8 +53,8 @@ SIDE = 1024
 
 def cohort(out: Path, n: int, seed: int) -> tuple[list[dict], Path]:
     """Write ``n`` slides, their metadata CSV and report folder; returns the slide facts and the CSV."""
-    from planted import CLASSES
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from benchmarks.fixtures.planted import CLASSES
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     rng = np.random.default_rng(seed)
     (out / "slides").mkdir(parents=True, exist_ok=True)
@@ -152,16 +150,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("/tmp/reports-bench"), help="cohort and index (replaced)")
     parser.add_argument("--out", type=Path, default=None, help="write bench_reports.json, .md and .png here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.provenance import provenance, write_outputs
+    from benchmarks.common import provenance, write_outputs
 
     facts = provenance("benchmarks/reports.py", argv)
-    import planted
-    from indexer.pipeline import IndexConfig, run_index
+    from benchmarks.fixtures import planted
+    from indexer.ingestion.run import IndexConfig, run_index
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
-    from indexer.tiling import TilingConfig
-    from retrieval.bench_search import machine_description
+    from indexer.tiles.tiling import TilingConfig
+    from benchmarks.common import machine_description
     from retrieval.search import SlideSearcher
 
     shutil.rmtree(args.work, ignore_errors=True)
@@ -197,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(result: dict) -> str:
     """Quality per source and wording, the negation pair rates, and the report commit costs."""
-    from benchmarks.provenance import header
+    from benchmarks.common import header
 
     names = {"image": "image only", "report": "report only", "both": "hybrid (RRF)"}
     lines = [header(result["provenance"]), "",

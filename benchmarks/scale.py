@@ -1,6 +1,6 @@
 """Out-of-core scale: N patch vectors through the real writer in segments, trained-once IVF-PQ, exact re-rank.
 
-Usage: python benchmarks/scale.py [--sizes 1e5,1e6,1e7] [--dim 512] [--patches 1000] [--segment 1e6]
+Usage: python -m benchmarks.scale [--sizes 1e5,1e6,1e7] [--dim 512] [--patches 1000] [--segment 1e6]
        [--queries 1000] [--device auto|cpu|cuda] [--slides-at 1e5] [--slide-k 24] [--nlist 4096] [--work DIR]
        [--keep] [--out out/bench-scale] [--figure PNG (default: OUT/bench_scale.png)]
 
@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS loads
 
-from indexer.aggregate import l2_normalize  # noqa: E402
+from benchmarks.common import subprocess_env  # noqa: E402
+from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
 
 TOP = 10
 LATENCY_QUERIES = 200  # single queries timed per API kind
@@ -49,7 +48,7 @@ class ScaleGenerator:
     patches are held-out queries from the indexed distribution)."""
 
     def __init__(self, dim: int = 512, k: int = 8, patches: int = 1000, seed: int = 0):
-        from search import CENTRES_PER_PROTOTYPE, N_LABELS
+        from benchmarks.search import CENTRES_PER_PROTOTYPE, N_LABELS
 
         rng = np.random.default_rng(seed)
         self.dim, self.k, self.patches, self.seed = dim, k, patches, seed
@@ -140,7 +139,7 @@ def _rss_gb() -> float:
 
 def exact_patch_truth(snapshot, queries: np.ndarray, k: int = TOP) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, patch rows) over every live segment's float16 features (streamed)."""
-    from indexer.exact import exact_topk
+    from indexer.vectors.exact import exact_topk
     from indexer.store.segments import SegmentFiles
 
     scores, rows = [], []
@@ -169,11 +168,11 @@ def timed_each(fn, items) -> list[float]:
 
 def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, n_queries: int, progress=print) -> dict:
     """Build (or resume) the index of ``n_patches`` and measure it (run inside the child process)."""
-    from indexer import vector_index as vi
-    from indexer.exact import tied_recall
+    from indexer import vectors as vi
+    from indexer.vectors.exact import tied_recall
     from indexer.store.rerank import RerankedIndex
     from retrieval.search import SlideSearcher
-    from search import VectorEncoder, make_queries
+    from benchmarks.search import VectorEncoder, make_queries
 
     n_slides = n_patches // gen.patches
     start = time.perf_counter()
@@ -216,8 +215,8 @@ def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, 
 def measure_slides(work: Path, n: int, k: int, dim: int, n_queries: int, progress=print) -> dict:
     """The slide-vector plan on ``n`` slide vectors of K·d: IVF-PQ trained on a sample, exact re-rank from the
     float32 vectors (memory-mapped, as the store keeps them in ``slides.npy``); held-out = fresh slides."""
-    from indexer import vector_index as vi
-    from indexer.exact import exact_topk, row_gather, tied_recall
+    from indexer import vectors as vi
+    from indexer.vectors.exact import exact_topk, row_gather, tied_recall
     from indexer.store.quantizer import plan_choice
     from indexer.store.rerank import RerankedIndex
 
@@ -289,7 +288,8 @@ def run_child(args: list[str]) -> dict:
     """Run ``child`` in a fresh interpreter; adds its wall time and peak RSS (wait4)."""
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "--child-out", out.name, *args])
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--child-out", out.name, *args], cwd=ROOT,
+                                env=subprocess_env())
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"benchmark child {' '.join(args)} failed with status {os.waitstatus_to_exitcode(status)}")
@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     import faiss
 
-    from indexer.vector_index import DEVICE_ENV
-    from retrieval.bench_search import machine_description
+    from indexer.vectors import DEVICE_ENV
+    from benchmarks.common import machine_description
 
     if args.device == "cuda" and faiss.get_num_gpus() == 0:
         print("error: --device cuda, but FAISS sees no GPU (install faiss-gpu on a machine with CUDA)", file=sys.stderr)
@@ -386,12 +386,12 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ[DEVICE_ENV] = "cpu" if args.device == "cpu" else "auto"  # the children inherit it
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
-    from benchmarks.provenance import kept
+    from benchmarks.common import kept
 
     reuse_note = kept(work) if args.keep else None
     common = ["--work", str(work), "--dim", str(args.dim), "--patches", str(args.patches), "--nlist", str(args.nlist),
               "--segment", str(int(args.segment)), "--queries", str(args.queries), "--slide-k", str(args.slide_k)]
-    result = {"command": "python benchmarks/scale.py " + " ".join(shlex.quote(a) for a in argv),
+    result = {"command": "python -m benchmarks.scale " + " ".join(shlex.quote(a) for a in argv),
               "machine": machine_description(), "device": args.device if args.device != "auto" else
               ("cuda" if faiss.get_num_gpus() else "cpu"), "sizes": [], "slides": None, "kept": reuse_note}
     out = Path(args.out)

@@ -1,7 +1,8 @@
 """Search API latency (text, slide, patch queries) against the FAISS searches inside it, on synthetic indexes.
 
-Usage: python benchmarks/search.py [--sizes 1000,10000,100000] [--dim 128] [--k 8] [--patches 10]
-       [--queries 200] [--flat-at 100000] [--threads 1] [--encoder tiny|none] [--keep DIR] [--out DIR]
+Usage: python -m benchmarks.search [--sizes 1000,10000,100000] [--dim 128] [--k 8] [--patches 10]
+       [--queries 200] [--flat-at 100000] [--threads 1] [--encoder tiny|none] [--segments 1,10] [--keep DIR]
+       [--out DIR]
 
 Each size gets an index directory written straight from synthetic vectors (no slides, no encoder) with the
 tables and FAISS files the pipeline writes, FAISS kinds as ``choose_index`` picks them (plus all-Flat at
@@ -9,6 +10,8 @@ tables and FAISS files the pipeline writes, FAISS kinds as ``choose_index`` pick
 those calls are then replayed through ``vector_index.search`` and as bare FAISS calls (:func:`raw_faiss_call`:
 FAISS alone, selector prebuilt; a compressed index's exact re-rank is not part of it), so API / bare is the cost
 of everything around FAISS. ``--keep DIR`` reuses indexes written there, and says which commit wrote them.
+``--segments`` writes each index in that many equal commits (live segments, as a growing index has them) to
+compare with one.
 """
 
 from __future__ import annotations
@@ -17,115 +20,24 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
 from indexer import vector_index as vi  # noqa: E402
-from indexer.aggregate import AggregationConfig, l2_normalize  # noqa: E402
-from indexer.store.identity import IndexSettings  # noqa: E402
-from indexer.store.reader import Snapshot  # noqa: E402
-from indexer.store.segments import SlideRows  # noqa: E402
-from indexer.store.writer import IndexWriter  # noqa: E402
-from benchmarks.provenance import header, kept, provenance  # noqa: E402
-from retrieval.bench_search import machine_description  # noqa: E402
+from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
+from benchmarks.common import header, kept, machine_description, provenance, save_result  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402
+from benchmarks.synthetic_store import (  # noqa: E402,F401 (the collection's model, used by scale.py and serve.py too)
+    CENTRES_PER_PROTOTYPE, N_LABELS, WHERE, SyntheticSpec, synthetic_index)
 
 QUERY_TYPES = ("text", "slide", "patch")
-WHERE = "label = 'c3'"  # one of N_LABELS equally likely labels: about 10 % of the slides
-N_LABELS = 10
-CENTRES_PER_PROTOTYPE = 32  # K·32 morphology centres (256 for K = 8)
-CHUNK = 10_000  # slides generated per block (bounds the temporaries at 100k slides)
 TARGET_SLIDES, TARGET_RATIO = 100_000, 1.5  # issue #6: API p50 ≤ 1.5× the bare FAISS search at 100k slides
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """A synthetic collection: ``n_slides`` slides of ``patches`` patches, ``k`` prototypes of ``dim``."""
-
-    n_slides: int
-    dim: int = 128
-    k: int = 8
-    patches: int = 10
-    seed: int = 0
-    segments: int = 1
-
-
-def synthetic_index(root: Path, spec: SyntheticSpec, flat: bool = False) -> dict:
-    """Write an index directory for ``spec`` under ``root`` (reused when already complete); returns its manifest.
-
-    Vectors: K prototypes P; 32 morphology centres per prototype; per slide, masses π ~ Dirichlet(α of its
-    label), sub-vectors ẑ_k = normalize(a centre of prototype k + noise), ``patches`` patches drawn from π
-    around ẑ_k; slide vector normalize(concat_k √π_k ẑ_k) (DESIGN §3), mean vector = mean of the patches.
-    They go through the store's own writer as ``spec.segments`` commits of equal size (one segment each).
-    ``flat`` forces exact Flat FAISS indexes instead of ``choose_index``'s choice.
-    """
-    if (root / "CURRENT").is_file():
-        return Snapshot(root).manifest()
-    rng = np.random.default_rng(spec.seed)
-    n, d, k, p = spec.n_slides, spec.dim, spec.k, spec.patches
-    protos = l2_normalize(rng.standard_normal((k, d)))
-    centres = l2_normalize(protos[:, None] + 0.8 * l2_normalize(rng.standard_normal((k, CENTRES_PER_PROTOTYPE, d))))
-    alpha = 0.3 + 3 * rng.dirichlet(np.full(k, 0.5), size=N_LABELS)  # each label prefers a few prototypes
-    label_centre = rng.integers(CENTRES_PER_PROTOTYPE, size=(N_LABELS, k))
-    labels = rng.integers(N_LABELS, size=n)
-    mass = rng.gamma(alpha[labels])
-    mass = (mass / mass.sum(axis=1, keepdims=True)).astype(np.float32)
-    sub = np.empty((n, k, d), np.float32)
-    patches = np.empty((n * p, d), np.float32)
-    patch_proto = np.empty(n * p, np.int32)
-    for s in range(0, n, CHUNK):
-        e = min(n, s + CHUNK)
-        own = np.where(rng.random((e - s, k)) < 0.5, label_centre[labels[s:e]], rng.integers(CENTRES_PER_PROTOTYPE, size=(e - s, k)))
-        sub[s:e] = l2_normalize(centres[np.arange(k), own] + 0.5 * rng.standard_normal((e - s, k, d)) / np.sqrt(d))
-        cdf = np.cumsum(mass[s:e], axis=1)
-        draw = (rng.random((e - s, p, 1)) > cdf[:, None, :-1]).sum(axis=2)  # patch prototype ~ Categorical(π)
-        patch_proto[s * p:e * p] = draw.ravel()
-        own_sub = np.take_along_axis(sub[s:e], draw[..., None], axis=1)  # (slides, p, d)
-        patches[s * p:e * p] = l2_normalize(own_sub + 0.8 * rng.standard_normal(own_sub.shape) / np.sqrt(d)).reshape(-1, d)
-    slide_vecs = l2_normalize((np.sqrt(mass)[..., None] * sub).reshape(n, k * d))
-    mean_vecs = l2_normalize(patches.reshape(n, p, d).mean(axis=1))
-    entropy = -(mass * np.log(np.maximum(mass, 1e-12))).sum(axis=1) / np.log(k)
-    names = [f"prototype {i}" for i in range(k)]
-    settings = IndexSettings(encoder={"name": "synthetic", "weights_sha256": "synthetic", "dim": d},
-                             bank={"name": "synthetic", "K": k, "sha256": "synthetic", "source": str(root / "no-bank.yaml")})
-    grid = np.arange(p)
-    coords = np.stack([(grid % 4) * 448, (grid // 4) * 448], axis=1)
-    timings = {}
-    with IndexWriter(root, create=True) as writer:
-        writer.set_identity(settings)
-        writer.fix_prototypes(pa.table({"proto_id": pa.array(range(k), pa.int32()), "name": names,
-                                        "descriptions": [[t] for t in names]}), protos)
-        writer.update_metadata(pa.table({"slide_id": [f"S{r:06d}" for r in range(n)],
-                                         "label": [f"c{c}" for c in labels], "patient_id": [f"P{r // 2:06d}" for r in range(n)],
-                                         "stain": ["H&E"] * n}))
-
-        def rows_of(record):
-            r = int(record["slide_id"][1:])
-            sl = slice(r * p, (r + 1) * p)
-            return SlideRows(record, coords, patches[sl].astype(np.float16), patch_proto[sl],
-                             (patches[sl] * protos[patch_proto[sl]]).sum(axis=1), slide_vecs[r], mean_vecs[r], sub[r], mass[r])
-
-        bounds = np.linspace(0, n, spec.segments + 1).astype(int)
-        start = time.perf_counter()
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            records = [{"slide_id": f"S{r:06d}", "path": f"/synthetic/S{r:06d}.svs", "vendor": "synthetic",
-                        "width": 4096, "height": 4096, "mpp": 0.25, "mpp_source": "synthetic", "magnification": 40.0,
-                        "n_patches": p, "patch_size": 448, "status": "ok", "fingerprint": "synthetic",
-                        "entropy": float(entropy[r]), "max_mass": float(mass[r].max())} for r in range(lo, hi)]
-            writer.append_segment(records, rows_of, (k, d), faiss_kind="flat" if flat else None)
-        timings["write"] = round(time.perf_counter() - start, 1)
-    return Snapshot(root).manifest() | {"timings": timings}
-
 
 class VectorEncoder:
     """Stands in for the image encoder: the "image" given to ``search_patch`` is already its embedding."""
@@ -284,8 +196,8 @@ def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
     import torch
     from PIL import Image
 
-    from indexer.encoders import load_encoder
-    from retrieval.queries import embed_text_query
+    from indexer.models.encoders import load_encoder
+    from retrieval.query.parse import embed_text_query
 
     if threads:
         torch.set_num_threads(threads)
@@ -425,12 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
                  segments=[int(x) for x in args.segments.split(",") if x])
     result["provenance"] = provenance("benchmarks/search.py", argv)
     result["command"] = result["provenance"]["command"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_search_api.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench_search_api.md").write_text(markdown(result))
-    print(markdown(result))
-    return result
+    return save_result(result, Path(args.out), "bench_search_api", markdown)
 
 
 if __name__ == "__main__":

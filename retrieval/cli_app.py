@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable
 
@@ -41,7 +42,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), exc.exit_code)
         except OSError as exc:  # disk full, permission denied, a name too long: never a traceback
             where = f": {str(exc.filename)[:200]}" if exc.filename else ""
-            fail(f"{exc.strerror or exc}{where} (an index keeps its last committed version)")
+            reason = os.strerror(exc.errno) if exc.errno else str(exc.strerror or exc).strip()  # pyarrow's add detail
+            fail(f"{reason.splitlines()[0] if reason else type(exc).__name__}{where} "
+                 "(an index keeps its last committed version)")
         except MemoryError:
             fail("out of memory (an index keeps its last committed version)")
         except KeyboardInterrupt:
@@ -52,6 +55,6 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_json(obj: Any) -> None:
     """Write ``obj`` as JSON on stdout (numpy scalars and paths converted)."""
-    from retrieval.results import dumps
+    from retrieval.query.results import dumps
 
     sys.stdout.write(dumps(obj, indent=2) + "\n")

@@ -18,7 +18,7 @@ from indexer.store.staging import StagedSlide  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402
 
 DIM, K = 32, 4
-BASE, ADDED = ("A", "B", "C", "D", "E"), ("F", "G", "H")
+BASE, ADDED, GROWN = ("A", "B", "C", "D", "E"), ("F", "G", "H"), ("I", "J", "K")
 SETTINGS = IndexSettings(encoder={"name": "synthetic", "weights_sha256": "0" * 64, "dim": DIM},
                          bank={"name": "synthetic", "K": K, "sha256": "synthetic", "source": "synthetic"})
 
@@ -76,8 +76,21 @@ def compact(root: Path) -> None:
     run(root)
 
 
+def grow(root: Path) -> None:
+    """Add three slides under a small quantizer plan: the collection (278 → 378 patches) outgrows exact search,
+    so this commit trains the patches quantizer and back-fills the two earlier segments under it."""
+    from indexer.store import quantizer
+
+    plan, quantizer.PLAN = quantizer.PLAN, quantizer.QuantizerPlan(nlist=8, nprobe=8, names=("patches",), coarse="",
+                                                                   exact_max=300)
+    try:
+        add(root, BASE + ADDED + GROWN)
+    finally:
+        quantizer.PLAN = plan
+
+
 OPS = {"base": lambda r: add(r, BASE), "add": lambda r: add(r, BASE + ADDED), "metadata": metadata,
-       "remove": remove, "compact": compact}
+       "remove": remove, "compact": compact, "grow": grow}
 
 if __name__ == "__main__":
     OPS[sys.argv[1]](Path(sys.argv[2]))

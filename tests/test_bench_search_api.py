@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexer import vector_index as vi
+from benchmarks import search as search_benchmark
+from indexer import vectors as vi
 from retrieval.search import SlideSearcher
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
 ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "faiss_calls", "consistent",
               "api_p50_ms", "api_p99_ms", "search_p50_ms", "search_p99_ms", "raw_p50_ms", "raw_p99_ms",
               "main_p50_ms", "inside_p50_ms", "api_over_search", "api_over_raw", "api_over_inside", "raw_ms_by_call"}
@@ -21,11 +18,7 @@ ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "f
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_search_api", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    return search_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def test_slide_query_returns_the_faiss_ids_the_benchmark_times(bench, run):
 
 def _pq_index(n=4000, d=32, seed=0):
     """An IVF-PQ index with its exact re-rank (what the store opens for compressed segments), and its vectors."""
-    from indexer.exact import row_gather
+    from indexer.vectors.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
     rng = np.random.default_rng(seed)
@@ -125,8 +118,10 @@ def test_bare_faiss_calls_run_no_project_code(bench, run, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("project code ran inside a bare FAISS call")
 
-    for name in ("search", "reconstruct", "exact_topk", "row_gather"):
-        monkeypatch.setattr(vi, name, forbidden)
+    for module in (vi, knn, recall, exact):
+        for name in ("search", "reconstruct", "exact_topk", "row_gather"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, forbidden)
     monkeypatch.setattr(type(reranked), "search", forbidden)
     reranked.gather = reranked.score = forbidden
     for call in closures:

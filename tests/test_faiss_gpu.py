@@ -8,11 +8,11 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmark_module import load_benchmark
+from benchmarks import scale as scale_benchmark
 from gpu_standin import StandInGpu
-from indexer import devices
-from indexer import faiss_device as fd
-from indexer import vector_index as vi
+from indexer.models import devices
+from indexer.vectors import device as fd
+from indexer import vectors as vi
 from indexer.errors import DeviceError
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot
@@ -37,9 +37,9 @@ def auto_device(monkeypatch):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Three segments: a Flat one below the threshold, two IVF-PQ ones under a quantizer trained on the CPU
-    with an HNSW coarse quantizer (``IVF32_HNSW32``), the kind a GPU cannot take as it is."""
-    bench = load_benchmark("scale")
+    """Three segments under one quantizer trained on the CPU with an HNSW coarse quantizer (``IVF32_HNSW32``),
+    the kind a GPU cannot take as it is: the first, written exact below the threshold, is back-filled."""
+    bench = scale_benchmark
     root = tmp_path_factory.mktemp("gpu") / "index"
     gen = bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
     with pytest.MonkeyPatch.context() as mp:
@@ -111,11 +111,11 @@ def test_searchable_indexes_move_to_the_gpu_with_a_flat_coarse_quantizer(store):
     gpu = StandInGpu()
     with fd.use_gpu_backend(gpu):
         moved = open_index(snapshot, "patches")
-        assert isinstance(moved, RerankedIndex) and len(moved.inner.parts) == 2
-        assert all(gpu.is_gpu(p) for p in moved.inner.parts)  # the Flat segment and the merged IVF-PQ ones
-        ivf = faiss.extract_index_ivf(moved.inner.parts[1])
+        assert isinstance(moved, RerankedIndex) and not isinstance(moved.inner, vi.SegmentedIndex)
+        assert gpu.is_gpu(moved.inner)  # the three segments, one IVF-PQ index under the shared quantizer
+        ivf = faiss.extract_index_ivf(moved.inner)
         assert isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat)  # the GPU copy assigns by brute force
-        kept = faiss.extract_index_ivf(cpu.inner.parts[1])
+        kept = faiss.extract_index_ivf(cpu.inner)
         assert isinstance(faiss.downcast_index(kept.quantizer), faiss.IndexHNSW)  # the loaded index is unchanged
         scores, found = vi.search(moved, q, 10)
         allowed = np.arange(0, SLIDES * PATCHES, 3)

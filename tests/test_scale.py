@@ -3,7 +3,6 @@ collections written through the store's writer by benchmarks/scale.py's generato
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -13,24 +12,20 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import vector_index as vi
-from indexer.exact import tied_recall
+from benchmarks import scale as scale_benchmark
+from indexer import vectors as vi
+from indexer.vectors.exact import tied_recall
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot
 from indexer.store.rerank import RerankedIndex, open_index
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
 PLAN = quantizer.QuantizerPlan(nlist=32, nprobe=8)  # threshold 39·32 = 1,248 vectors
 SLIDES, PATCHES, SEGMENT = 60, 50, 20  # 3 segments of 1,000 patches: the second crosses the threshold
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return scale_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,8 @@ def built(bench, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantizer, "PLAN", PLAN)
         real = vi.train_index
-        mp.setattr(vi, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
+        for module in (vi, build):  # the store trains through the package, build_index in its module
+            mp.setattr(module, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
         bench.write_collection(root, 2 * SEGMENT, gen, SEGMENT)
         first = {p.name: p.stat().st_mtime_ns for p in (root / "quantizers").iterdir()}
         bench.write_collection(root, SLIDES, gen, SEGMENT)
@@ -63,8 +59,12 @@ def _exact(snapshot, q, k):
 def test_quantizer_is_trained_once_and_later_segments_store_only_codes(built):
     snapshot = Snapshot(built["root"])
     entries = [s["faiss"]["patches"] for s in snapshot.version.segments]
-    assert entries[0]["kind"] == "flat" and "quantizer" not in entries[0]  # below the threshold: exact
-    assert entries[1]["quantizer"] == entries[2]["quantizer"] == "quantizers/s000002-patches.faiss"
+    first = snapshot.paths.segment(snapshot.version.segments[0]["id"])
+    assert vi.load_index(first / "patches.faiss").ntotal == SEGMENT * PATCHES  # written exact, below the threshold,
+    assert entries[0]["file"] == "codes/v000002-s000001-patches.faiss"  # back-filled under it by the training commit
+    assert all(e["quantizer"] == "quantizers/s000002-patches.faiss" and e["kind"] == "ivf_pq" for e in entries)
+    assert "file" not in entries[1] and "file" not in entries[2]
+    assert 0 < entries[0]["recall_at_10"] <= entries[0]["recall_at_10_reranked"] and entries[0]["count"] == SEGMENT * PATCHES
     assert snapshot.version.quantizers == {"patches": "quantizers/s000002-patches.faiss"}
     assert len(built["trained"]) == 1 and built["trained"][0].startswith("IVF32_HNSW32,PQ4x")  # once, by segment 2
     files = {p.name: p.stat().st_mtime_ns for p in (built["root"] / "quantizers").iterdir()}
@@ -78,7 +78,7 @@ def test_segments_under_one_quantizer_are_merged_and_reranked_exactly(built):
     snapshot = Snapshot(built["root"])
     index = open_index(snapshot, "patches")
     assert isinstance(index, RerankedIndex) and index.ntotal == SLIDES * PATCHES
-    assert len(index.inner.parts) == 2  # the flat segment, and the two IVF segments as one index
+    assert faiss.extract_index_ivf(index.inner).ntotal == SLIDES * PATCHES  # three segments, one inverted index
     q = _queries(built["gen"])
     exact_scores, exact_ids = _exact(snapshot, q, 10)
     scores, found = vi.search(index, q, 10)
@@ -91,7 +91,7 @@ def test_segments_under_one_quantizer_are_merged_and_reranked_exactly(built):
     exact = lambda ids: snapshot.vectors("patches", ids)  # noqa: E731
     reranked, plain = (tied_recall(q, f, exact, exact_scores[:, -1]) for f in (found, raw))
     assert reranked >= plain and reranked > 0.9
-    faiss.extract_index_ivf(index.inner.parts[1]).nprobe = PLAN.nlist  # every list, and a pool of everything:
+    faiss.extract_index_ivf(index.inner).nprobe = PLAN.nlist  # every list, and a pool of everything:
     whole = RerankedIndex(index.inner, index.gather, pool=index.ntotal)  # the re-rank is then exact search
     np.testing.assert_allclose(vi.search(whole, q, 10)[0], exact_scores, atol=1e-5)
 
@@ -177,7 +177,7 @@ def test_benchmark_device_cuda_refuses_without_a_gpu_in_one_line(bench, capsys, 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dtype):
-    from indexer.exact import RowFile
+    from indexer.vectors.exact import RowFile
 
     data = np.random.default_rng(0).standard_normal((50, 24)).astype(dtype)
     np.save(tmp_path / "v.npy", data)
@@ -195,3 +195,104 @@ def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dty
         fh.truncate(rows.offset + 10 * rows.row_bytes)
     with pytest.raises(OSError, match="past the end"):
         RowFile(tmp_path / "v.npy").take(np.array([12]))
+
+
+def test_a_provisional_quantizer_gives_way_to_the_full_one_and_every_segment_follows(bench, tmp_path, monkeypatch):
+    """Past ``exact_max`` vectors a provisional quantizer (as many lists as its sample trains) takes every segment;
+    at the threshold the full one replaces it and every earlier segment is re-encoded under it: a live index is
+    always one inverted index, never exact segments beside it."""
+    from indexer.store.compact import vacuum
+    from indexer.store.writer import IndexWriter
+
+    monkeypatch.setattr(quantizer, "PLAN", quantizer.QuantizerPlan(nlist=32, nprobe=8, exact_max=400))
+    root, gen = tmp_path / "index", bench.ScaleGenerator(dim=32, k=4, patches=50)
+
+    def grown(slides: int):  # commits of 6 slides (300 patches)
+        bench.write_collection(root, slides, gen, 6)
+        snapshot = Snapshot(root)
+        return snapshot, [s["faiss"]["patches"] for s in snapshot.version.segments]
+
+    snapshot, entries = grown(6)
+    assert entries[0]["kind"] == "flat" and "patches" not in snapshot.version.quantizers  # 300 ≤ exact_max
+    snapshot, entries = grown(12)
+    provisional = snapshot.version.quantizers["patches"]
+    assert provisional == "quantizers/s000002-patches.faiss"
+    assert faiss.extract_index_ivf(vi.load_index(root / provisional)).nlist == 8  # 600 vectors: 15 per list → 8
+    assert [e["quantizer"] for e in entries] == [provisional] * 2 and entries[0]["file"].startswith("codes/v000002-")
+    snapshot, entries = grown(30)
+    full = snapshot.version.quantizers["patches"]
+    assert full == "quantizers/s000005-patches.faiss" != provisional  # 1,500 ≥ 39·32: the full quantizer
+    assert faiss.extract_index_ivf(vi.load_index(root / full)).nlist == 32
+    assert [e["quantizer"] for e in entries] == [full] * 5
+    assert [e.get("file") for e in entries] == [f"codes/v000005-s00000{i}-patches.faiss" for i in range(1, 5)] + [None]
+    assert all(0 < e["recall_at_10"] <= e["recall_at_10_reranked"] for e in entries)
+    index = open_index(snapshot, "patches")
+    assert faiss.extract_index_ivf(index.inner).ntotal == 30 * 50  # one inverted index over the five segments
+    q = _queries(gen, seed=4)
+    ids = np.arange(30 * 50)
+    exact = q @ snapshot.vectors("patches", ids).T
+    truth = np.sort(exact, axis=1)[:, ::-1][:, 9]
+    found = vi.search(index, q, 10)[1]
+    assert tied_recall(q, found, lambda x: snapshot.vectors("patches", x), truth) > 0.9
+    snapshot.close()
+    with IndexWriter(root) as writer:  # nothing names the provisional quantizer or the first codes any more
+        vacuum(writer.paths, writer.version)
+    assert sorted(p.name for p in (root / "quantizers").iterdir()) == ["s000005-patches.faiss"]
+    assert sorted(p.name for p in (root / "codes").iterdir()) == [f"v000005-s00000{i}-patches.faiss" for i in range(1, 5)]
+
+
+def test_scores_across_row_files_fill_one_buffer_in_any_chunk(tmp_path):
+    from indexer.vectors.exact import RowFile, dot_rows
+
+    rng = np.random.default_rng(2)
+    parts = [rng.standard_normal((n, 16)).astype(np.float16) for n in (7, 1, 12)]
+    for i, part in enumerate(parts):
+        np.save(tmp_path / f"p{i}.npy", part)
+    files = [RowFile(tmp_path / f"p{i}.npy") for i in range(3)]
+    picks = [np.array([6, 0, 3]), np.array([0]), np.array([11, 2, 5, 7])]
+    wheres = [np.array([7, 0, 2]), np.array([5]), np.array([1, 3, 6, 4])]  # their columns in the answer
+    queries = rng.standard_normal((2, 16)).astype(np.float32)
+    expected = np.empty((2, 8), np.float32)
+    for part, pick, where in zip(parts, picks, wheres):
+        expected[:, where] = queries @ part[pick].astype(np.float32).T
+    for chunk in (1, files[0].row_bytes * 2, files[0].row_bytes * 3, 1 << 20):
+        out = dot_rows(list(zip(files, picks, wheres)), queries, np.full((2, 8), np.nan, np.float32), chunk)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_index_written_without_back_fill_gets_its_exact_segments_encoded_by_its_next_write(bench, tmp_path,
+                                                                                             monkeypatch):
+    import indexer.store.writer as writer_module
+
+    monkeypatch.setattr(quantizer, "PLAN", PLAN)
+    root, gen = tmp_path / "index", bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
+    with pytest.MonkeyPatch.context() as old:  # as the store wrote before back-fills: exact beside the quantizer
+        old.setattr(writer_module, "backfill", lambda paths, number, segments, quantizers: tuple(segments))
+        bench.write_collection(root, 2 * SEGMENT, gen, SEGMENT)
+    entries = [s["faiss"]["patches"] for s in Snapshot(root).version.segments]
+    assert entries[0]["kind"] == "flat" and entries[1]["kind"] == "ivf_pq"
+    bench.write_collection(root, 3 * SEGMENT, gen, SEGMENT)
+    snapshot = Snapshot(root)
+    entries = [s["faiss"]["patches"] for s in snapshot.version.segments]
+    assert [e["quantizer"] for e in entries] == ["quantizers/s000002-patches.faiss"] * 3
+    assert entries[0]["file"] == f"codes/v{snapshot.version.number:06d}-s000001-patches.faiss"
+    assert faiss.extract_index_ivf(open_index(snapshot, "patches").inner).ntotal == 3 * SEGMENT * PATCHES
+
+
+def test_vacuum_keeps_back_filled_codes_while_a_reader_holds_their_version(built, tmp_path, monkeypatch):
+    from indexer.store.compact import compact
+
+    monkeypatch.setattr(quantizer, "PLAN", PLAN)
+    root = tmp_path / "copy"
+    shutil.copytree(built["root"], root)
+    reader = Snapshot(root)
+    codes = [root / e["file"] for s in reader.version.segments for e in s["faiss"].values() if e.get("file")]
+    assert codes
+    q = _queries(built["gen"])
+    before = vi.search(open_index(reader, "patches"), q, 5)[1]
+    compact(root)  # one merged segment: nothing live names the codes any more, but the reader's version does
+    assert all(p.is_file() for p in codes)
+    np.testing.assert_array_equal(vi.search(open_index(reader, "patches"), q, 5)[1], before)
+    reader.close()
+    compact(root)
+    assert not any(p.exists() for p in codes)

@@ -1,5 +1,5 @@
-"""A writer SIGKILLed at 34 points (staging, segment writing, FAISS writing, commit, cleanup, removal,
-metadata, compaction, vacuum): the index then opens as exactly the previous version or the new one, and
+"""A writer SIGKILLed at 39 points (staging, segment writing, FAISS writing, quantizer training and back-fill,
+commit, cleanup, removal, metadata, compaction, vacuum): the index then opens as exactly the previous version or the new one, and
 a re-run ends equal, in rows and vectors, to an uninterrupted run, with no temporary files left."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import store_scenario as scenario
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import IndexError_
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 
 SCRIPT = Path(scenario.__file__)
 # (operation, crash point[#n]): every point of the write path, each reached by the operation named.
@@ -31,9 +31,11 @@ POINTS = [
     ("metadata", "metadata.write"), ("metadata", "commit.current"),
     *[("compact", p) for p in ("segment.start", "compact.segment#1", "segment.faiss.patches", "compact.commit",
                                "commit.current", "commit.done", "vacuum.version", "vacuum.segment")],
+    *[("grow", p) for p in ("segment.faiss.patches", "backfill.codes#1", "backfill.codes#2", "commit.version",
+                            "commit.current")],
 ]
 BEFORE = {"base": [], "add": ["base"], "metadata": ["base"], "remove": ["base", "add"],
-          "compact": ["base", "add", "remove"]}
+          "compact": ["base", "add", "remove"], "grow": ["base", "add"]}
 QUERIES = scenario.unit(np.random.default_rng(7).standard_normal((3, scenario.DIM)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -50,6 +51,20 @@ class _AtomicPath:
             fsync_dir(self.path.parent)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def os_error(exc: Exception, path) -> Exception:
+    """The OSError that a library's I/O error stands for when its message names the cause (FAISS: ``write error
+    in … (No space left on device)``), else ``exc`` itself.
+
+    >>> os_error(RuntimeError("write error in f: 0 != 8 (No space left on device)"), "f").errno == errno.ENOSPC
+    True
+    """
+    message = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM):
+        if f"({os.strerror(code)})" in message:
+            return OSError(code, os.strerror(code), str(path))
+    return exc
 
 
 def remove_temporaries(*folders: Path) -> int:

@@ -7,12 +7,13 @@ import fcntl
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from indexer.exact import release_pages
-from indexer.slide_features import RECORD_KEY, slide_spaces_of
+from indexer.vectors.exact import release_pages
+from indexer.aggregation.slide_features import RECORD_KEY, slide_spaces_of
 from indexer.store import crash
 from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.quantizer import Quantizers
@@ -53,11 +54,12 @@ def merge(writer: IndexWriter, segment_ids: list[str] | None = None, retrain: bo
     for src, records in zip(sources, live):
         _copy_rows(builder, src, records, k)
         crash.point("compact.segment")
-    quantizers = Quantizers(writer.paths, version, retrain=retrain, budget=writer.settings.max_index_memory)
+    others = replace(version, segments=tuple(s for s in version.segments if s["id"] not in chosen))
+    quantizers = Quantizers(writer.paths, others, retrain=retrain, budget=writer.settings.max_index_memory)
     entry = builder.finish(writer.settings.max_index_memory, quantizers=quantizers)
     dropped = np.asarray([r["slide_row"] for recs in slides for r in recs if _contains(dead, r["slide_row"])], np.int64)
     crash.point("compact.commit")
-    return writer.replace_segments(chosen, entry, dropped, quantizers=quantizers.table)
+    return writer.replace_segments(chosen, entry, dropped, quantizers=quantizers)
 
 
 def _contains(sorted_rows: np.ndarray, row: int) -> bool:
@@ -152,12 +154,13 @@ def vacuum(paths: IndexPaths, current: Version) -> dict[str, int]:
         removed["versions"] += 1
     keep_segments = {s["id"] for v in held for s in v.segments}
     keep_files = {p for v in held for p in (v.metadata, v.tombstones, v.reports, *v.quantizers.values()) if p}
+    keep_files |= {e["file"] for v in held for s in v.segments for e in s["faiss"].values() if e.get("file")}
     for seg in paths.segments.iterdir() if paths.segments.is_dir() else ():
         if seg.name not in keep_segments and not seg.name.startswith("."):
             crash.point("vacuum.segment")
             shutil.rmtree(seg)
             removed["segments"] += 1
-    for folder in (paths.metadata, paths.tombstones, paths.reports, paths.quantizers):
+    for folder in (paths.metadata, paths.tombstones, paths.reports, paths.quantizers, paths.codes):
         for file in folder.iterdir() if folder.is_dir() else ():
             if str(file.relative_to(paths.root)) not in keep_files and not file.name.startswith("."):
                 shutil.rmtree(file) if file.is_dir() else file.unlink()

@@ -43,6 +43,11 @@ class IndexPaths:
         return self.root / "quantizers"
 
     @property
+    def codes(self) -> Path:
+        """Codes of segments written before their quantizer, encoded under it later (``codes/vNNNNNN-…``)."""
+        return self.root / "codes"
+
+    @property
     def metadata(self) -> Path:
         return self.root / "metadata"
 
@@ -76,7 +81,7 @@ class IndexPaths:
     def folders(self) -> tuple[Path, ...]:
         """Every folder a writer may leave temporaries in."""
         return (self.root, self.versions, self.segments, self.metadata, self.tombstones, self.staging, self.quantizers,
-                self.reports)
+                self.reports, self.codes)
 
 
 def version_name(number: int) -> str:

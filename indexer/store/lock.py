@@ -1,4 +1,5 @@
-"""One writer at a time: an flock on ``LOCK`` that records its holder (pid, start time, command)."""
+"""One writer at a time: an flock on ``LOCK`` that records its holder (pid, start time, command), held by the
+writer's own process only (never by a child it forks)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,38 @@ import fcntl
 import json
 import os
 import sys
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
 from indexer.errors import IndexError_
 
+_HELD: "weakref.WeakSet[WriterLock]" = weakref.WeakSet()  # locks this process holds
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the descriptors of the parent's locks without unlocking them (an unlock would
+    release the parent's lock too; a close only drops the child's reference to it)."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
 
 class WriterLock:
     """Exclusive writer lock of an index directory; searches never take it.
 
-    The kernel releases an flock when its process dies, so a lock is never stuck; a ``LOCK`` file still
-    naming a holder means that holder died mid-write, and the next writer says it takes over.
+    The kernel releases an flock when the last descriptor of its open file is closed, so a lock dies with its
+    writer: the descriptor is close-on-exec and a forked child (a DataLoader worker, however it was started)
+    closes its copy at once, so no other process ever keeps a dead writer's lock. A ``LOCK`` file still naming
+    a holder means that holder died mid-write, and the next writer says it takes over.
 
     Args:
         path: the ``LOCK`` file.
@@ -37,7 +59,7 @@ class WriterLock:
     def acquire(self) -> None:
         """Take the lock, or raise a one-line IndexError_ naming the holder (``wait``: block instead)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -48,25 +70,39 @@ class WriterLock:
                                   "wait for it to finish, or pass --wait") from None
             print(f"waiting for {holder} to finish writing {self.path.parent}", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        _HELD.add(self)
         previous = _read(fd)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             print(f"taking over the lock of {self.path.parent} left by {_describe(previous)}, "
                   "which is no longer running", file=sys.stderr)
         holder = {"pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "command": " ".join(sys.argv)[:500]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            os.fsync(fd)
+        except OSError:  # a full disk: give the lock back, then say so
+            self.release()
+            raise
 
     def release(self) -> None:
         """Clear the holder record and unlock."""
         if self._fd is None:
             return
-        os.ftruncate(self._fd, 0)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
+        _HELD.discard(self)
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._fd is not None
 
 
 def _read(fd: int) -> dict:
@@ -80,4 +116,3 @@ def _describe(holder: dict) -> str:
     if not holder:
         return "another process"
     return f"pid {holder.get('pid')} (started {holder.get('started')})"
-

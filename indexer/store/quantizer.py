@@ -1,6 +1,14 @@
-"""Trained-once quantizers: once a collection holds enough vectors of one kind, an IVF-PQ index is trained
-once on a sample and saved, immutable, under ``quantizers/``; every later segment stores only its codes
-under it. Retraining happens only on request (``slidesearch compact --retrain``)."""
+"""Shared quantizers: once a collection holds more vectors of one kind than an exact index should scan, an
+IVF-PQ index is trained on a sample and saved, immutable, under ``quantizers/``; every later segment stores only
+its codes under it, and the segments written before it are back-filled under it (``indexer/store/backfill.py``),
+so a live index is searched as one inverted index, as its compacted form is.
+
+The first quantizer is trained when the collection outgrows exact search (``exact_max`` vectors). Below the full
+threshold (39 vectors per list of ``nlist`` lists) it is provisional: an IVF-Flat with as many lists as its sample
+can train (its lists hold the vectors, searched exactly, as fast as HNSW at that size); the commit that reaches the
+threshold trains the full IVF-PQ one, which then stays. Retraining otherwise happens only on
+request (``slidesearch compact --retrain``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.exact import release_pages
+from indexer.vectors.exact import release_pages
+from indexer.vectors import FLAT_MAX_COUNT
 
 if TYPE_CHECKING:
     import faiss
@@ -34,6 +43,8 @@ class QuantizerPlan:
         coarse: the coarse quantizer over the centroids on CPU (an HNSW graph: adding 10⁷ vectors assigns each
             with ~4× fewer distance computations than scanning 4,096 centroids); flat on GPU.
         niter: k-means iterations of the training (10: the centroids barely move after that; 25 costs 2.5×).
+        exact_max: vectors of one kind kept exact (Flat) before the first quantizer (FLAT_MAX_COUNT: where
+            :func:`indexer.vectors.choose_index` stops choosing exact search for a compacted collection).
     """
 
     nlist: int = 4096
@@ -41,6 +52,7 @@ class QuantizerPlan:
     names: tuple[str, ...] = ("patches", "subvectors", "slides", "slides_mean")
     coarse: str = "HNSW32"
     niter: int = 10
+    exact_max: int = FLAT_MAX_COUNT
 
     def base_nlist(self, dim: int) -> int:
         """Lists of a first training for ``dim``-d vectors.
@@ -52,9 +64,28 @@ class QuantizerPlan:
 
     def threshold(self, dim: int) -> int:
         """Vectors a collection needs before training: 39 per list (FAISS k-means warns below that)."""
-        from indexer.vector_index import MIN_POINTS_PER_CENTROID
+        from indexer.vectors import MIN_POINTS_PER_CENTROID
 
         return MIN_POINTS_PER_CENTROID * self.base_nlist(dim)
+
+    def start(self, dim: int) -> int:
+        """Vectors a collection needs before its first (possibly provisional) quantizer.
+
+        >>> QuantizerPlan().start(512), QuantizerPlan().start(4096), QuantizerPlan().threshold(512)
+        (50001, 39936, 159744)
+        """
+        return min(self.exact_max + 1, self.threshold(dim))
+
+    def provisional_nlist(self, count: int, dim: int) -> int:
+        """Lists of a quantizer trained on ``count`` vectors below the threshold: the largest power of two with 39
+        vectors per list (at most half the full ``base_nlist``).
+
+        >>> QuantizerPlan().provisional_nlist(50_001, 512), QuantizerPlan().provisional_nlist(159_000, 512)
+        (1024, 2048)
+        """
+        from indexer.vectors import MIN_POINTS_PER_CENTROID
+
+        return max(1, min(self.base_nlist(dim) // 2, 2 ** int(math.log2(max(1, count // MIN_POINTS_PER_CENTROID)))))
 
 
 PLAN = QuantizerPlan()
@@ -62,34 +93,42 @@ PLAN = QuantizerPlan()
 
 def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain: bool = False,
                 budget: int | None = None):
-    """The IVF-PQ configuration trained for ``count`` vectors of ``dim``: ``plan.base_nlist(dim)`` lists (a
-    retrain: ≈ 4√n, a power of two up to MAX_NLIST with ≥ 39 points per list), PQ with the default sub-quantizers
-    of :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain
-    takes the largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
-    :func:`indexer.vector_index.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
+    """The IVF configuration trained for ``count`` vectors of ``dim``.
+
+    Below ``plan.threshold(dim)`` a provisional IVF-Flat (``plan.provisional_nlist`` lists; its lists hold the
+    vectors themselves, so it searches exactly within the probed lists, needs no re-rank, and is as fast as HNSW
+    at these sizes). Otherwise IVF-PQ with ``plan.base_nlist(dim)`` lists (a retrain: ≈ 4√n, a power of two up to
+    MAX_NLIST with ≥ 39 points per list), PQ with the default sub-quantizers of
+    :func:`indexer.vectors.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain takes the
+    largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
+    :func:`indexer.vectors.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
 
     >>> plan_choice(10**6, 512).describe(), plan_choice(10**8, 512, retrain=True).describe()
     ('IVF4096_HNSW32,PQ64x8', 'IVF16384_HNSW32,PQ32x8')
-    >>> plan_choice(10**5, 12_288).describe()
-    'IVF512_HNSW32,PQ128x8'
+    >>> plan_choice(10**5, 12_288).describe(), plan_choice(60_000, 512).describe()
+    ('IVF512_HNSW32,PQ128x8', 'IVF1024_HNSW32,Flat')
     """
-    from indexer.vector_index import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
+    from indexer.vectors import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
                                       gpu_enabled)
 
     plan = plan or PLAN
     nlist = base = plan.base_nlist(dim)
-    if retrain:
+    provisional = count < plan.threshold(dim)
+    if provisional:
+        nlist = plan.provisional_nlist(count, dim)
+    elif retrain:
         want = 2 ** round(math.log2(max(1, 4 * math.sqrt(count))))
         nlist = max(base, min(want, MAX_NLIST, 2 ** int(math.log2(max(1, count // MIN_POINTS_PER_CENTROID)))))
     pq = choice_for_kind("ivf_pq", count, dim)
-    if retrain:
+    if retrain and not provisional:
         fitted = choose_index(count, dim, budget)
         if fitted.kind == "ivf_pq":
             pq = choice_for_kind("ivf_pq", count, dim, m=min(pq.m, fitted.m))
-    nprobe = max(plan.nprobe, round(plan.nprobe * math.sqrt(nlist / plan.nlist)))
+    nprobe = min(nlist, max(plan.nprobe, round(plan.nprobe * math.sqrt(nlist / plan.nlist))))
     coarse = "" if gpu_enabled() else plan.coarse  # the GPU assigns by brute force over flat centroids
-    return IndexChoice("ivf_pq", nlist=nlist, m=pq.m, nbits=pq.nbits, nprobe=min(nlist, nprobe), coarse=coarse,
-                       niter=plan.niter)
+    if provisional:
+        return IndexChoice("ivf_flat", nlist=nlist, nprobe=nprobe, coarse=coarse, niter=plan.niter)
+    return IndexChoice("ivf_pq", nlist=nlist, m=pq.m, nbits=pq.nbits, nprobe=nprobe, coarse=coarse, niter=plan.niter)
 
 
 class Quantizers:
@@ -113,23 +152,27 @@ class Quantizers:
 
     def for_segment(self, name: str, segment_id: str, vectors: np.ndarray):
         """``(trained empty index, relative path)`` that segment ``segment_id``'s ``name`` vectors go under, or
-        None while the collection is below the threshold (the segment then chooses its own index).
+        None while the collection is small enough for exact search (the segment then chooses its own index).
 
-        The first segment to reach ``plan.threshold`` vectors (counting the live segments' too) trains it on a
-        seeded sample of all of them and saves it as ``quantizers/<segment_id>-<name>.faiss``.
+        The first segment to bring the collection (its live segments' vectors and these) past ``plan.exact_max``
+        trains a quantizer on a seeded sample of all of them, provisional while they are fewer than
+        ``plan.threshold``; the segment that reaches the threshold under a provisional one trains the full one.
+        Each is saved as ``quantizers/<segment_id>-<name>.faiss`` and listed in ``trained``.
         """
-        from indexer import vector_index as vi
+        from indexer import vectors as vi
 
         if name not in self.plan.names:
             return None
+        dim = vectors.shape[1]
+        count = len(vectors) + (0 if self.retrain else self._live_count(name))
         if name in self.table:
-            return self.load(name), self.table[name]
-        sources = [] if self.retrain else self._live_arrays(name)
-        count = len(vectors) + sum(len(a) for a in sources)
-        if count < self.plan.threshold(vectors.shape[1]):
+            if name in self.trained or count < self.plan.threshold(dim) or not self.provisional(name, dim):
+                return self.load(name), self.table[name]
+        elif count < self.plan.start(dim):
             return None
-        choice = plan_choice(count, vectors.shape[1], self.plan, self.retrain, self.budget)
-        sample = _sample(sources + [vectors], vi.train_sample_size(count, choice.nlist, vectors.shape[1]), seed=0)
+        sources = [] if self.retrain else self._live_arrays(name)
+        choice = plan_choice(count, dim, self.plan, self.retrain, self.budget)
+        sample = _sample(sources + [vectors], vi.train_sample_size(count, choice.nlist, dim), seed=0)
         trained = vi.train_index(sample, choice, self.use_gpu)
         relative = f"{self.paths.quantizers.name}/{segment_id}-{name}.faiss"
         self.paths.quantizers.mkdir(parents=True, exist_ok=True)
@@ -138,13 +181,24 @@ class Quantizers:
         self.trained.append(name)
         return trained, relative
 
+    def provisional(self, name: str, dim: int) -> bool:
+        """Whether the live quantizer of ``name`` is a provisional one (IVF-Flat, trained below the threshold)."""
+        return kind_of(self.load(name)) == "ivf_flat"
+
+    def shared(self, name: str):
+        """``(trained empty index, relative path)`` of the quantizer ``name`` has in this commit."""
+        return self.load(name), self.table[name]
+
     def load(self, name: str):
         """The trained empty index of ``name`` (read once)."""
         if name not in self._loaded:
-            from indexer import vector_index as vi
+            from indexer import vectors as vi
 
             self._loaded[name] = vi.load_index(self.paths.root / self.table[name])
         return self._loaded[name]
+
+    def _live_count(self, name: str) -> int:
+        return sum(int(s["faiss"].get(name, {}).get("count", 0)) for s in self.version.segments)
 
     def _live_arrays(self, name: str) -> list[np.ndarray]:
         from indexer.store.segments import SegmentFiles
@@ -172,7 +226,7 @@ def save_codes(index, path: Path) -> None:
     codes, ids and PQ codebook go to ``path``. Other indexes are saved whole."""
     import faiss
 
-    from indexer.vector_index import save_index
+    from indexer.vectors import save_index
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
@@ -200,10 +254,18 @@ def attach(index, trained):
 
 
 def describe(index) -> str:
-    """FAISS factory string of an IVF-PQ index, e.g. ``IVF4096_HNSW32,PQ64x8``."""
+    """FAISS factory string of an IVF index, e.g. ``IVF4096_HNSW32,PQ64x8`` or ``IVF1024_HNSW32,Flat``."""
     import faiss
 
-    ivf = faiss.extract_index_ivf(index)
-    pq, coarse = faiss.downcast_index(ivf).pq, faiss.downcast_index(ivf.quantizer)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    coarse = faiss.downcast_index(ivf.quantizer)
     graph = f"_HNSW{coarse.hnsw.nb_neighbors(1)}" if isinstance(coarse, faiss.IndexHNSW) else ""
-    return f"IVF{ivf.nlist}{graph},PQ{pq.M}x{pq.nbits}"
+    codes = f"PQ{ivf.pq.M}x{ivf.pq.nbits}" if isinstance(ivf, faiss.IndexIVFPQ) else "Flat"
+    return f"IVF{ivf.nlist}{graph},{codes}"
+
+
+def kind_of(index) -> str:
+    """``ivf_pq`` or ``ivf_flat``: what an index under a quantizer is."""
+    import faiss
+
+    return "ivf_pq" if isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFPQ) else "ivf_flat"

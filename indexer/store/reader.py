@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import IndexError_
+from indexer.vectors.exact import dot_rows
 from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths
 from indexer.store.segments import SegmentFiles
@@ -19,6 +20,16 @@ from indexer.store.versions import Version, read_tombstones
 from indexer.store.writer import read_identity
 
 _ATTEMPTS = 5  # CURRENT may move (and vacuum delete the version it named) between two reads
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (vacuum unlinks a version only while no reader
+    holds it, so once locked and still named, a version and its files stay)."""
+    try:
+        named, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 class Snapshot:
@@ -57,6 +68,9 @@ class Snapshot:
             except FileNotFoundError:
                 continue
             fcntl.flock(fd, fcntl.LOCK_SH)
+            if not _still_named(fd, self.paths.versions / name):  # a vacuum deleted it before the lock held it
+                os.close(fd)
+                continue
             try:
                 version = Version.from_json(json.loads(os.pread(fd, 1 << 26, 0).decode()))
             except (ValueError, TypeError) as exc:
@@ -99,23 +113,23 @@ class Snapshot:
         return None if self.version.metadata is None else str(self.paths.root / self.version.metadata)
 
     def faiss_parts(self, name: str) -> tuple[list[Path], list[int]]:
-        """FAISS files of index ``name`` per segment and the first id each may hold."""
+        """FAISS files of index ``name`` per segment (its own, or the codes a back-fill wrote for it under a later
+        quantizer) and the first id each may hold."""
         k = int(self.settings.bank["K"])
         key = "patch_rows" if name == "patches" else "slide_rows"
         scale = k if name == "subvectors" else 1
-        return ([d / f"{name}.faiss" for d in self.segment_dirs()],
-                [int(s[key][0]) * scale for s in self.version.segments])
+        files = [self.paths.root / s["faiss"][name]["file"] if s["faiss"].get(name, {}).get("file")
+                 else d / f"{name}.faiss" for s, d in zip(self.version.segments, self.segment_dirs())]
+        return files, [int(s[key][0]) * scale for s in self.version.segments]
 
     def patch_features(self, slide_row: int, patch_row_start: int, n_patches: int) -> np.ndarray:
         """The float16 patch features (n_patches, d) of one live slide, read through the segment's memory map."""
-        for segment, folder in zip(self.version.segments, self.segment_dirs()):
-            lo, hi = segment["slide_rows"]
-            if lo <= slide_row < hi:
-                files = self._segment_files.setdefault(segment["id"], SegmentFiles(folder))
-                rows = files.patch_rows()
-                start = int(np.searchsorted(rows, patch_row_start))
-                return files.features[start:start + n_patches]
-        raise IndexError_(f"slide_row {slide_row} is in no live segment of {self.paths.root}")
+        rows, offsets = self._row_index("patches")
+        at = int(rows.searchsorted(patch_row_start))
+        if at >= len(rows) or rows[at] != patch_row_start:
+            raise IndexError_(f"slide_row {slide_row} is in no live segment of {self.paths.root}")
+        i = int(offsets.searchsorted(at, side="right")) - 1
+        return self._files[i].features[at - offsets[i]:at - offsets[i] + n_patches]
 
     def vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (len(ids), d) float32 of FAISS index ``name``'s ids, in the order given:
@@ -136,35 +150,45 @@ class Snapshot:
         """``queries @ vectors(name, ids).T`` (len(queries), len(ids)), without holding every vector at once."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         out = np.empty((len(queries), len(ids)), np.float32)
-        for rows, pos, where in self._located(name, ids):
-            out[:, where] = rows.dot(pos, queries)
-        return out
+        return dot_rows(self._located(name, ids), queries, out)  # one buffer and product across segments
 
     def _located(self, name: str, ids: np.ndarray):
         """Per live segment holding some of ``ids``: its row file, their positions in file order (reads go
-        forward) and where each sits in ``ids``."""
-        k = int(self.settings.bank["K"])
-        key = "patch_rows" if name == "patches" else "slide_rows"
-        scale = k if name == "subvectors" else 1
-        starts = np.asarray([int(s[key][0]) * scale for s in self.version.segments], np.int64)
-        ends = np.asarray([int(s[key][1]) * scale for s in self.version.segments], np.int64)
-        which = np.searchsorted(starts, ids, side="right") - 1
-        if len(ids) and ((which < 0).any() or (ids >= ends[np.maximum(which, 0)]).any()):
+        forward) and where each sits in ``ids``. One search over every segment's rows at once, so the number of
+        segments costs a slice each, not a search each."""
+        scale = int(self.settings.bank["K"]) if name == "subvectors" else 1
+        rows, offsets = self._row_index(name)
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        wanted = ordered // scale if scale > 1 else ordered
+        at = rows.searchsorted(wanted)
+        if len(ids) and (at[-1] >= len(rows) or (rows[np.minimum(at, len(rows) - 1)] != wanted).any()):
             raise IndexError_(f"{name} ids outside every live segment of {self.paths.root}")
-        for i in np.unique(which):
-            segment, mask = self.version.segments[i], which == i
-            files = self._segment_files.setdefault(segment["id"], SegmentFiles(self.segment_dirs()[i]))
-            wanted = ids[mask]
-            if name == "patches":
-                pos = np.searchsorted(files.patch_rows(), wanted)
-            else:
-                pos = np.searchsorted(files.vector_rows(), wanted // scale) * scale + wanted % scale
-            order = np.argsort(pos, kind="stable")
-            yield files.row_file(name), pos[order], np.flatnonzero(mask)[order]
+        bounds = at.searchsorted(offsets)  # where each segment's rows begin among the sorted ids
+        counts = np.diff(bounds)
+        pos = at - np.repeat(offsets[:-1], counts)  # positions within each id's segment
+        if scale > 1:
+            pos = pos * scale + wanted % scale
+        for i in np.flatnonzero(counts).tolist():
+            lo, hi = bounds[i], bounds[i + 1]
+            yield self._files[i].row_file(name), pos[lo:hi], order[lo:hi]
+
+    def _row_index(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The row ids of every live segment's rows of ``name`` (patch rows for ``patches``, else the slide rows
+        with vectors), concatenated in segment order (increasing), and where each segment's begin (read once)."""
+        key = "patches" if name == "patches" else "vectors"
+        cache = self.__dict__.setdefault("_row_index_cache", {})
+        if key not in cache:
+            parts = [f.table("patches", ["patch_row"]).column("patch_row").to_numpy().astype(np.int64)
+                     if key == "patches" else f.vector_rows() for f in self._files]
+            cache[key] = (np.concatenate(parts) if parts else np.zeros(0, np.int64),
+                          np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64))
+        return cache[key]
 
     @cached_property
-    def _segment_files(self) -> dict:
-        return {}
+    def _files(self) -> list[SegmentFiles]:
+        """Read access to each live segment (row files and row ids read once each)."""
+        return [SegmentFiles(folder) for folder in self.segment_dirs()]
 
     def manifest(self) -> dict:
         """Identity and version facts in one dict (what `slidesearch info` shows)."""

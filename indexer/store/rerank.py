@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
 
 RERANK_POOL = 512  # candidates a compressed index returns per query for the exact re-rank (RESULTS.md, issue 13)
 QUERY_BLOCK = 64  # queries re-ranked together (bounds the candidate × query score matrix)
@@ -46,7 +46,7 @@ class RerankedIndex(vi.CompositeIndex):
             s = np.take_along_axis(exact, pos, 1)
             scores[lo:lo + QUERY_BLOCK] = np.where(block >= 0, s, -np.inf)
         top = np.lexsort((cand, -scores), axis=1)[:, :k] if cand.size else np.zeros((len(q), 0), np.int64)
-        return vi._pad(np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1), k)
+        return vi.pad_results(np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1), k)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (not the lossy codes) of ``ids``."""
@@ -58,7 +58,7 @@ def open_index(snapshot, name: str):
 
     Segment indexes saved as codes get their quantizer's centroids; runs of adjacent segments under the same
     quantizer are merged into one index in memory (their inverted lists concatenated: one coarse search per
-    query, not one per segment); everything moves to the GPU when :func:`indexer.vector_index.gpu_enabled`;
+    query, not one per segment); everything moves to the GPU when :func:`indexer.vectors.gpu_enabled`;
     and when any segment is compressed (PQ) the result re-ranks its hits exactly from the stored vectors.
     """
     from indexer.store.quantizer import attach

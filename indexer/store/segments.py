@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.exact import release_pages
-from indexer.slide_features import RECORD_KEY, write_segment_spaces
+from indexer.aggregation.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
 from indexer.store.layout import FAISS_NAMES
+from indexer.store.npyfile import NpyWriter
 
 PATCH_BATCH = 65_536  # patch rows per Parquet row group (the batch a writer holds)
 SLIDE_SCHEMA = pa.schema([
@@ -72,12 +72,11 @@ class SegmentBuilder:
         shutil.rmtree(self.build, ignore_errors=True)
         self.build.mkdir(parents=True)
         crash.point("segment.start")
-        mm = np.lib.format.open_memmap
-        self.features = mm(self.build / "features.npy", "w+", np.float16, (n_patches, dim))
-        self.vectors = {
-            "slides": mm(self.build / VECTOR_FILES["slides"], "w+", np.float32, (n_ok, k * dim)),
-            "slides_mean": mm(self.build / VECTOR_FILES["slides_mean"], "w+", np.float32, (n_ok, dim)),
-            "subvectors": mm(self.build / VECTOR_FILES["subvectors"], "w+", np.float32, (n_ok * k, dim)),
+        self.features = NpyWriter(self.build / "features.npy", np.float16, (n_patches, dim))  # never a memory map:
+        self.vectors = {  # a full disk is an OSError here or at a write, never a SIGBUS
+            "slides": NpyWriter(self.build / VECTOR_FILES["slides"], np.float32, (n_ok, k * dim)),
+            "slides_mean": NpyWriter(self.build / VECTOR_FILES["slides_mean"], np.float32, (n_ok, dim)),
+            "subvectors": NpyWriter(self.build / VECTOR_FILES["subvectors"], np.float32, (n_ok * k, dim)),
         }
         self.records: list[dict[str, Any]] = []
         self.ok_rows: list[int] = []
@@ -96,10 +95,10 @@ class SegmentBuilder:
         if record.get("status") != "ok":
             return
         n, start, row = len(slide.coords), self._patches, len(self.ok_rows)
-        self.features[start:start + n] = slide.features
-        self.vectors["slides"][row] = slide.slide_vector
-        self.vectors["slides_mean"][row] = slide.mean_vector
-        self.vectors["subvectors"][row * self.k:(row + 1) * self.k] = slide.subvectors
+        self.features.write(start, slide.features)
+        self.vectors["slides"].write(row, slide.slide_vector)
+        self.vectors["slides_mean"].write(row, slide.mean_vector)
+        self.vectors["subvectors"].write(row * self.k, slide.subvectors)
         self.ok_rows.append(int(record["slide_row"]))
         self.masses.append(np.asarray(slide.mass, np.float32))
         self.spaces.append({k: np.asarray(v, np.float32) for k, v in (record.pop(RECORD_KEY, None) or {}).items()})
@@ -121,16 +120,15 @@ class SegmentBuilder:
         if self._patch_parts:
             self._patch_writer.write_table(pa.concat_tables(self._patch_parts))
         self._patch_parts, self._patch_buffered = [], 0
-        release_pages(self.features)  # written pages leave the RSS (the page cache still writes them back)
 
     def finish(self, max_index_memory: int | None, faiss_kind: str | None = None, quantizers=None) -> dict[str, Any]:
         """Write the tables and FAISS indexes, fsync, and publish the folder; returns the segment's entry.
 
-        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides, or the
+        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vectors.choose_index` decides, or the
         trained-once quantizer of :class:`indexer.store.quantizer.Quantizers` ``quantizers`` once there is one)."""
         import time
 
-        from indexer import vector_index as vi
+        from indexer import vectors as vi
 
         t0 = time.perf_counter()
         self._flush_patches()
@@ -149,7 +147,7 @@ class SegmentBuilder:
         np.save(self.build / "vector_rows.npy", rows)
         write_segment_spaces(self.build, self.spaces)
         for array in (self.features, *self.vectors.values()):
-            array.flush()
+            array.close()
         del self.features, self.vectors
         crash.point("segment.vectors")
         self.timings["tables"] += time.perf_counter() - t0
@@ -158,10 +156,8 @@ class SegmentBuilder:
         patch_ids = seg.patch_rows()
         faiss_entries = {}
         for name in FAISS_NAMES:
-            vectors = seg.array(name)
-            ids = {"patches": patch_ids, "subvectors": sub_rows}.get(name, rows)
-            faiss_entries[name] = write_faiss(vi, vectors, ids, self.build / f"{name}.faiss", max_index_memory,
-                                              faiss_kind, quantizers, name, self.final.name)
+            faiss_entries[name] = write_faiss(vi, seg.array(name), seg.faiss_ids(name), self.build / f"{name}.faiss",
+                                              max_index_memory, faiss_kind, quantizers, name, self.final.name)
             crash.point(f"segment.faiss.{name}")
         self.timings["faiss"] += time.perf_counter() - t0
         for path in self.build.iterdir():
@@ -184,22 +180,25 @@ class SegmentBuilder:
 
 
 def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: int | None,
-                kind: str | None = None, quantizers=None, name: str = "", segment_id: str = "") -> dict[str, Any]:
+                kind: str | None = None, quantizers=None, name: str = "", segment_id: str = "",
+                shared: tuple | None = None) -> dict[str, Any]:
     """Build, check and save one FAISS index; returns its entry for the version file.
 
-    The index is the trained-once quantizer's (codes only, under ``quantizers``' file) once the collection has
-    one or reaches its threshold; otherwise ``kind``, or what ``choose_index`` picks. Recall@10 is measured on
+    The index is the shared quantizer's (codes only, under ``quantizers``' file) once the collection has one or
+    outgrows exact search; otherwise ``kind``, or what ``choose_index`` picks. ``shared``: ``(quantizer,
+    relative path)`` to encode under, whatever the collection's size (a back-fill). Recall@10 is measured on
     held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
     """
-    from indexer.store.quantizer import describe, save_codes
-    from indexer.exact import row_gather
+    from indexer.store.quantizer import describe, kind_of, save_codes
+    from indexer.vectors.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
     n, dim = vectors.shape
-    shared = None if kind or quantizers is None or n == 0 else quantizers.for_segment(name, segment_id, vectors)
+    if shared is None and not (kind or quantizers is None or n == 0):
+        shared = quantizers.for_segment(name, segment_id, vectors)
     if shared is not None:
         index = vi.add_to_trained(shared[0], vectors, ids, quantizers.use_gpu)
-        entry = {"kind": "ivf_pq", "factory": describe(index), "quantizer": shared[1]}
+        entry = {"kind": kind_of(index), "factory": describe(index), "quantizer": shared[1]}
     else:
         choice = vi.choice_for_kind(kind, n, dim) if kind else vi.choose_index(n, dim, budget)
         index = vi.build_index(vectors, ids, choice)
@@ -238,8 +237,8 @@ class SegmentFiles:
         return np.load(self.folder / VECTOR_FILES[name], mmap_mode="r")
 
     def row_file(self, name: str):
-        """The vectors of FAISS index ``name`` as a :class:`indexer.exact.RowFile` (read once per folder)."""
-        from indexer.exact import RowFile
+        """The vectors of FAISS index ``name`` as a :class:`indexer.vectors.exact.RowFile` (read once per folder)."""
+        from indexer.vectors.exact import RowFile
 
         files = self.__dict__.setdefault("_row_files", {})
         if name not in files:
@@ -258,5 +257,13 @@ class SegmentFiles:
             self._patch_rows = self.table("patches", ["patch_row"]).column("patch_row").to_numpy().astype(np.int64)
         return self._patch_rows
 
-    def faiss_path(self, name: str) -> Path:
-        return self.folder / f"{name}.faiss"
+    def faiss_ids(self, name: str) -> np.ndarray:
+        """The FAISS ids of FAISS index ``name``'s vectors, in row order: patch rows, slide rows, or
+        ``slide_row·K + proto_id`` for sub-vectors."""
+        if name == "patches":
+            return self.patch_rows()
+        rows = self.vector_rows()
+        if name != "subvectors":
+            return rows
+        k = len(self.vectors(name)) // max(len(rows), 1)
+        return (rows[:, None] * k + np.arange(k)).ravel()

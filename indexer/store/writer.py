@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.aggregate import AggregationConfig, aggregate_slide
+from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide
 from indexer.errors import IndexError_, UserError
-from indexer.faiss_device import faiss_label
+from indexer.vectors.device import faiss_label
 from indexer.store import crash
 from indexer.store.atomic import atomic_path, atomic_write_bytes, remove_temporaries
+from indexer.store.backfill import backfill
 from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.lock import WriterLock
@@ -43,6 +44,25 @@ def read_identity(paths: IndexPaths) -> IndexSettings | None:
         return IndexSettings.from_json(json.loads(paths.identity.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IndexError_(f"{paths.identity}: unreadable index identity ({exc})") from None
+
+
+def remove_unpublished(paths: IndexPaths) -> Version:
+    """Delete what no committed version names: temporaries and build folders, version, metadata, tombstone, report
+    and codes files newer than the live version, segments and quantizers of numbers it has not handed out yet.
+    Staged slides stay (a re-run resumes from them). Returns the live version."""
+    remove_temporaries(*paths.folders())
+    version = read_current(paths) or Version()
+    for folder in (paths.versions, paths.metadata, paths.tombstones, paths.reports, paths.codes):
+        for path in folder.glob("v*") if folder.is_dir() else ():
+            match = _NUMBERED.match(path.name)
+            if match and int(match[1]) > version.number:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for folder in (paths.segments, paths.quantizers):  # quantizers/<segment id>-<name>.faiss
+        for path in folder.iterdir() if folder.is_dir() else ():
+            match = _NUMBERED.match(path.name)
+            if match and path.name.startswith("s") and int(match[1]) >= version.next_segment:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return version
 
 
 def read_prototypes(paths: IndexPaths) -> tuple[pa.Table, np.ndarray]:
@@ -90,24 +110,20 @@ class IndexWriter:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:  # a failed write (a full disk, an interrupt): nothing unpublished stays
+                try:
+                    remove_unpublished(self.paths)
+                except OSError:
+                    pass
+        finally:
+            self._lock.release()
 
     # -- recovery -------------------------------------------------------------------------------------
     def _recover(self) -> None:
-        """Delete what no committed version names: temporaries, newer version files and unpublished segments."""
-        remove_temporaries(*self.paths.folders())
-        self.version = read_current(self.paths) or Version()
-        for folder in (self.paths.versions, self.paths.metadata, self.paths.tombstones, self.paths.reports):
-            for path in folder.glob("v*") if folder.is_dir() else ():
-                match = _NUMBERED.match(path.name)
-                if match and int(match[1]) > self.version.number:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if self.paths.segments.is_dir():
-            for path in self.paths.segments.iterdir():
-                match = _NUMBERED.match(path.name)
-                if match and int(match[1]) >= self.version.next_segment:
-                    shutil.rmtree(path)
+        """Delete what no committed version names (:func:`remove_unpublished`) and staged slides already committed."""
+        self.version = remove_unpublished(self.paths)
         self.settings = read_identity(self.paths)
         for slide_id in list(self.staging.slide_ids()):  # committed before a kill stopped the clean-up
             live, staged = self.live_slides.get(slide_id), self.staging.get(slide_id, with_features=False)
@@ -236,10 +252,13 @@ class IndexWriter:
             builder.add(rows_of(record) if record.get("status") == "ok" else SlideRows(record))
         quantizers = Quantizers(self.paths, version)
         entry = builder.finish(self.settings.max_index_memory, faiss_kind, quantizers)
+        t1 = time.perf_counter()
+        older = backfill(self.paths, version.number + 1, version.segments, quantizers)
+        builder.timings["backfill"] = time.perf_counter() - t1
         stages = {**(timings or {}), **(extra or {}), **builder.timings, "commit": time.perf_counter() - t0}
         dead_rows = [self.live_slides[s]["slide_row"] for s in replaced if s in self.live_slides]
         new = version.successor(
-            segments=version.segments + (entry,), next_slide_row=next_slide, next_patch_row=next_patch,
+            segments=older + (entry,), next_slide_row=next_slide, next_patch_row=next_patch,
             next_segment=version.next_segment + 1, operation=operation,
             timings={k: round(v, 3) for k, v in stages.items()}, quantizers=quantizers.table,
             devices={**(devices or {}), "faiss": faiss_label()},
@@ -302,17 +321,21 @@ class IndexWriter:
         return self._publish(new)
 
     def replace_segments(self, old_ids: list[str], entry: dict[str, Any], dropped_rows: np.ndarray,
-                         operation: str = "compact", quantizers: dict[str, str] | None = None) -> Version:
+                         operation: str = "compact", quantizers: Quantizers | None = None) -> Version:
         """Commit a merged segment in place of the adjacent segments ``old_ids`` whose tombstoned rows it dropped
-        (``quantizers``: the version's quantizers from now on; None keeps them)."""
+        (``quantizers``: the merge's, whose table is the version's quantizers from now on and whose newly trained
+        ones the other segments are back-filled under; None keeps the version's)."""
         segments = list(self.version.segments)
         ids = [s["id"] for s in segments]
         first = ids.index(old_ids[0])
         segments[first:first + len(old_ids)] = [entry]
+        number = self.version.number + 1
+        if quantizers is not None:
+            segments = list(backfill(self.paths, number, tuple(segments), quantizers))
         rows = np.setdiff1d(self.tombstones, dropped_rows)
         new = self.version.successor(segments=tuple(segments), next_segment=self.version.next_segment + 1,
                                      operation=operation, timings={}, devices={"faiss": faiss_label()},
-                                     quantizers=self.version.quantizers if quantizers is None else quantizers)
+                                     quantizers=self.version.quantizers if quantizers is None else quantizers.table)
         counts = {**new.counts, "tombstoned": int(len(rows))}
         tomb = write_tombstones(self.paths, new.number, rows) if len(rows) else None
         return self._publish(replace(new, tombstones=tomb, counts=counts))

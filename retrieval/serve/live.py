@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.search import EXPLAIN, SlideSearcher
+from retrieval.query.explain import EXPLAIN
+from retrieval.search import SlideSearcher
 
 CHECK_EVERY_S = 1.0
 
 
 def warm(searcher: SlideSearcher) -> SlideSearcher:
     """Load every lazy part of a searcher now (arrays, FAISS indexes, filters, explanations), not in a request."""
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
 
     catalog, arrays = searcher.catalog, searcher.arrays
     catalog.filters  # noqa: B018 - cached properties
@@ -28,7 +29,7 @@ def warm(searcher: SlideSearcher) -> SlideSearcher:
         if ids:
             vi.reconstruct(index, np.asarray(ids))  # IVF indexes build their direct map here, not in a request
     arrays.representative_patches(EXPLAIN)
-    searcher._composition  # noqa: B018
+    searcher.composition  # noqa: B018
     searcher.bank  # noqa: B018
     return searcher
 
