@@ -80,6 +80,23 @@ def test_reports_indexed_from_a_folder(report_index, searcher):
                      "attributes": len(attrs)}
 
 
+def test_the_server_warm_up_loads_the_report_model_before_any_query(report_index):
+    """serve's warm-up (run on every version it opens) starts loading the report model in the background, so the
+    first text query does not pay for it."""
+    import time
+
+    from retrieval.search import SlideSearcher
+    from retrieval.serve.live import warm
+
+    fresh = SlideSearcher(report_index)
+    assert not fresh.report_index.source.loaded
+    warm(fresh)
+    deadline = time.monotonic() + 120
+    while not fresh.report_index.source.loaded and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fresh.report_index.source.loaded
+
+
 def test_fused_search_ranks_negated_reports_below_positive_ones(searcher):
     result = searcher.search_text("necrosis", k=8)
     ids = result.slide_ids

@@ -88,6 +88,11 @@ class ReportSource:
         _ = self.model, self.vectors, self.files.lexical, self.report_slide, self._sentences
 
     @property
+    def loaded(self) -> bool:
+        """Whether the report model is loaded (by :meth:`warm`'s thread or a first query)."""
+        return self._model is not None
+
+    @property
     def model(self):
         with self._lock:
             if self._model is None:

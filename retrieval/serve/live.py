@@ -16,7 +16,8 @@ CHECK_EVERY_S = 1.0
 
 
 def warm(searcher: SlideSearcher) -> SlideSearcher:
-    """Load every lazy part of a searcher now (arrays, FAISS indexes, filters, explanations), not in a request."""
+    """Load every lazy part of a searcher now (arrays, FAISS indexes, filters, explanations), not in a request;
+    the report model and tables load in a background thread (a report query waits for them)."""
     from indexer import vectors as vi
 
     catalog, arrays = searcher.catalog, searcher.arrays
@@ -31,6 +32,7 @@ def warm(searcher: SlideSearcher) -> SlideSearcher:
     arrays.representative_patches(EXPLAIN)
     searcher.composition  # noqa: B018
     searcher.bank  # noqa: B018
+    searcher.report_index.warm()
     return searcher
 
 
