@@ -391,6 +391,8 @@ def main() -> None:
     parser.add_argument("--first-query", action="store_true", help="time a fresh process's first report query")
     parser.add_argument("--no-quality", action="store_true", help="skip the held-out quality figures")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="folder for bench_reports_real.json and .md (the RESULTS.md section)")
     args = parser.parse_args()
     from benchmarks.common import machine_description
 
@@ -423,6 +425,49 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.results:
+        from benchmarks.common import write_outputs
+
+        write_outputs(args.results, "reports_real", result, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The RESULTS.md section: held-out quality against the baselines, speed by collection size, first query,
+    indexing cost."""
+    lines = [f"Command: `{result['command']}`  ", f"Commit `{result['commit']}`; machine: {result['machine']}.", "",
+             f"Data: `{result['data']}`: {sum(result['reports'].values())} real TCGA pathology reports over "
+             f"{result['types']} tumour types, split by type into a tune half ({result['reports']['tune']}) and a "
+             f"held-out half ({result['reports']['held-out']}); fusion constants {result['fusion']}.", ""]
+    held = result.get("held-out")
+    if held:
+        q = held["queries"]
+        lines += [f"Held-out quality ({q['reports']} report-length queries, each excluding itself; {q['short']} short "
+                  f"queries; {q['probes']} 'X present' negation probes):", "",
+                  "| method | mMV@5 | Acc@1 | P@10 short | negated in 'X present' top-10 | self ranked first |",
+                  "|---|---|---|---|---|---|"]
+        negated = "negated in 'X present' top-10"
+        for name, m in held["methods"].items():
+            lines.append(f"| {name} | {m['mMV@5']:.3f} | {m['Acc@1']:.3f} | {m['P@10 short']:.3f} "
+                         f"| {m[negated]:.3f} | {m['self ranked first']} |")
+        ci = held["bootstrap 95% CI, fused - baseline"]
+        lines += ["", "Bootstrap 95% CI of fused − baseline: " + "; ".join(
+            f"{base}: " + ", ".join(f"{k} [{lo:+.3f}, {hi:+.3f}]" for k, (lo, hi) in v.items()) for base, v in ci.items()), ""]
+    speed = result.get("speed")
+    if speed:
+        lines += ["Report-backed text query (report source alone, k 10; reports tiled from the held-out half):", "",
+                  "| reports | short p50 / p99 ms | report-length p50 / p99 ms | build + open s |", "|---|---|---|---|"]
+        for n, v in speed.items():
+            lines.append(f"| {int(n):,} | {v['short']['p50 ms']} / {v['short']['p99 ms']} "
+                         f"| {v['report-length']['p50 ms']} / {v['report-length']['p99 ms']} | {v['build+open s']} |")
+        lines.append("")
+    first = result.get("first query")
+    if first:
+        lines += [f"First query in a fresh process: open {first['open s']} s + first query {first['first query s']} s "
+                  f"= **{first['open + first query s']} s** (median of {first['runs']}).", ""]
+    i = result["indexing"]
+    lines += [f"Indexing {i['reports']} reports: {i['ms/report']} ms a report ({i['ms/report without model load']} "
+              f"without the model load of {i['model load s']} s).", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

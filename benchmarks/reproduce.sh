@@ -82,6 +82,9 @@ step multistain "Multi-stain cases, cross-stain search, slide-encoder space (iss
 step reports "Reports as a second view (issue #17)" \
   "python -m benchmarks.reports --slides 30 --work {out}/work --out {out}" \
   "python -m benchmarks.reports --slides 60 --work {out}/work --out {out}"
+step reports_real "Report search on real reports: quality against the baselines, speed, first query (issue #27)" \
+  "python -m benchmarks.reports_real --speed --first-query --out {out}/work --results {out}" \
+  "python -m benchmarks.reports_real --tune --speed --first-query --out {out}/work --results {out}"
 step serve_mixed "Serving a lab: never stalls, memory bounded (issue #22)" \
   "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --keep {out}/work --out {out}" \
   "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --keep {out}/work --out {out}"
