@@ -14,7 +14,8 @@ from typing import Any
 
 from indexer.store import crash
 from indexer.store.layout import IndexPaths
-from indexer.store.segments import SegmentFiles, write_faiss
+from indexer.store.builder import write_faiss
+from indexer.store.segments import SegmentFiles
 
 
 def codes_path(paths: IndexPaths, number: int, segment_id: str, name: str) -> str:

@@ -29,7 +29,8 @@ from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.lock import WriterLock
 from indexer.store.metadata import merge_metadata, read_metadata, write_metadata
 from indexer.store.quantizer import Quantizers
-from indexer.store.segments import SegmentBuilder, SegmentFiles, SlideRows
+from indexer.store.builder import SegmentBuilder
+from indexer.store.segments import SegmentFiles, SlideRows
 from indexer.store.staging import Staging
 from indexer.store.versions import Version, commit, read_current, read_tombstones, write_tombstones
 
