@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.exact import row_gather
 from indexer.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
 from indexer.store.layout import FAISS_NAMES
 from indexer.store.npyfile import NpyWriter
+from indexer.store.quantizer import describe, kind_of, save_codes
+from indexer.store.rerank import RerankedIndex
 from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA, VECTOR_FILES, SegmentFiles, SlideRows
+from indexer.vector_index import (add_to_trained, build_index, choice_for_kind, choose_index, measure_recalls,
+                                  save_index)
 
 PATCH_BATCH = 65_536  # patch rows per Parquet row group (the batch a writer holds)
 
@@ -91,10 +97,6 @@ class SegmentBuilder:
 
         ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides, or the
         trained-once quantizer of :class:`indexer.store.quantizer.Quantizers` ``quantizers`` once there is one)."""
-        import time
-
-        from indexer import vector_index as vi
-
         t0 = time.perf_counter()
         self._flush_patches()
         self._patch_writer.close()
@@ -121,7 +123,7 @@ class SegmentBuilder:
         patch_ids = seg.patch_rows()
         faiss_entries = {}
         for name in FAISS_NAMES:
-            faiss_entries[name] = write_faiss(vi, seg.array(name), seg.faiss_ids(name), self.build / f"{name}.faiss",
+            faiss_entries[name] = write_faiss(seg.array(name), seg.faiss_ids(name), self.build / f"{name}.faiss",
                                               max_index_memory, faiss_kind, quantizers, name, self.final.name)
             crash.point(f"segment.faiss.{name}")
         self.timings["faiss"] += time.perf_counter() - t0
@@ -144,7 +146,7 @@ class SegmentBuilder:
         }
 
 
-def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: int | None,
+def write_faiss(vectors: np.ndarray, ids: np.ndarray, path: Path, budget: int | None,
                 kind: str | None = None, quantizers=None, name: str = "", segment_id: str = "",
                 shared: tuple | None = None) -> dict[str, Any]:
     """Build, check and save one FAISS index; returns its entry for the version file.
@@ -154,26 +156,22 @@ def write_faiss(vi, vectors: np.ndarray, ids: np.ndarray, path: Path, budget: in
     relative path)`` to encode under, whatever the collection's size (a back-fill). Recall@10 is measured on
     held-out queries (``recall_at_10``), and for compressed indexes also after the exact re-rank.
     """
-    from indexer.store.quantizer import describe, kind_of, save_codes
-    from indexer.exact import row_gather
-    from indexer.store.rerank import RerankedIndex
-
     n, dim = vectors.shape
     if shared is None and not (kind or quantizers is None or n == 0):
         shared = quantizers.for_segment(name, segment_id, vectors)
     if shared is not None:
-        index = vi.add_to_trained(shared[0], vectors, ids, quantizers.use_gpu)
+        index = add_to_trained(shared[0], vectors, ids, quantizers.use_gpu)
         entry = {"kind": kind_of(index), "factory": describe(index), "quantizer": shared[1]}
     else:
-        choice = vi.choice_for_kind(kind, n, dim) if kind else vi.choose_index(n, dim, budget)
-        index = vi.build_index(vectors, ids, choice)
+        choice = choice_for_kind(kind, n, dim) if kind else choose_index(n, dim, budget)
+        index = build_index(vectors, ids, choice)
         entry = {"kind": choice.kind, "factory": choice.describe()}
     measured = {"recall_at_10": 1.0}
     if entry["kind"] != "flat" and n:
         candidates = {"recall_at_10": index}
         if entry["kind"] == "ivf_pq":
             candidates["recall_at_10_reranked"] = RerankedIndex(index, row_gather(vectors, ids))
-        measured = vi.measure_recalls(candidates, vectors, ids, k=10)
-    (save_codes if shared is not None else vi.save_index)(index, path)
+        measured = measure_recalls(candidates, vectors, ids, k=10)
+    (save_codes if shared is not None else save_index)(index, path)
     return {**entry, "count": int(n), "dim": int(dim), **{k: float(v) for k, v in measured.items()},
             "recall_queries": "held-out", "nbytes": int(path.stat().st_size)}
