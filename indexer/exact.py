@@ -64,24 +64,6 @@ def exact_search(queries: np.ndarray, vectors, k: int, chunk: int = SCAN_CHUNK) 
     return exact_topk(queries, vectors, k, chunk)[1]
 
 
-def pad_hits(scores: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, ids)`` as float32 and int64, ``k`` columns wide: missing hits (id -1) score -inf, and columns
-    beyond what was found are added as (-inf, -1).
-
-    >>> pad_hits(np.array([[0.5]]), np.array([[3]]), 2)
-    (array([[ 0.5, -inf]], dtype=float32), array([[ 3, -1]]))
-    """
-    found = np.asarray(found, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float32)
-    if (found < 0).any():
-        scores = np.where(found >= 0, scores, -np.inf).astype(np.float32)
-    missing = k - found.shape[1]
-    if missing > 0:
-        scores = np.hstack([scores, np.full((len(found), missing), -np.inf, np.float32)])
-        found = np.hstack([found, np.full((len(found), missing), -1, np.int64)])
-    return scores, found
-
-
 def without_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """The first ``k`` entries of each row of ``found`` other than that row's ``own`` id (leave-one-out).
 

@@ -8,7 +8,6 @@ from typing import Callable
 
 import numpy as np
 
-from indexer.exact import pad_hits
 from indexer.faiss_device import gpu_enabled, to_gpu
 from indexer.store.quantizer import attach
 from indexer.vector_index import CompositeIndex, combine, load_index
@@ -50,7 +49,10 @@ class RerankedIndex(CompositeIndex):
             s = np.take_along_axis(exact, pos, 1)
             scores[lo:lo + QUERY_BLOCK] = np.where(block >= 0, s, -np.inf)
         top = np.lexsort((cand, -scores), axis=1)[:, :k] if cand.size else np.zeros((len(q), 0), np.int64)
-        return pad_hits(np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1), k)
+        best, found = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        best[:, :top.shape[1]] = np.take_along_axis(scores, top, 1)  # a missing hit (-1) scores -inf already
+        found[:, :top.shape[1]] = np.take_along_axis(cand, top, 1)
+        return best, found
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (not the lossy codes) of ``ids``."""
