@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from indexer import vector_index as vi
+from indexer.store import rerank
 from retrieval.search import SlideSearcher
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
@@ -127,6 +128,7 @@ def test_bare_faiss_calls_run_no_project_code(bench, run, monkeypatch):
 
     for name in ("search", "reconstruct", "exact_topk", "row_gather"):
         monkeypatch.setattr(vi, name, forbidden)
+    monkeypatch.setattr(rerank, "search_index", forbidden)  # the re-rank's own import of vector_index.search
     monkeypatch.setattr(type(reranked), "search", forbidden)
     reranked.gather = reranked.score = forbidden
     for call in closures:

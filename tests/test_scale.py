@@ -41,8 +41,8 @@ def built(bench, tmp_path_factory):
     trained = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantizer, "PLAN", PLAN)
-        real = vi.train_index
-        mp.setattr(vi, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
+        real = quantizer.train_index  # what the store's quantizers train with
+        mp.setattr(quantizer, "train_index", lambda *a, **kw: trained.append(a[1].describe()) or real(*a, **kw))
         bench.write_collection(root, 2 * SEGMENT, gen, SEGMENT)
         first = {p.name: p.stat().st_mtime_ns for p in (root / "quantizers").iterdir()}
         bench.write_collection(root, SLIDES, gen, SEGMENT)
