@@ -1,11 +1,11 @@
 """Aggregation cost vs. patch encoding: ProAlign pooling of 100,000 patches against ViT-B/16 throughput.
 
-Run: python benchmarks/aggregate.py [--patches 100000] [--repeats 5] [--encoder-batches 3]
+Run: python -m benchmarks.aggregate [--patches 100000] [--repeats 5] [--encoder-batches 3]
      [--gpu-report out/gpu/bench_gpu.json] [--out DIR]
 Reports the median aggregation time for K = 16 and K = 32 (d = 512, float16 features), the peak extra
 memory of aggregation at 200,000 patches, and aggregation as a share of encoding the same patches at two
 encoder rates: the GPU rate the target is judged at (measured by benchmarks/gpu.py when ``--gpu-report`` is
-given, else the assumed 1,500 patches/s of benchmarks/rates.py) and, for comparison only, ViT-B/16 (random
+given, else the assumed 1,500 patches/s of benchmarks/common.py) and, for comparison only, ViT-B/16 (random
 weights, batches of 32×3×224×224) measured on this machine's CPU, whose slowness would make any cost look small.
 """
 
@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
-from benchmarks.rates import gpu_encoder_rate  # noqa: E402
-from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize  # noqa: E402
+from benchmarks.common import gpu_encoder_rate, header, provenance, write_outputs
+from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize
 
 DIM = 512
 TARGET_FRACTION = 0.01

@@ -6,32 +6,26 @@ pass opens the slide afresh (empty frame caches) and reads every tissue patch of
 as ``slidesearch index`` reads them; the figure is patches/s, the median of the passes, disk and DICOMweb
 alternating. Opening (metadata over HTTP) is timed apart.
 
-Usage: python benchmarks/dicomweb.py [--size 8192] [--mag 20] [--repeats 5] [--json out.json]
+Usage: python -m benchmarks.dicomweb [--size 8192] [--mag 20] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the Orthanc runner the tests use
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from indexer.slides import open_slide  # noqa: E402
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout  # noqa: E402
-from indexer.synthetic_dicom import write_dicom_slide  # noqa: E402
-from indexer.tiling import TilingConfig, read_patch, tile_slide  # noqa: E402
-from orthanc import running_orthanc  # noqa: E402
+from indexer.slides import open_slide
+from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout
+from indexer.synthetic_dicom import write_dicom_slide
+from indexer.tiling import TilingConfig, read_patch, tile_slide
+from benchmarks.common import header, provenance, write_outputs
+from benchmarks.fixtures.orthanc import running_orthanc
 
 
 def one_pass(source, grid) -> tuple[float, float]:
@@ -47,13 +41,14 @@ def one_pass(source, grid) -> tuple[float, float]:
     return opened, rate
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192, help="slide side in level-0 px (0.25 µm/px, 40x)")
     parser.add_argument("--mag", type=float, default=20.0, help="patch magnification (224-px patches)")
     parser.add_argument("--repeats", type=int, default=5, help="passes per source")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="folder for bench_dicomweb.json and .md")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="slidesearch-dicomweb-") as tmp:
         regions = cohort_layout(args.size, args.size, DIAGNOSES["adenocarcinoma"].mixture, np.random.default_rng(0))
@@ -79,20 +74,27 @@ def main() -> None:
         "slide": {"size": args.size, "levels_mb": round(size_mb, 1), "patches": len(grid), "read_level": grid.level,
                   "read_px": grid.read_px, "mag": args.mag},
         **figures, "dicomweb_over_disk": figures["dicomweb"]["patches_per_s"] / figures["disk"]["patches_per_s"],
-        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+        "provenance": provenance("benchmarks/dicomweb.py", argv),
     }
-    print(f"slide {args.size}² px at 0.25 µm/px, {size_mb:.0f} MB of JPEG frames; {len(grid)} patches of "
-          f"{grid.read_px} px read at level {grid.level} ({args.mag:g}x); median of {args.repeats} passes")
-    print("| source | patches/s | open (s) | passes |")
-    print("|---|---|---|---|")
-    for name, fig in figures.items():
-        print(f"| {name} | {fig['patches_per_s']:.0f} | {fig['open_s']:.3f} | {fig['passes_patches_per_s']} |")
-    print(f"DICOMweb / disk: {result['dicomweb_over_disk']:.2f}")
+    write_outputs(args.out, "dicomweb", result, markdown(result, args.repeats))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    return result
 
+
+def markdown(result: dict, repeats: int) -> str:
+    """The figures as Markdown: one row per source, and the ratio."""
+    s = result["slide"]
+    lines = [header(result["provenance"]), "",
+             f"Slide {s['size']}² px at 0.25 µm/px, {s['levels_mb']:.0f} MB of JPEG frames in a local Orthanc; "
+             f"{s['patches']} patches of {s['read_px']} px read at level {s['read_level']} ({s['mag']:g}x); median of "
+             f"{repeats} passes, disk and DICOMweb alternating, each from a fresh handle.", "",
+             "| source | patches/s | open (s) | passes |", "|---|---|---|---|"]
+    for name in ("disk", "dicomweb"):
+        fig = result[name]
+        lines.append(f"| {name} | {fig['patches_per_s']:.0f} | {fig['open_s']:.3f} | {fig['passes_patches_per_s']} |")
+    lines += ["", f"DICOMweb / disk: **{result['dicomweb_over_disk']:.2f}×**", ""]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

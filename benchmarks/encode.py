@@ -1,12 +1,12 @@
 """Encoder-only vs end-to-end (read + preprocess + encode) patch throughput on a synthetic slide.
 
-Usage: python benchmarks/encode.py [--models tiny openclip:ViT-B-16] [--device auto|cpu|cuda]
+Usage: python -m benchmarks.encode [--models tiny openclip:ViT-B-16] [--device auto|cpu|cuda]
        [--workers 0 1 2] [--repeats 3] [--gpu-report out/gpu/bench_gpu.json] [--out DIR]
 
 End-to-end over encoder-only only tests the pipeline when the encoder is fast: with ViT-B/16 on a CPU (~1 s a
 patch) any reader keeps up. So the reader is also timed alone (the same DataLoader, read + preprocess, with an
 encoder that returns at once), and the end-to-end ratio a GPU encoder would see is derived from it at the GPU rate
-of benchmarks/rates.py (measured by benchmarks/gpu.py when ``--gpu-report`` is given, else assumed): the reader and
+of benchmarks/common.py (measured by benchmarks/gpu.py when ``--gpu-report`` is given, else assumed): the reader and
 the encoder overlap, so end-to-end ≈ min(reader, encoder), a ratio of min(1, reader rate / GPU rate).
 """
 
@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
-from benchmarks.rates import gpu_encoder_rate  # noqa: E402
-from indexer.embedding import iter_slide_embeddings  # noqa: E402
-from indexer.encoders import load_encoder  # noqa: E402
-from indexer.slides import open_slide  # noqa: E402
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide  # noqa: E402
-from indexer.tiling import TileGrid, TilingConfig, tile_slide  # noqa: E402
+from benchmarks.common import gpu_encoder_rate, header, provenance, write_outputs
+from indexer.embedding import iter_slide_embeddings
+from indexer.encoders import load_encoder
+from indexer.slides import open_slide
+from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer.tiling import TileGrid, TilingConfig, tile_slide
 
 # (patches per run, batch size) per model: a few seconds to half a minute of work per run on 2 CPU cores.
 SETTINGS = {"tiny": (1024, 64), "openclip:ViT-B-16": (32, 16)}
@@ -168,7 +164,7 @@ def markdown(result: dict) -> str:
                          f"({'met' if at_gpu >= 0.8 else 'NOT met'}) |")
     lines += ["", "The measured ratio only tests the pipeline when the encoder is faster than the reader (tiny here); "
               "the last column is what the reader measured here would give a GPU encoder at the rate above. "
-              "A CUDA machine measures it directly: `python benchmarks/gpu.py` (`index` end to end against "
+              "A CUDA machine measures it directly: `python -m benchmarks.gpu` (`index` end to end against "
               "encoder-only)."]
     return "\n".join(lines) + "\n"
 

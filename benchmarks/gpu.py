@@ -1,7 +1,7 @@
 """The GPU check: one command that measures encoding, FAISS and `index` on a CUDA GPU, and fails loudly if any
 step ran on the CPU.
 
-Usage: python benchmarks/gpu.py [--out out/gpu] [--quick] [--batch-sizes 64,128,256,512] [--precisions fp16,bf16]
+Usage: python -m benchmarks.gpu [--out out/gpu] [--quick] [--batch-sizes 64,128,256,512] [--precisions fp16,bf16]
        [--encode-patches 2048] [--faiss-sizes 100000,1000000] [--faiss-dim 512] [--queries 1000]
        [--slides 8] [--slide-px 4096] [--workers 4]
 
@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
+from benchmarks.common import header, provenance, write_outputs
 
 MODELS = {"ViT-B/16": ("ViT-B-16", 224), "CONCH-sized (ViT-B/16 at 448 px)": ("ViT-B-16", 448)}
 PARITY = 0.03  # |recall@10 on the GPU − on the CPU| allowed (k-means on another device finds other centroids)
@@ -137,7 +136,7 @@ def faiss_step(sizes: list[int], dim: int, n_queries: int) -> list[dict]:
 
     from indexer import vector_index as vi
     from indexer.faiss_device import is_gpu
-    from retrieval.bench_search import synthetic_embeddings
+    from benchmarks.search_faiss import synthetic_embeddings
 
     rows = []
     for n in sizes:

@@ -1,8 +1,8 @@
 """Live vs compacted search while an index grows by many small commits under the real merge policy.
 
-Usage: python benchmarks/growth.py [--slides 30000] [--commit 500] [--plan SIZES] [--every 1] [--queries 40]
+Usage: python -m benchmarks.growth [--slides 30000] [--commit 500] [--plan SIZES] [--every 1] [--queries 40]
        [--warmup 10] [--dim 128] [--k 8] [--patches 10] [--threads 1] [--work DIR] [--out out/bench_growth]
-       python benchmarks/growth.py --pairs LIVE:COMPACTED[,…] [--queries 40] [--warmup 10] [--out DIR]
+       python -m benchmarks.growth --pairs LIVE:COMPACTED[,…] [--queries 40] [--warmup 10] [--out DIR]
 
 The synthetic collection of benchmarks/search.py is committed ``--commit`` slides at a time through the store's
 writer, each commit followed by the pipeline's ``auto_merge`` and vacuum, as `slidesearch index` does. After
@@ -30,16 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
 from indexer.store.compact import auto_merge, compact, vacuum  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402
-from retrieval.bench_search import machine_description  # noqa: E402
+from benchmarks.common import machine_description, save_result  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402
-from search import QUERY_TYPES, VectorEncoder, make_queries, save_result  # noqa: E402
-from synthetic_store import WHERE, SyntheticCollection, SyntheticSpec  # noqa: E402
+from benchmarks.search import QUERY_TYPES, VectorEncoder, make_queries  # noqa: E402
+from benchmarks.synthetic_store import WHERE, SyntheticCollection, SyntheticSpec  # noqa: E402
 
 
 def api_call(searcher: SlideSearcher, qtype: str, top: int, where: str | None):
@@ -309,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result = run(int(args.slides), int(args.commit), args.every, args.queries, args.warmup, args.dim, args.k,
                      args.patches, args.top, args.threads, args.work, plan=args.plan)
-    result["command"] = "python benchmarks/growth.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python -m benchmarks.growth " + " ".join(argv if argv is not None else sys.argv[1:])
     return save_result(result, Path(args.out), "bench_growth", markdown)
 
 

@@ -1,6 +1,6 @@
 """Adding one slide to an index of N slides, timed in-process over enough adds that automatic merges happen.
 
-Usage: python benchmarks/incremental.py [--sizes 100,1000,10000] [--patches 1000] [--adds 30] [--out DIR]
+Usage: python -m benchmarks.incremental [--sizes 100,1000,10000] [--patches 1000] [--adds 30] [--out DIR]
        [--work DIR]
 
 For each N, a child process writes a base index of N synthetic slides × ``--patches`` 128-d features (the
@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
+from benchmarks.common import header, provenance, subprocess_env, write_outputs
 
 SEGMENT_SLIDES = 2000
 TARGET_RATIO = 1.5  # issue 11: an add at 10^4 slides costs at most 1.5× an add at 10^2
@@ -123,10 +122,10 @@ def child(args: list[str]) -> tuple[dict, float]:
 
     This process stays small (NumPy only), so the child's peak, which Linux carries over from the parent at
     fork, is the child's own."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = subprocess_env(OMP_WAIT_POLICY="PASSIVE")
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, stderr=err,
-                                env=env, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.incremental", "--child", *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=err, env=env, text=True)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)

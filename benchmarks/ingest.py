@@ -1,6 +1,6 @@
 """Ingest at the machine's limit (issue 26): `index --model tiny` patches/s against the work every patch cannot avoid.
 
-Usage: python benchmarks/ingest.py [--big 8] [--small 1000] [--small-memory 100] [--work DIR] [--out DIR]
+Usage: python -m benchmarks.ingest [--big 8] [--small 1000] [--small-memory 100] [--work DIR] [--out DIR]
        [--baseline CODE_DIR] [--baseline-small 100] [--workers N]
 
 Two cohorts of JPEG-tiled pyramidal slides (tifffile + imagecodecs, 256-px YCbCr tiles at quality 80, reduced
@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COHORTS = {  # name → (side px, µm/px, distinct slides written)
     "big": (16384, 0.25, None),
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "slidesearch-bench-ingest")
     parser.add_argument("--out", type=Path, default=Path("out/bench-ingest"))
     args = parser.parse_args(argv)
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     load0 = os.getloadavg()[0]
     cores = len(os.sched_getaffinity(0))
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
             run = run_index_child(folder, Path(tmp) / f"index-{i}", code, None if code else args.workers)
             runs.append(run | {"cohort": cohort, "label": label, "baseline": code is not None})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    result = {"command": "python benchmarks/ingest.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    result = {"command": "python -m benchmarks.ingest " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
               "commit": commit.strip(), "machine": machine_description(),
               "load": f"{load0:.1f} / {os.getloadavg()[0]:.1f}", "limits": limits, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@
 3. ``slidesearch index --slide-features DIR --slide-encoder mean-tiny-grey`` (in-process), then the case-level
    benchmark over every space and fusion, written to ``--out`` (JSON, Markdown, PNG).
 
-Usage: ``python benchmarks/multistain.py --work /tmp/cases-bench --out benchmarks/figures --patients 48``
+Usage: ``python -m benchmarks.multistain --work /tmp/cases-bench --out benchmarks/figures --patients 48``
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def main() -> None:
     from indexer.pipeline import IndexConfig, run_index
     from indexer.synthetic_multistain import write_multistain_cohort
     from indexer.tiling import TilingConfig
-    from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
-    from retrieval.bench_search import machine_description
-    from retrieval.catalog import Catalog
+    from benchmarks.common import machine_description
+    from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
+    from retrieval.query.catalog import Catalog
 
     tiling = TilingConfig(magnification=10, patch_px=64)
     timings = {}
@@ -100,7 +100,7 @@ def main() -> None:
     timings["benchmark"] = time.perf_counter() - t0
     result |= {"machine": machine_description(), "stain_detection": detection,
                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
-    command = (f"python benchmarks/multistain.py --work {args.work} --out {args.out} --patients {args.patients} "
+    command = (f"python -m benchmarks.multistain --work {args.work} --out {args.out} --patients {args.patients} "
                f"--size {args.size} --k {args.k} --ihc-section {args.ihc_section}"
                + (f" --concentration {args.concentration:g}" if args.concentration else ""))
     write_case_report(result, args.out, command=command)

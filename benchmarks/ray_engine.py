@@ -1,7 +1,7 @@
 """The Ray engine (issue 15): throughput with 1 and 2 encoder actors, overhead against the local engine on the same
 slides, the driver's commit cost at model-sized vectors, and a cluster plan for 10⁵ slides on 8 GPUs from them.
 
-Usage: python benchmarks/ray_engine.py [--slides 12] [--slide-px 2048] [--mpp 0.5] [--repeats 3] [--warmup 1]
+Usage: python -m benchmarks.ray_engine [--slides 12] [--slide-px 2048] [--mpp 0.5] [--repeats 3] [--warmup 1]
        [--commit-slides 20] [--commit-patches 5000] [--out out/bench-ray]
 
 One process starts one local Ray cluster (2 CPUs) and indexes the same synthetic cohort (``tiny``, 20x / 224 px,
@@ -27,10 +27,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from incremental import record, synthetic_features  # noqa: E402
+from benchmarks.incremental import record, synthetic_features
 
 MODES = {"local": {}, "ray, 1 actor": {"engine": "ray", "actors": 1}, "ray, 2 actors": {"engine": "ray", "actors": 2}}
 READ_STAGES = ("hash", "open", "tissue", "stain", "tile", "read")  # the readers' stages (issue 26), then the encoder's
@@ -237,7 +235,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     import os
 
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=int, default=12, help="synthetic slides in the cohort")
@@ -251,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="slidesearch-bench-ray-") as tmp:
         result = run(args, Path(tmp))
-    result.update(command="python benchmarks/ray_engine.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    result.update(command="python -m benchmarks.ray_engine " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
                   machine=machine_description(), load=" / ".join(f"{x:.1f}" for x in os.getloadavg()))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_ray.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

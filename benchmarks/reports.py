@@ -1,6 +1,6 @@
 """Report + image text search on a synthetic cohort whose reports are written from its planted tissue.
 
-Run: python benchmarks/reports.py [--slides 60] [--seed 0] [--work /tmp/reports-bench] [--out DIR]
+Run: python -m benchmarks.reports [--slides 60] [--seed 0] [--work /tmp/reports-bench] [--out DIR]
 
 Each slide has a major (3/4) and a minor (1/4) tissue class; the image side is the planted encoder of
 ``tests/planted.py`` (image and text towers aligned on the six class names, so image evidence is known to
@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 BANK_WORDING = {"tumour": "tumour", "stroma": "stroma", "lymphocytes": "lymphocytes", "necrosis": "necrosis",
                 "adipose": "adipose", "mucin": "mucin"}
@@ -55,7 +53,7 @@ SIDE = 1024
 
 def cohort(out: Path, n: int, seed: int) -> tuple[list[dict], Path]:
     """Write ``n`` slides, their metadata CSV and report folder; returns the slide facts and the CSV."""
-    from planted import CLASSES
+    from benchmarks.fixtures.planted import CLASSES
     from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 
     rng = np.random.default_rng(seed)
@@ -152,16 +150,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("/tmp/reports-bench"), help="cohort and index (replaced)")
     parser.add_argument("--out", type=Path, default=None, help="write bench_reports.json, .md and .png here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.provenance import provenance, write_outputs
+    from benchmarks.common import provenance, write_outputs
 
     facts = provenance("benchmarks/reports.py", argv)
-    import planted
+    from benchmarks.fixtures import planted
     from indexer.pipeline import IndexConfig, run_index
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
     from indexer.tiling import TilingConfig
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
     from retrieval.search import SlideSearcher
 
     shutil.rmtree(args.work, ignore_errors=True)
@@ -197,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(result: dict) -> str:
     """Quality per source and wording, the negation pair rates, and the report commit costs."""
-    from benchmarks.provenance import header
+    from benchmarks.common import header
 
     names = {"image": "image only", "report": "report only", "both": "hybrid (RRF)"}
     lines = [header(result["provenance"]), "",

@@ -1,6 +1,6 @@
 """Report search on real TCGA pathology reports against simple baselines, and its speed.
 
-Run: python benchmarks/reports_real.py [--csv benchmarks/data/tcga_reports_sample.csv.gz] [--tune] [--speed]
+Run: python -m benchmarks.reports_real [--csv benchmarks/data/tcga_reports_sample.csv.gz] [--tune] [--speed]
      [--first-query] [--sizes 1000,10000,100000] [--out /tmp/reports-real] [--json OUT]
 
 Data: ``benchmarks/data/tcga_reports_sample.csv.gz`` (1,221 real reports, 18 TCGA types; sources and licences
@@ -83,7 +83,7 @@ def build(rows: list[dict], folder: Path) -> tuple[object, float, float]:
 
     from indexer.bank import load_bank
     from indexer.reports.store import ReportConfig, build_reports
-    from retrieval.report_search import ReportIndex
+    from retrieval.query.report_search import ReportIndex
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -182,7 +182,7 @@ def collect(methods: Methods, texts: list[str]) -> list[dict]:
 
 def refuse(item: dict, w: float, pool: int) -> np.ndarray:
     """The report source's fused score of one collected query with other fusion settings."""
-    from retrieval.report_source import CONTRADICTS, combine
+    from retrieval.query.report_source import CONTRADICTS, combine
 
     return combine(item["lexical"], item["dense"], w, pool) + CONTRADICTS * item["contradicts"]
 
@@ -253,7 +253,7 @@ def tiled(reports, size: int, folder: Path, seed: int = 0):
     import pyarrow as pa
 
     from indexer.reports.store import ATTRIBUTE_SCHEMA, REPORT_SCHEMA, write_reports
-    from retrieval.report_search import ReportIndex
+    from retrieval.query.report_search import ReportIndex
 
     files, rng = reports.files, np.random.default_rng(seed)
     base_reports = files.reports
@@ -283,7 +283,7 @@ def tiled(reports, size: int, folder: Path, seed: int = 0):
 
 def time_queries(reports, queries: list[str], k: int = 10) -> list[float]:
     """Seconds of the report path of ``search_text(source="report")`` per query (after one warm-up query)."""
-    from retrieval.report_search import REPORT_DEPTH, ReportEvidence
+    from retrieval.query.report_search import REPORT_DEPTH, ReportEvidence
 
     live = {s: i for i, s in enumerate(reports.source.report_slide.tolist())}
     out = []
@@ -391,7 +391,7 @@ def main() -> None:
     parser.add_argument("--no-quality", action="store_true", help="skip the held-out quality figures")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     rows = load(args.csv)
     tune_rows, held_rows = split(rows, args.seed)
@@ -406,7 +406,7 @@ def main() -> None:
     result["indexing"] = {"reports": len(held_rows), "total s": round(seconds, 2), "model load s": load_s,
                           "ms/report": round(1000 * seconds / len(held_rows), 1),
                           "ms/report without model load": round(1000 * (seconds - load_s) / len(held_rows), 1)}
-    from retrieval import report_source
+    from retrieval.query import report_source
 
     result["fusion"] = {"W_SHORT": report_source.W_SHORT, "W_LONG": report_source.W_LONG, "POOL": report_source.POOL,
                         "SHORT_WORDS": report_source.SHORT_WORDS}

@@ -34,52 +34,66 @@ needs_gpu() {
     || { echo "torch sees no CUDA GPU on this machine"; return 1; }
 }
 
+needs_orthanc() {
+  python -c "import sys; from benchmarks.fixtures.orthanc import orthanc_binary, dicomweb_plugin; sys.exit(0 if orthanc_binary() and dicomweb_plugin() else 1)" 2>/dev/null \
+    || { echo "Orthanc and its DICOMweb plugin are not installed (scripts/env.sh installs them)"; return 1; }
+}
+
 # ---- the steps, in report order ---------------------------------------------------------------------------
 step tiling "Patch reading and tiling (issue #2)" \
-  "python benchmarks/tiling.py --size 8000 --repeats 2 --out {out}" \
-  "python benchmarks/tiling.py --out {out}"
+  "python -m benchmarks.tiling --size 8000 --repeats 2 --out {out}" \
+  "python -m benchmarks.tiling --out {out}"
 step encode "Encoder-only vs end-to-end patch throughput (issue #3)" \
-  "python benchmarks/encode.py --models tiny --workers 0 2 --repeats 2 --device cpu --workdir {out}/work --out {out}" \
-  "python benchmarks/encode.py --models tiny openclip:ViT-B-16 --workers 0 1 2 --repeats 3 --device cpu --workdir {out}/work --out {out}"
+  "python -m benchmarks.encode --models tiny --workers 0 2 --repeats 2 --device cpu --workdir {out}/work --out {out}" \
+  "python -m benchmarks.encode --models tiny openclip:ViT-B-16 --workers 0 1 2 --repeats 3 --device cpu --workdir {out}/work --out {out}"
 step aggregate "Aggregation cost vs patch encoding (issue #4)" \
-  "python benchmarks/aggregate.py --patches 100000 --repeats 3 --encoder-batches 0 --out {out}" \
-  "python benchmarks/aggregate.py --patches 100000 --repeats 5 --encoder-batches 3 --out {out}"
+  "python -m benchmarks.aggregate --patches 100000 --repeats 3 --encoder-batches 0 --out {out}" \
+  "python -m benchmarks.aggregate --patches 100000 --repeats 5 --encoder-batches 3 --out {out}"
 step index "Indexing speed, time by stage and peak memory (issue #5)" \
-  "python benchmarks/index.py --out {out} --slides 2 5 --models tiny" \
-  "python benchmarks/index.py --out {out}"
+  "python -m benchmarks.index --out {out} --slides 2,5 --models tiny" \
+  "python -m benchmarks.index --out {out}"
 step search_small "Search API latency vs bare FAISS: small vectors, d = 128, K = 8 (issue #6)" \
-  "python benchmarks/search.py --sizes 1000,10000,100000 --flat-at '' --queries 100 --warmup 10 --out {out}" \
-  "python benchmarks/search.py --sizes 1000,10000,100000 --out {out}"
+  "python -m benchmarks.search --sizes 1000,10000,100000 --flat-at '' --queries 100 --warmup 10 --out {out}" \
+  "python -m benchmarks.search --sizes 1000,10000,100000 --out {out}"
 step search_model "Search API latency vs bare FAISS: model-sized vectors, d = 512, K = 16 (issue #6)" \
-  "python benchmarks/search.py --sizes 5000 --dim 512 --k 16 --flat-at '' --encoder none --queries 100 --warmup 10 --out {out}" \
-  "python benchmarks/search.py --sizes 100000 --dim 512 --k 16 --flat-at '' --encoder none --out {out}"
+  "python -m benchmarks.search --sizes 5000 --dim 512 --k 16 --flat-at '' --encoder none --queries 100 --warmup 10 --out {out}" \
+  "python -m benchmarks.search --sizes 100000 --dim 512 --k 16 --flat-at '' --encoder none --out {out}"
 step faiss "FAISS search speed by index kind (issue #7)" \
-  "python benchmarks/search_faiss.py --out {out} --sizes 10000 --queries 200 --latency-queries 50 --seconds-per-point 0.5" \
-  "python benchmarks/search_faiss.py --out {out} --sizes 10000,100000,1000000 --max-build-seconds 900"
+  "python -m benchmarks.search_faiss --out {out} --sizes 10000 --queries 200 --latency-queries 50 --seconds-per-point 0.5" \
+  "python -m benchmarks.search_faiss --out {out} --sizes 10000,100000,1000000 --max-build-seconds 900"
 step demo "Demo and leave-one-patient-out retrieval (issue #7)" \
   "slidesearch demo --out {out} --quiet > {out}/demo.txt" \
   "slidesearch demo --out {out} --quiet > {out}/demo.txt"
 step incremental "Adding one slide, automatic merges included (issue #11)" \
-  "python benchmarks/incremental.py --sizes 100,1000,10000 --patches 100 --adds 12 --out {out}" \
-  "python benchmarks/incremental.py --sizes 100,1000,10000 --patches 1000 --adds 30 --out {out}"
+  "python -m benchmarks.incremental --sizes 100,1000,10000 --patches 100 --adds 12 --out {out}" \
+  "python -m benchmarks.incremental --sizes 100,1000,10000 --patches 1000 --adds 30 --out {out}"
 step scale "Out-of-core scale: trained-once IVF-PQ, exact re-rank (issue #13)" \
-  "python benchmarks/scale.py --sizes 1e5 --nlist 1024 --slides-at 0 --queries 200 --out {out}" \
-  "python benchmarks/scale.py --sizes 1e5,1e6,1e7 --slides-at 1e5 --out {out}"
+  "python -m benchmarks.scale --sizes 1e5 --nlist 1024 --slides-at 0 --queries 200 --out {out}" \
+  "python -m benchmarks.scale --sizes 1e5,1e6,1e7 --slides-at 1e5 --out {out}"
 step serve "Serving under load (issue #14)" \
-  "python benchmarks/serve.py --slides 5000 --dim 128 --k 8 --clients 1,4 --seconds 5 --out {out}" \
-  "python benchmarks/serve.py --out {out}"
+  "python -m benchmarks.serve --slides 5000 --dim 128 --k 8 --clients 1,4 --seconds 5 --out {out}" \
+  "python -m benchmarks.serve --out {out}"
 step ray "The Ray engine (issue #15)" \
-  "python benchmarks/ray_engine.py --slides 4 --repeats 1 --warmup 0 --commit-slides 4 --commit-patches 5000 --out {out}" \
-  "python benchmarks/ray_engine.py --out {out}"
+  "python -m benchmarks.ray_engine --slides 4 --repeats 1 --warmup 0 --commit-slides 4 --commit-patches 5000 --out {out}" \
+  "python -m benchmarks.ray_engine --out {out}"
 step multistain "Multi-stain cases, cross-stain search, slide-encoder space (issue #16)" \
-  "python benchmarks/multistain.py --work {out}/work --out {out} --patients 24 --size 1024" \
-  "python benchmarks/multistain.py --work {out}/work --out {out}/serial --patients 48 --size 1024 --ihc-section serial --concentration 6 && python benchmarks/multistain.py --work {out}/work2 --out {out}/same --patients 48 --size 1024"
+  "python -m benchmarks.multistain --work {out}/work --out {out} --patients 24 --size 1024" \
+  "python -m benchmarks.multistain --work {out}/work --out {out}/serial --patients 48 --size 1024 --ihc-section serial --concentration 6 && python -m benchmarks.multistain --work {out}/work2 --out {out}/same --patients 48 --size 1024"
 step reports "Reports as a second view (issue #17)" \
-  "python benchmarks/reports.py --slides 30 --work {out}/work --out {out}" \
-  "python benchmarks/reports.py --slides 60 --work {out}/work --out {out}"
+  "python -m benchmarks.reports --slides 30 --work {out}/work --out {out}" \
+  "python -m benchmarks.reports --slides 60 --work {out}/work --out {out}"
+step serve_mixed "Serving a lab: never stalls, memory bounded (issue #22)" \
+  "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --keep {out}/work --out {out}" \
+  "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --keep {out}/work --out {out}"
+step dicomweb "Slides from the hospital archive: patch reads over DICOMweb vs disk (issue #24)" \
+  "python -m benchmarks.dicomweb --size 4096 --repeats 3 --out {out}" \
+  "python -m benchmarks.dicomweb --size 8192 --repeats 5 --out {out}" orthanc
+step ingest "Ingest against the machine's limit (issue #26)" \
+  "python -m benchmarks.ingest --big 2 --small 100 --small-memory 30 --limit-small 8 --work {out}/work --out {out}" \
+  "python -m benchmarks.ingest --work {out}/work --out {out}"
 step gpu "GPU: encoding, FAISS and index on CUDA (benchmarks/gpu.py)" \
-  "python benchmarks/gpu.py --quick --out {out}" \
-  "python benchmarks/gpu.py --out {out}" gpu
+  "python -m benchmarks.gpu --quick --out {out}" \
+  "python -m benchmarks.gpu --out {out}" gpu
 
 # ---- options ----------------------------------------------------------------------------------------------
 QUICK=0 OUT="" ONLY="" LIST=0 PUBLISH=0
@@ -116,7 +130,7 @@ fi
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 rm -rf "$OUT/figures" && mkdir -p "$OUT/figures"
-FACTS="$(python benchmarks/provenance.py)"
+FACTS="$(python -m benchmarks.common)"
 BODY="$OUT/.sections.md" && : > "$BODY"
 FAILED=() START=$SECONDS
 

@@ -1,7 +1,10 @@
 """In-process p50 of slide queries and of a patch-index search on one index, with the code of a checkout: an A/B
 of the store's read path (run it once per checkout, alternating; FAISS and BLAS single-threaded, as served).
 
-Usage: python benchmarks/rerank_read.py INDEX [--code CHECKOUT] [--queries 300]
+Usage: python -m benchmarks.rerank_read INDEX [--code CHECKOUT] [--queries 300]
+
+With ``--code`` it runs itself in a child Python whose ``PYTHONPATH`` leads with that checkout (its ``indexer`` and
+``retrieval`` are the ones timed; this file needs nothing else of ``benchmarks``).
 """
 
 from __future__ import annotations
@@ -19,11 +22,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy and FAISS load the
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("index", type=Path)
-    parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1], help="Checkout to time.")
+    parser.add_argument("--code", type=Path, default=None, help="Checkout to time (default: this one).")
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(args.code.resolve()))
+    if args.code is not None:
+        import subprocess
+
+        from benchmarks.common import subprocess_env
+
+        child = [sys.executable, __file__, str(args.index.resolve()), "--queries", str(args.queries)]
+        out = subprocess.run(child, env=subprocess_env(args.code.resolve()), cwd=args.code, check=True,
+                             capture_output=True, text=True).stdout
+        print(out, end="")
+        return json.loads(out)
     import numpy as np
+
+    import indexer
 
     from indexer import vector_index as vi
     from retrieval.search import SlideSearcher
@@ -46,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
             times.append(time.perf_counter() - start)
         return round(float(np.median(times)) * 1000, 3)
 
-    result = {"code": str(args.code), "slide_query_p50_ms": p50(lambda s: searcher.search_slide(s, k=10), ids),
+    result = {"code": str(Path(indexer.__file__).resolve().parents[1]), "slide_query_p50_ms": p50(lambda s: searcher.search_slide(s, k=10), ids),
               "patch_index_search_p50_ms": p50(lambda v: vi.search(patches, v[None], 10), q),
               "patch_index": type(patches).__name__}
     print(json.dumps(result))

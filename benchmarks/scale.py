@@ -1,6 +1,6 @@
 """Out-of-core scale: N patch vectors through the real writer in segments, trained-once IVF-PQ, exact re-rank.
 
-Usage: python benchmarks/scale.py [--sizes 1e5,1e6,1e7] [--dim 512] [--patches 1000] [--segment 1e6]
+Usage: python -m benchmarks.scale [--sizes 1e5,1e6,1e7] [--dim 512] [--patches 1000] [--segment 1e6]
        [--queries 1000] [--device auto|cpu|cuda] [--slides-at 1e5] [--slide-k 24] [--nlist 4096] [--work DIR]
        [--keep] [--out out/bench-scale] [--figure PNG (default: OUT/bench_scale.png)]
 
@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS loads
 
+from benchmarks.common import subprocess_env  # noqa: E402
 from indexer.aggregate import l2_normalize  # noqa: E402
 
 TOP = 10
@@ -49,7 +48,7 @@ class ScaleGenerator:
     patches are held-out queries from the indexed distribution)."""
 
     def __init__(self, dim: int = 512, k: int = 8, patches: int = 1000, seed: int = 0):
-        from search import CENTRES_PER_PROTOTYPE, N_LABELS
+        from benchmarks.search import CENTRES_PER_PROTOTYPE, N_LABELS
 
         rng = np.random.default_rng(seed)
         self.dim, self.k, self.patches, self.seed = dim, k, patches, seed
@@ -173,7 +172,7 @@ def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, 
     from indexer.exact import tied_recall
     from indexer.store.rerank import RerankedIndex
     from retrieval.search import SlideSearcher
-    from search import VectorEncoder, make_queries
+    from benchmarks.search import VectorEncoder, make_queries
 
     n_slides = n_patches // gen.patches
     start = time.perf_counter()
@@ -289,7 +288,8 @@ def run_child(args: list[str]) -> dict:
     """Run ``child`` in a fresh interpreter; adds its wall time and peak RSS (wait4)."""
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, __file__, "--child-out", out.name, *args])
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--child-out", out.name, *args], cwd=ROOT,
+                                env=subprocess_env())
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"benchmark child {' '.join(args)} failed with status {os.waitstatus_to_exitcode(status)}")
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
     import faiss
 
     from indexer.vector_index import DEVICE_ENV
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     if args.device == "cuda" and faiss.get_num_gpus() == 0:
         print("error: --device cuda, but FAISS sees no GPU (install faiss-gpu on a machine with CUDA)", file=sys.stderr)
@@ -386,12 +386,12 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ[DEVICE_ENV] = "cpu" if args.device == "cpu" else "auto"  # the children inherit it
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
-    from benchmarks.provenance import kept
+    from benchmarks.common import kept
 
     reuse_note = kept(work) if args.keep else None
     common = ["--work", str(work), "--dim", str(args.dim), "--patches", str(args.patches), "--nlist", str(args.nlist),
               "--segment", str(int(args.segment)), "--queries", str(args.queries), "--slide-k", str(args.slide_k)]
-    result = {"command": "python benchmarks/scale.py " + " ".join(shlex.quote(a) for a in argv),
+    result = {"command": "python -m benchmarks.scale " + " ".join(shlex.quote(a) for a in argv),
               "machine": machine_description(), "device": args.device if args.device != "auto" else
               ("cuda" if faiss.get_num_gpus() else "cpu"), "sizes": [], "slides": None, "kept": reuse_note}
     out = Path(args.out)

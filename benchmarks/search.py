@@ -1,6 +1,6 @@
 """Search API latency (text, slide, patch queries) against the FAISS searches inside it, on synthetic indexes.
 
-Usage: python benchmarks/search.py [--sizes 1000,10000,100000] [--dim 128] [--k 8] [--patches 10]
+Usage: python -m benchmarks.search [--sizes 1000,10000,100000] [--dim 128] [--k 8] [--patches 10]
        [--queries 200] [--flat-at 100000] [--threads 1] [--encoder tiny|none] [--segments 1,10] [--keep DIR]
        [--out DIR]
 
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -28,16 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
 from indexer import vector_index as vi  # noqa: E402
 from indexer.aggregate import l2_normalize  # noqa: E402
-from benchmarks.provenance import header, kept, provenance  # noqa: E402
-from retrieval.bench_search import machine_description  # noqa: E402
+from benchmarks.common import header, kept, machine_description, provenance, save_result  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402
-from synthetic_store import (  # noqa: E402,F401 (the collection's model, used by scale.py and serve.py too)
+from benchmarks.synthetic_store import (  # noqa: E402,F401 (the collection's model, used by scale.py and serve.py too)
     CENTRES_PER_PROTOTYPE, N_LABELS, WHERE, SyntheticSpec, synthetic_index)
 
 QUERY_TYPES = ("text", "slide", "patch")
@@ -201,7 +197,7 @@ def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
     from PIL import Image
 
     from indexer.encoders import load_encoder
-    from retrieval.queries import embed_text_query
+    from retrieval.query.parse import embed_text_query
 
     if threads:
         torch.set_num_threads(threads)
@@ -342,15 +338,6 @@ def main(argv: list[str] | None = None) -> dict:
     result["provenance"] = provenance("benchmarks/search.py", argv)
     result["command"] = result["provenance"]["command"]
     return save_result(result, Path(args.out), "bench_search_api", markdown)
-
-
-def save_result(result: dict, out: Path, stem: str, markdown) -> dict:
-    """Write ``stem``.json and ``stem``.md (``markdown(result)``) into ``out``, print the Markdown; returns ``result``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
-    return result
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """`slidesearch serve` under load: 1, 4 and 16 concurrent clients against a 100k-slide index, over loopback.
 
-Usage: python benchmarks/serve.py [--slides 100000] [--dim 512 --k 16 | --dim 128 --k 8] [--clients 1,4,16]
+Usage: python -m benchmarks.serve [--slides 100000] [--dim 512 --k 16 | --dim 128 --k 8] [--clients 1,4,16]
        [--seconds 30] [--max-requests 20000] [--keep DIR] [--out out/bench-serve]
-       python benchmarks/serve.py --mixed [--baseline-src DIR] [--seconds 30] [--patients 12 --size 2048]
+       python -m benchmarks.serve --mixed [--baseline-src DIR] [--seconds 30] [--patients 12 --size 2048]
          (the mixed level: benchmarks/serve_mixed.py)
 
 The index is ``benchmarks/search.py``'s ``synthetic_index`` (10 patches per slide, ``--dim``-d, ``--k``
@@ -43,10 +43,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
-
-from serving import free_port, multipart, rss_mb  # noqa: E402 - tests/serving.py: shared with the serve tests
+from benchmarks.common import ROOT, subprocess_env  # noqa: E402
+from benchmarks.fixtures.clients import free_port, multipart, rss_mb  # noqa: E402
 
 KINDS = ("text", "slide", "patch")
 FILTER = "label = 'c3'"  # about 10 % of the synthetic slides
@@ -253,7 +251,7 @@ def paired_slide(port: int, searcher, n_slides: int, where: str | None = None, n
     the HTTP answer also builds), the same ids on every side, alternating in blocks (``_alternate``)."""
     from urllib.parse import quote
 
-    from retrieval.results import dumps, result_json
+    from retrieval.query.results import dumps, result_json
 
     raw, client = RawConnection(port), http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     suffix = f"&where={quote(where)}" if where else ""
@@ -401,16 +399,17 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.mixed:
         return mixed(args)
-    from search import SyntheticSpec, synthetic_index
+    from benchmarks.search import SyntheticSpec, synthetic_index
 
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     work = args.keep or Path(f"/tmp/slidesearch-bench-serve-{args.slides}")
     spec = SyntheticSpec(args.slides, dim=args.dim, k=args.k)
     index = work / (f"n{args.slides}" if (args.dim, args.k) == (128, 8) else f"n{args.slides}_d{args.dim}_k{args.k}")
     manifest = synthetic_index(index, spec)
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(index), str(port), str(args.dim)])
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.serve", "--serve", str(index), str(port), str(args.dim)],
+                              cwd=ROOT, env=subprocess_env())
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -452,9 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def mixed(args) -> dict:
     """The mixed level alone (``--mixed``), written to ``--out``/bench_serve_mixed.{json,md}."""
-    import serve_mixed
+    from benchmarks import serve_mixed
 
-    from retrieval.bench_search import machine_description
+    from benchmarks.common import machine_description
 
     work = args.keep or Path(f"/tmp/slidesearch-bench-serve-mixed-{args.patients}x{args.size}")
     result = {"machine": machine_description(), "seconds": args.seconds,

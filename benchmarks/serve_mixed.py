@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import flood_images, free_port, multipart, rss_mb
+from benchmarks.fixtures.clients import flood_images, free_port, multipart, rss_mb
 
 MIX = {"search": 8, "slide-loop": 4, "tile": 12, "region": 6, "heatmap": 6, "upload": 4}
 WORDS = ("adenocarcinoma", "necrosis", "stroma", "mucin", "lymphoid", "fat", "glands", "poorly", "differentiated")
@@ -52,10 +52,12 @@ def demo_index(work: Path, patients: int, size: int) -> Path:
 
 def start_server(index: Path, port: int, source: Path | None) -> subprocess.Popen:
     """`slidesearch serve INDEX --port PORT` in its own process (the code of ``source`` when given)."""
-    path = f"sys.path.insert(0, {str(source)!r}); " if source else ""
-    code = f"import sys; {path}from retrieval.cli import main; sys.argv = ['slidesearch', 'serve'] + sys.argv[1:]; main()"
-    env = {**os.environ, "PYTHONPATH": str(source)} if source else dict(os.environ)
-    server = subprocess.Popen([sys.executable, "-c", code, str(index), "--port", str(port)], env=env,
+    from benchmarks.common import ROOT, subprocess_env
+
+    # `-c` puts its working directory first on sys.path: run in the checkout whose code is timed
+    code = "import sys; from retrieval.cli import main; sys.argv = ['slidesearch', 'serve'] + sys.argv[1:]; main()"
+    server = subprocess.Popen([sys.executable, "-c", code, str(index.resolve()), "--port", str(port)],
+                              cwd=source or ROOT, env=subprocess_env(source or ROOT),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while True:

@@ -1,26 +1,23 @@
 """Patch-read throughput: 20x patches from a generated 40x pyramid (≥ 20,000² px), plus write/detect times.
 
-Usage: python benchmarks/tiling.py [--size 20000] [--repeats 3] [--limit N] [--out DIR]
+Usage: python -m benchmarks.tiling [--size 20000] [--repeats 3] [--limit N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.provenance import header, provenance, write_outputs  # noqa: E402
-from indexer.slides import open_slide  # noqa: E402
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide  # noqa: E402
-from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide  # noqa: E402
-from indexer.tissue import detect_tissue  # noqa: E402
+from benchmarks.common import header, provenance, write_outputs
+from indexer.slides import open_slide
+from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
+from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide
+from indexer.tissue import detect_tissue
 
 
 def _read_all(slide, grid: TileGrid, limit: int) -> float:

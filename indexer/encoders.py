@@ -23,6 +23,16 @@ RANDOM_WEIGHTS = "random"  # checkpoint value that explicitly asks for random in
 _BACKEND_MODULES = ("indexer.encoder_openclip", "indexer.encoder_backends")
 
 
+def random_weights(encoder: dict) -> bool:
+    """Whether an index's encoder record (``index.json``'s ``encoder``) names random weights: ``tiny``, or a
+    ``--checkpoint random`` model. Its text tower then carries no meaning.
+
+    >>> random_weights({"name": "tiny"}), random_weights({"name": "conch", "checkpoint": "/w/conch.bin"})
+    (True, False)
+    """
+    return encoder.get("name") == "tiny" or encoder.get("checkpoint") == RANDOM_WEIGHTS
+
+
 @dataclass(frozen=True)
 class EncoderInfo:
     """What `slidesearch models` shows about one registered encoder."""

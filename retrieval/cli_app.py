@@ -55,6 +55,6 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_json(obj: Any) -> None:
     """Write ``obj`` as JSON on stdout (numpy scalars and paths converted)."""
-    from retrieval.results import dumps
+    from retrieval.query.results import dumps
 
     sys.stdout.write(dumps(obj, indent=2) + "\n")

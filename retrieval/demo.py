@@ -85,7 +85,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), show_progress: 
         UserError: ``out`` holds a demo made with other cohort settings, or a step's input is bad.
     """
     from indexer.pipeline import IndexConfig, run_index
-    from retrieval.bench_retrieval import MODES, run_retrieval_benchmark, write_retrieval_report
+    from retrieval.evaluation.bench_retrieval import MODES, run_retrieval_benchmark, write_retrieval_report
 
     step = on_step or (lambda _: None)
     out = Path(out)
@@ -161,7 +161,7 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
         kind → SearchResult, kind → a note on what was asked, and kind → thumbnails of its first hits.
     """
     from retrieval.search import SlideSearcher
-    from retrieval.thumbnails import write_hit_thumbnails
+    from retrieval.query.thumbnails import write_hit_thumbnails
 
     searcher = SlideSearcher(index, device="cpu")
     arrays = searcher.arrays
@@ -182,7 +182,8 @@ def run_queries(index: Path, thumbnails: Path, config: DemoConfig
         meta = arrays.metadata[row]
         return f"{config.label} {meta.get(config.label)}, patient {meta.get('patient_id')}"
 
-    notes = {"text": f"free text, matched to the reports (report model, real weights) and the {config.model} text tower",
+    notes = {"text": "free text, matched to the reports by the report model (real weights); the "
+                     f"{config.model} text tower has random weights, so it joins only with --source both",
              "slide": f"{about(slide_row)}; slides of the same {config.exclude_same} left out",
              "patch": f"one {size}-px patch of a slide with {about(other)}"}
     written = {}

@@ -73,8 +73,8 @@ def run_cli() -> Callable[..., "object"]:
 
 @pytest.fixture(scope="session")
 def planted_index(tmp_path_factory):
-    """The planted 8-slide cohort (tests/planted.py) indexed once: (index dir, cohort dir, IndexConfig)."""
-    import planted
+    """The planted 8-slide cohort (benchmarks/fixtures/planted.py) indexed once: (index dir, cohort dir, IndexConfig)."""
+    from benchmarks.fixtures import planted
     from indexer.pipeline import IndexConfig, run_index
     from indexer.tiling import TilingConfig
 

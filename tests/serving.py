@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.fixtures.clients import free_port
 
 
 @contextmanager
@@ -56,12 +51,6 @@ def running(app, timeout_s: float = 30.0) -> Iterator[str]:
         thread.join(timeout_s)
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """A process's resident memory (``VmRSS``, or its peak ``VmHWM``) in MiB."""
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":")) / 1024
-
-
 @contextmanager
 def serve_process(index, *options: str, env: dict | None = None, timeout_s: float = 120.0) -> Iterator[tuple[str, object]]:
     """`slidesearch serve INDEX --port P OPTIONS…` in a process of its own (the planted encoder registered), until the
@@ -73,13 +62,14 @@ def serve_process(index, *options: str, env: dict | None = None, timeout_s: floa
     import urllib.request
     from pathlib import Path
 
+    from benchmarks.common import subprocess_env
+
     port = free_port()
-    tests = str(Path(__file__).resolve().parent)
-    code = (f"import sys; sys.path.insert(0, {tests!r}); import planted; from retrieval.cli import main; "
-            f"sys.argv = ['slidesearch', 'serve'] + sys.argv[1:]; main()")
+    code = ("import sys; from benchmarks.fixtures import planted; from retrieval.cli import main; "
+            "sys.argv = ['slidesearch', 'serve'] + sys.argv[1:]; main()")
     log = tempfile.TemporaryFile()
     process = subprocess.Popen([sys.executable, "-c", code, str(index), "--port", str(port), *options],
-                               stdout=log, stderr=log, env={**os.environ, **(env or {})})
+                               stdout=log, stderr=log, env=subprocess_env(**(env or {})))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     try:
@@ -136,26 +126,3 @@ def make_lab_index(planted_index: tuple, root) -> object:
     return root / "idx"
 
 
-def multipart(data: bytes, name: str = "patch.png") -> tuple[bytes, dict]:
-    """A multipart/form-data body with ``data`` as the ``image`` field, and its Content-Type header."""
-    boundary = "slidesearch-upload-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def flood_images(side: int = 5792) -> tuple[bytes, bytes]:
-    """A ``side``²-px JPEG (33.5 MP and ~17 MB by default: textured, as a scanned field) and a PNG of the same size and
-    ~100 kB (a decompression bomb within the pixel limit: decoding it holds all its pixels)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    coarse = Image.fromarray(rng.integers(0, 255, (side // 4, side // 4, 3), dtype=np.uint8)).resize((side, side))
-    noisy = np.asarray(coarse).astype(np.int16) + rng.integers(-40, 40, (side, side, 3), dtype=np.int16)
-    jpeg, png = io.BytesIO(), io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(jpeg, "JPEG", quality=82)
-    Image.new("RGB", (side, side), (210, 120, 170)).save(png, "PNG")
-    return jpeg.getvalue(), png.getvalue()

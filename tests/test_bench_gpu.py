@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark_module import load_benchmark
+from benchmarks import gpu as gpu_benchmark
 from gpu_standin import StandInGpu
 from indexer import devices
 from indexer import faiss_device as fd
@@ -19,12 +19,11 @@ from indexer.devices import TorchProbe
 from indexer.encoder_openclip import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    return load_benchmark("gpu")
+    return gpu_benchmark
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +46,7 @@ def test_options_and_quick_sizes(gpu):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here: the command would run")
 def test_refuses_in_one_line_without_cuda(tmp_path):
     out = tmp_path / "gpu"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--quick", "--out", str(out)], capture_output=True,
                             text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -76,7 +75,7 @@ def test_every_step_run_on_the_cpu_is_caught(gpu, tmp_path):
     assert sum("encode tiny bf16" in p for p in problems) == 2
     assert sum("searched on the CPU" in p for p in problems) == 2
     assert any(p.startswith("index: the run reports encoder 'cpu, fp32'") for p in problems)
-    result["provenance"] = {"command": "python benchmarks/gpu.py", "commit": "abc", "machine": "test", "date": "today",
+    result["provenance"] = {"command": "python -m benchmarks.gpu", "commit": "abc", "machine": "test", "date": "today",
                             "load_avg_1min": 0.0}
     result["problems"] = problems
     gpu.write_report(result, tmp_path / "report")

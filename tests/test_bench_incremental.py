@@ -7,11 +7,10 @@ import json
 
 import pytest
 
-from benchmark_module import load_benchmark
+from benchmarks import incremental as bench
 
 
 def test_adds_include_an_automatic_merge_and_the_report_says_so(tmp_path):
-    bench = load_benchmark("incremental")
     out = tmp_path / "out"
     result = bench.main(["--sizes", "20,40", "--patches", "20", "--adds", "11", "--work", str(tmp_path / "w"),
                          "--out", str(out)])
@@ -23,7 +22,7 @@ def test_adds_include_an_automatic_merge_and_the_report_says_so(tmp_path):
         assert all(r["model_load_s"] > 0 and abs(r["stages"]["load model"] - r["model_load_s"]) < 1e-3 for r in rows)
         assert cell["peak_rss_mb"] > 100  # the adding process's own peak (wait4)
     saved = json.loads((out / "bench_incremental.json").read_text())
-    assert saved["provenance"]["command"].startswith("python benchmarks/incremental.py --sizes 20,40")
+    assert saved["provenance"]["command"].startswith("python -m benchmarks.incremental --sizes 20,40")
     text = (out / "bench_incremental.md").read_text()
     assert "| 40 | 11 |" in text and "mean add (merges included)" in text and (out / "bench_incremental.png").is_file()
     again = tmp_path / "again"

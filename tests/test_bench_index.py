@@ -1,4 +1,4 @@
-"""`slidesearch bench index` with `tiny` on two small slides: fresh-process runs, stage timings, peak RSS, reports."""
+"""benchmarks/index.py (`python -m benchmarks.index`) with `tiny` on two small slides: fresh-process runs, stage timings, peak RSS, reports."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 from PIL import Image
 from typer.testing import CliRunner
 
-from retrieval.cli import app
+from benchmarks.index import app
 
 
 def test_bench_index_on_two_tiny_slides_writes_its_reports(tmp_path):
     out, work = tmp_path / "report", tmp_path / "work"
-    result = CliRunner().invoke(app, ["bench", "index", "--out", str(out), "--models", "tiny", "--slides", "1,2",
+    result = CliRunner().invoke(app, ["--out", str(out), "--models", "tiny", "--slides", "1,2",
                                       "--slide-px", "1024", "--workers", "0", "--workdir", str(work), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -35,6 +35,6 @@ def test_bench_index_on_two_tiny_slides_writes_its_reports(tmp_path):
 
 
 def test_bench_index_refuses_unknown_models_before_doing_anything(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "index", "--out", str(tmp_path / "r"), "--models", "tiny,resnet50"])
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "r"), "--models", "tiny,resnet50"])
     assert result.exit_code == 2 and "unknown model 'resnet50'" in result.stderr
     assert not (tmp_path / "r").exists()

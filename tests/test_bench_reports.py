@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark_module import load_benchmark
+from benchmarks import reports as reports_benchmark
 from indexer.reports import negation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ TRIGGERS = {t for table in (negation.PRE_NEGATION, negation.POST_NEGATION, negat
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_benchmark("reports")
+    return reports_benchmark
 
 
 def words(text: str) -> list[str]:
@@ -31,7 +31,7 @@ def words(text: str) -> list[str]:
 
 def bank_strings() -> list[str]:
     """Every text of every shipped bank and of the planted bank the benchmark indexes with."""
-    import planted
+    from benchmarks.fixtures import planted
 
     found: list[str] = []
 

@@ -1,6 +1,6 @@
 """`bench retrieval` on the planted index: mMV values computed by hand for that cohort, exclusions, reports.
 
-The planted cohort (tests/planted.py): S01–S08, two slides per patient P1–P4, each 3/4 of one tissue
+The planted cohort (benchmarks/fixtures/planted.py): S01–S08, two slides per patient P1–P4, each 3/4 of one tissue
 (its ``label``) and 1/4 of another; the planted encoder maps each tissue to one direction. So:
 
 - leave one *slide* out: every slide's nearest other slide is its patient sibling (same major tissue,
@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import planted
+from benchmarks.fixtures import planted
 from indexer.pipeline import IndexConfig, run_index
-from retrieval.bench_retrieval import MODES, run_retrieval_benchmark
+from retrieval.evaluation.bench_retrieval import MODES, run_retrieval_benchmark
 from retrieval.cli import app
 from assertions import one_error_line
 

@@ -1,4 +1,4 @@
-"""Tests for `slidesearch bench search` and retrieval.bench_search on a tiny synthetic run."""
+"""Tests for benchmarks/search_faiss.py (`python -m benchmarks.search_faiss`) on a tiny synthetic run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from retrieval.bench_search import SearchBenchConfig, run_search_benchmark, synthetic_embeddings
-from retrieval.cli import app  # registers every command module, `bench` included
+from benchmarks.search_faiss import SearchBenchConfig, app, run_search_benchmark, synthetic_embeddings
 
 ROW_FIELDS = {"n", "dim", "kind", "device", "index", "param", "value", "default", "build_s", "index_bytes",
               "qps", "p50_ms", "p99_ms", "recall_at_k"}
@@ -16,7 +15,7 @@ ROW_FIELDS = {"n", "dim", "kind", "device", "index", "param", "value", "default"
 
 def test_tiny_run_writes_json_markdown_and_png(tmp_path):
     out = tmp_path / "bench"
-    result = CliRunner().invoke(app, ["bench", "search", "--out", str(out), "--sizes", "2000", "--dim", "32",
+    result = CliRunner().invoke(app, ["--out", str(out), "--sizes", "2000", "--dim", "32",
                                       "--queries", "50", "--latency-queries", "20", "--seconds-per-point", "0.02",
                                       "--no-gpu"])
     assert result.exit_code == 0, result.output
@@ -36,7 +35,7 @@ def test_tiny_run_writes_json_markdown_and_png(tmp_path):
     flat = next(r for r in rows if r["kind"] == "flat")
     assert pq["index_bytes"] < flat["index_bytes"]
     markdown = paths["md"].read_text()
-    assert "slidesearch bench search" in markdown and "| 2,000 | flat | cpu |" in markdown
+    assert "python -m benchmarks.search_faiss --out" in markdown and "| 2,000 | flat | cpu |" in markdown
     assert str(paths["png"]) in result.output
 
 
@@ -53,9 +52,9 @@ def test_skips_are_reported_with_their_reason(tmp_path):
 
 def test_bad_options_are_one_line_errors(tmp_path):
     runner = CliRunner()
-    bad_kind = runner.invoke(app, ["bench", "search", "--out", str(tmp_path), "--sizes", "100", "--kinds", "lsh"])
+    bad_kind = runner.invoke(app, ["--out", str(tmp_path), "--sizes", "100", "--kinds", "lsh"])
     assert bad_kind.exit_code == 2 and "unknown index kind" in bad_kind.output
-    bad_size = runner.invoke(app, ["bench", "search", "--out", str(tmp_path), "--sizes", "ten"])
+    bad_size = runner.invoke(app, ["--out", str(tmp_path), "--sizes", "ten"])
     assert bad_size.exit_code == 2 and "--sizes" in bad_size.output
 
 

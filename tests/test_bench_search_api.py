@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import search as search_benchmark
 from indexer import vector_index as vi
 from indexer.store import rerank
 from retrieval.search import SlideSearcher
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search.py"
 ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "faiss_calls", "consistent",
               "api_p50_ms", "api_p99_ms", "search_p50_ms", "search_p99_ms", "raw_p50_ms", "raw_p99_ms",
               "main_p50_ms", "inside_p50_ms", "api_over_search", "api_over_raw", "api_over_inside", "raw_ms_by_call"}
@@ -22,11 +19,7 @@ ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "f
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_search_api", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    return search_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from indexer.stain import detect_slide_stain, detect_stain
 from indexer.synthetic import DIAGNOSES
 from indexer.synthetic_multistain import write_multistain_cohort
 from indexer.tiling import TilingConfig
-from retrieval.cases import CaseSearcher, fused_scores
-from retrieval.catalog import Catalog
+from retrieval.query.cases import CaseSearcher, fused_scores
+from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
 
 SPACE = "trident-test"

@@ -16,8 +16,8 @@ from assertions import one_error_line
 from conftest import GRID_ALIGNED_REGIONS
 from indexer.synthetic import SyntheticSlideSpec
 from indexer.synthetic_dicom import write_dicom_slide
-from orthanc import dicomweb_plugin, orthanc_binary, running_orthanc, running_proxy
-from serving import free_port
+from benchmarks.fixtures.orthanc import dicomweb_plugin, orthanc_binary, running_orthanc, running_proxy
+from benchmarks.fixtures.clients import free_port
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None or dicomweb_plugin() is None,
                                 reason="Orthanc and its DICOMweb plugin are not installed (apt-get install orthanc "

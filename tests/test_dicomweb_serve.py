@@ -12,7 +12,7 @@ import pytest
 from conftest import GRID_ALIGNED_REGIONS
 from indexer.synthetic import SyntheticSlideSpec
 from indexer.synthetic_dicom import write_dicom_slide
-from orthanc import dicomweb_plugin, orthanc_binary, running_orthanc, running_proxy
+from benchmarks.fixtures.orthanc import dicomweb_plugin, orthanc_binary, running_orthanc, running_proxy
 from serving import running
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None or dicomweb_plugin() is None,

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmark_module import load_benchmark
+from benchmarks import scale as scale_benchmark
 from gpu_standin import StandInGpu
 from indexer import devices
 from indexer import faiss_device as fd
@@ -39,7 +39,7 @@ def auto_device(monkeypatch):
 def store(tmp_path_factory):
     """Three segments under one quantizer trained on the CPU with an HNSW coarse quantizer (``IVF32_HNSW32``),
     the kind a GPU cannot take as it is: the first, written exact below the threshold, is back-filled."""
-    bench = load_benchmark("scale")
+    bench = scale_benchmark
     root = tmp_path_factory.mktemp("gpu") / "index"
     gen = bench.ScaleGenerator(dim=32, k=4, patches=PATCHES)
     with pytest.MonkeyPatch.context() as mp:

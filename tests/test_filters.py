@@ -1,4 +1,4 @@
-"""retrieval.filters: --where is parsed, allow-listed, re-emitted and sandboxed; checked against pyarrow.compute."""
+"""retrieval.query.filters: --where is parsed, allow-listed, re-emitted and sandboxed; checked against pyarrow.compute."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indexer.errors import QueryError
-from retrieval.filters import MAX_CONCAT, FilterEngine, parse_where
+from retrieval.query.filters import MAX_CONCAT, FilterEngine, parse_where
 
 TRICKY = ["lung", "Lung", "it's", "a;b", "--x", "/*c*/", "", "x\ny", "100%", "a_b", "ab", "é", "\x00z", '"q"', "$1",
           "?", "a\\b", "'); DROP TABLE slides; --"]

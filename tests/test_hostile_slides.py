@@ -140,7 +140,7 @@ def test_memory_error_while_reading_becomes_a_slide_error(make_slide):
 
 
 def test_query_images_are_bounded_in_bytes_and_pixels(corpus, tmp_path, monkeypatch):
-    from retrieval.queries import load_query_image
+    from retrieval.query.parse import load_query_image
 
     with pytest.raises(QueryError, match="1,600,000,000 px|over the limit"):
         load_query_image(corpus[2]["bomb"])

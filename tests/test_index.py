@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import planted  # noqa: F401  (registers the planted encoder used below)
+from benchmarks.fixtures import planted  # noqa: F401  (registers the planted encoder used below)
 from indexer.pipeline import IndexConfig, run_index
 from indexer.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
 from indexer.tiling import TilingConfig
 from indexer.vector_index import reconstruct
-from retrieval.catalog import Catalog, index_info
+from retrieval.query.catalog import Catalog, index_info
 from retrieval.cli import app
 from assertions import one_error_line
 

@@ -29,7 +29,7 @@ from indexer.store.segments import SegmentFiles
 from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
 from indexer.synthetic_dicom import write_dicom_slide
 from indexer.tiling import TileGrid, TilingConfig
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 
 BATCH_ATOL = 1e-5  # a patch encoded alone or in another batch (fp32, CPU) agrees to rounding
 FLOAT16 = 2.0 ** -10  # float16 relative rounding: stored features

@@ -1,4 +1,4 @@
-"""Oracle tests for retrieval.metrics: brute-force definitions on seeded random cases plus hand-computed ones."""
+"""Oracle tests for retrieval.evaluation.metrics: brute-force definitions on seeded random cases plus hand-computed ones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from indexer.errors import QueryError
-from retrieval import metrics as m
+from retrieval.evaluation import metrics as m
 
 
 # --- brute-force oracles, written from the definitions and independent of the implementation -------------

@@ -25,7 +25,7 @@ from indexer.store.segments import SegmentFiles
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiling import TilingConfig
 from indexer.vector_index import reconstruct
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 
 ray = pytest.importorskip("ray")
 

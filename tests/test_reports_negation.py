@@ -8,7 +8,7 @@ from indexer.bank import load_bank
 from indexer.reports.attributes import AttributeMatcher, Term, parse_attribute_query
 from indexer.reports.negation import AFFIRMED, NEGATED, UNCERTAIN, affirmed_text, polarity_at
 from indexer.reports.sentences import split_sentences
-from retrieval.queries import embed_text_query, expansion_disease
+from retrieval.query.parse import embed_text_query, expansion_disease
 
 
 def polarity(sentence: str, word: str) -> str:

@@ -55,7 +55,7 @@ def real_reports(real_rows, tmp_path_factory):
     """Report tables of 72 real reports (4 of each type) built by the index's own code."""
     from indexer.bank import load_bank
     from indexer.reports.store import ReportConfig, build_reports
-    from retrieval.report_search import ReportIndex
+    from retrieval.query.report_search import ReportIndex
 
     picked = [r for t in sorted({r["cancer_type"] for r in real_rows})
               for r in [x for x in real_rows if x["cancer_type"] == t][:4]]

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-import planted  # noqa: F401 - registers the planted encoder
+from benchmarks.fixtures import planted  # noqa: F401 - registers the planted encoder
 from indexer.store.layout import IndexPaths
 from indexer.store.versions import read_current
 from indexer.store.writer import IndexWriter
-from retrieval.catalog import index_info
+from retrieval.query.catalog import index_info
 
 REPORTS = {
     "S01": "Adenocarcinoma with fibrous stroma. No necrosis identified.",
@@ -120,7 +120,7 @@ def test_has_filters(searcher):
 
 
 def test_report_to_slide_includes_slides_without_reports(searcher):
-    from retrieval.report_to_slide import search_report
+    from retrieval.query.report_to_slide import search_report
 
     result = search_report(searcher, "Sheets of necrosis. No mucin is seen.", k=8)
     assert "necrosis" in result.details["attributes"] and "mucin" not in result.details["attributes"]

@@ -56,10 +56,10 @@ def test_a_run_writes_sections_with_provenance_and_marks_failures(tmp_path):
     assert report.startswith("# Benchmark results") and "**Failed steps: index.**" in report
     assert re.search(r"Commit `[0-9a-f]{7}", report) and "(quick mode)" in report
     tiling = report.split("## Patch reading and tiling")[1].split("\n## ")[0]
-    assert "Step `tiling` (quick mode): `python benchmarks/tiling.py --size 8000" in tiling
+    assert "Step `tiling` (quick mode): `python -m benchmarks.tiling --size 8000" in tiling
     assert "read_patch` 20x from level 1" in tiling and str(out) not in report  # paths shown as OUT
     index = report.split("## Indexing speed")[1].split("\n## ")[0]
     assert "**FAILED (exit" in index and "SLIDESEARCH_FAISS_DEVICE" in index
     if not torch.cuda.is_available():
-        assert "Not run: torch sees no CUDA GPU on this machine. Where it can run: `python benchmarks/gpu.py" in report
+        assert "Not run: torch sees no CUDA GPU on this machine. Where it can run: `python -m benchmarks.gpu" in report
     assert (out / "tiling" / "log.txt").is_file() and (out / "figures").is_dir()

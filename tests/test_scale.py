@@ -3,7 +3,6 @@ collections written through the store's writer by benchmarks/scale.py's generato
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -13,24 +12,20 @@ import faiss
 import numpy as np
 import pytest
 
+from benchmarks import scale as scale_benchmark
 from indexer import vector_index as vi
 from indexer.exact import tied_recall
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot
 from indexer.store.rerank import RerankedIndex, open_index
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
 PLAN = quantizer.QuantizerPlan(nlist=32, nprobe=8)  # threshold 39·32 = 1,248 vectors
 SLIDES, PATCHES, SEGMENT = 60, 50, 20  # 3 segments of 1,000 patches: the second crosses the threshold
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return scale_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import planted
+from benchmarks.fixtures import planted
 from indexer import vector_index as vi
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app
-from retrieval.queries import embed_text_query
+from retrieval.query.parse import embed_text_query
+from retrieval.query import image as image_source
 from retrieval.search import SlideSearcher
 from assertions import one_error_line
 
@@ -201,14 +202,14 @@ def test_text_hits_explain_prototypes_with_exact_similarities(searcher):
 
 def test_text_hits_without_patch_evidence_show_their_representative_patches(index, monkeypatch):
     searcher = SlideSearcher(index)
-    searched = searcher._nearest_patches
+    searched = image_source.nearest_patches
 
-    def only_s01(q, k, allowed):
-        sims, rows = searched(q, k, allowed)
+    def only_s01(index, q, k, allowed):
+        sims, rows = searched(index, q, k, allowed)
         keep = searcher.arrays.patch_slide[rows] == searcher.arrays.row_of("S01")
         return sims[keep], rows[keep]
 
-    monkeypatch.setattr(searcher, "_nearest_patches", only_s01)
+    monkeypatch.setattr(image_source, "nearest_patches", only_s01)
     q, _ = embed_text_query(searcher.encoder, "necrosis", searcher.bank)
     result = searcher.search_text_vector(q, k=8)
     necrotic = [h for h in result.hits if h.slide_id in slides_with("necrosis")]

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import planted
+from benchmarks.fixtures import planted
 from retrieval.cli import app as cli_app
-from retrieval.results import result_json
+from retrieval.query.results import result_json
 from retrieval.search import SlideSearcher
 from serving import app_client, get
 

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from serving import flood_images, multipart, rss_mb, serve_process
+from benchmarks.fixtures.clients import flood_images, multipart, rss_mb
+from serving import serve_process
 
 HEALTH_P99_S = 0.5
 FLOOD_BOUND_MB = 1024

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-import planted
+from benchmarks.fixtures import planted
 from indexer.pipeline import run_index
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from serving import running

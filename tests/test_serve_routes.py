@@ -10,7 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import planted  # noqa: F401 - registers the planted encoder
+from benchmarks.fixtures import planted  # noqa: F401 - registers the planted encoder
 from retrieval.cli import app as cli_app
 from serving import app_client, get, make_lab_index
 
@@ -136,7 +136,7 @@ def test_bad_queries_get_one_json_error(client, method, url, kwargs, status, nee
 
 
 def test_csv_cells_cannot_run_as_spreadsheet_formulas():
-    from retrieval.results import result_csv
+    from retrieval.query.results import result_csv
 
     data = {"kind": "slide", "hits": [{"rank": 1, "slide_id": "=HYPERLINK(\"http://x\")", "score": -0.5,
                                        "metadata": {"label": "+1", "note": "@SUM(A1)", "n": 3}}]}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import free_port
+from benchmarks.fixtures.clients import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_SKIPS = {".git", ".venv", "build", "out", "demo-out", "slidesearch.egg-info", ".pytest_cache"}

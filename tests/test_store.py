@@ -23,7 +23,7 @@ from indexer.errors import IndexError_
 from indexer.store.compact import compact, merge_candidates
 from indexer.store.segments import SlideRows
 from indexer.store.writer import IndexWriter
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
 
 

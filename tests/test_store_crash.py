@@ -16,7 +16,7 @@ import pytest
 import store_scenario as scenario
 from indexer import vector_index as vi
 from indexer.errors import IndexError_
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 
 SCRIPT = Path(scenario.__file__)
 # (operation, crash point[#n]): every point of the write path, each reached by the operation named.

@@ -3,29 +3,17 @@ quantizers are trained part-way (a small plan: exact up to 500 vectors, provisio
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmarks import growth, search
 from indexer.store import quantizer
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PLAN = quantizer.QuantizerPlan(nlist=32, nprobe=8, exact_max=500)
 
 
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_growth_times_every_state_against_its_compacted_copy_and_reports_the_worst(tmp_path, monkeypatch):
-    growth = _load("bench_growth", "growth.py")
     monkeypatch.setattr(quantizer, "PLAN", PLAN)
     result = growth.main(["--slides", "240", "--commit", "20", "--every", "3", "--queries", "3", "--warmup", "1",
                           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
@@ -55,7 +43,6 @@ def test_growth_times_every_state_against_its_compacted_copy_and_reports_the_wor
 
 
 def test_search_benchmark_compares_live_segments_with_one(tmp_path, monkeypatch):
-    search = _load("bench_search_segments", "search.py")
     monkeypatch.setattr(quantizer, "PLAN", PLAN)
     result = search.main(["--sizes", "300", "--segments", "1,3", "--queries", "3", "--warmup", "1", "--flat-at", "",
                           "--encoder", "none", "--keep", str(tmp_path / "indexes"), "--out", str(tmp_path / "out")])
@@ -68,18 +55,14 @@ def test_search_benchmark_compares_live_segments_with_one(tmp_path, monkeypatch)
 
 
 def test_growth_builds_a_planned_state_and_its_compacted_copy_for_timing_later(tmp_path, monkeypatch):
-    growth = _load("bench_growth_plan", "growth.py")
     monkeypatch.setattr(quantizer, "PLAN", PLAN)
     work = tmp_path / "work"
     built = growth.main(["--plan", "120,2x30,3x5", "--every", "0", "--work", str(work), "--out", str(tmp_path / "b")])
     assert [c["slides"] for c in built["commits"]] == [120, 150, 180, 185, 190, 195]
-    assert built["states"] == [] and built["worst"] is None and "No state measured" in built_md(tmp_path / "b")
+    assert built["states"] == [] and built["worst"] is None
+    assert "No state measured" in (tmp_path / "b" / "bench_growth.md").read_text()
     paired = growth.main(["--pairs", f"{work / 'live'}:{work / 'compacted'}", "--queries", "3", "--warmup", "1",
                           "--out", str(tmp_path / "p")])
     state = paired["states"][0]
     assert state["live"]["segments"] == 6 and state["compacted"]["segments"] == 1  # no merge: 3 tiers
     assert len(state["cells"]) == 6 and paired["worst"]["ratio"] > 0
-
-
-def built_md(out: Path) -> str:
-    return (out / "bench_growth.md").read_text()

@@ -20,7 +20,7 @@ from indexer.store.segments import SegmentFiles
 from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
 from indexer.tiling import TilingConfig
 from indexer.vector_index import reconstruct
-from retrieval.catalog import Catalog
+from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
 
 FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet", "--model", "tiny"]
@@ -92,7 +92,7 @@ def test_metadata_command_encodes_nothing_and_index_metadata_merges(tmp_path, ru
 
 
 def test_removed_slides_vanish_from_bench_retrieval(tmp_path, run_cli):
-    from retrieval.bench_retrieval import run_retrieval_benchmark
+    from retrieval.evaluation.bench_retrieval import run_retrieval_benchmark
 
     folder, out = slides(tmp_path / "s", "ABCD", ("tumour", "tumour", "mucin", "mucin")), tmp_path / "idx"
     csv = tmp_path / "m.csv"

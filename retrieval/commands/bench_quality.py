@@ -1,4 +1,4 @@
-"""`slidesearch bench retrieval` (leave-one-patient-out quality) and `slidesearch bench index` (indexing speed, memory)."""
+"""`slidesearch bench retrieval`: leave-one-patient-out retrieval quality, slide or case level."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def retrieval(
     """Leave-one-patient-out retrieval over the whole index: mMV@k, mAP@k, Acc@k per mode, with the chance rate."""
     from rich.progress import Progress
 
-    from retrieval.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
+    from retrieval.evaluation.bench_retrieval import MODES, markdown_report, run_retrieval_benchmark, write_retrieval_report
 
     ks = parse_ints(k, "--k")
     modes = tuple(mode or MODES)
@@ -67,54 +67,17 @@ def _report(result, out, as_json: bool, write, markdown) -> None:
 
 
 def _case_level(index, label, ks, exclude, fusions, spaces, convention, out, as_json) -> None:
-    """`bench retrieval --level case`: retrieval/bench_cases.py."""
+    """`bench retrieval --level case`: retrieval/evaluation/bench_cases.py."""
     from rich.progress import Progress
 
-    from retrieval.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
-    from retrieval.cases import FUSIONS
+    from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
+    from retrieval.query.cases import FUSIONS
 
     with Progress(transient=True, disable=as_json) as progress:
         task = progress.add_task("case queries", total=None)
         result = run_case_benchmark(index, label, ks, exclude, tuple(fusions or FUSIONS), spaces or None, convention,
                                     on_query=lambda s: progress.update(task, advance=1, description=f"ran {s}"))
     _report(result, out, as_json, write_case_report, markdown_case_report)
-
-
-@bench_app.command("index")
-@guarded
-def index(
-    out: Path = typer.Option(..., "--out", help="Folder for bench_index.json, .md and .png."),
-    slide_px: int = typer.Option(2048, help="Side of the generated slides in level-0 px."),
-    mpp: float = typer.Option(0.5, help="Microns per pixel of the generated slides."),
-    slides: str = typer.Option("5,20", help="Slide counts indexed with tiny, comparing peak memory."),
-    models: str = typer.Option("tiny,openclip:ViT-B-16", help="Encoders to time (ViT-B-16 with random weights)."),
-    vit_slides: int = typer.Option(2, help="Slides indexed with ViT-B-16."),
-    vit_max_patches: int = typer.Option(24, help="Patches sampled per slide for ViT-B-16 (slow on CPU)."),
-    workers: int = typer.Option(2, help="Patch-reading worker processes per index run."),
-    workdir: Optional[Path] = typer.Option(None, help="Keep the generated slides and indexes here (default: a temporary folder)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON instead of the tables."),
-) -> None:
-    """Indexing speed and memory: patches/s (tiny, ViT-B-16), time by stage, peak RSS for few vs many slides."""
-    import tempfile
-
-    from rich.console import Console
-
-    from retrieval.bench_index import IndexBenchConfig, markdown_report, run_index_benchmark, write_index_report
-
-    config = IndexBenchConfig(slide_px=slide_px, mpp=mpp, memory_slides=parse_ints(slides, "--slides"), vit_slides=vit_slides,
-                              vit_max_patches=vit_max_patches, workers=workers,
-                              models=tuple(m.strip() for m in models.split(",") if m.strip()))
-    console = Console(stderr=True)
-    with tempfile.TemporaryDirectory(prefix="slidesearch-bench-index-") as tmp:
-        with console.status("index benchmark") as status:
-            result = run_index_benchmark(config, workdir or Path(tmp), on_step=lambda s: status.update(s))
-    command = _command_line()
-    paths = write_index_report(result, out, command=command)
-    if as_json:
-        print_json(result | {"command": command, "files": {ext: str(p) for ext, p in paths.items()}})
-        return
-    typer.echo(markdown_report(result, command))
-    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _command_line() -> str:

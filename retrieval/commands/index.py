@@ -158,7 +158,7 @@ def info_command(
 ) -> None:
     """Describe an index: version, counts, encoder, bank, segments, FAISS index types, sizes and recall@10 on
     held-out queries (with and without the exact re-rank), slide-encoder spaces, reports, failed slides."""
-    from retrieval.catalog import index_info
+    from retrieval.query.catalog import index_info
 
     info = index_info(index)
     if as_json:

@@ -7,21 +7,23 @@ from typing import List, Optional
 
 import typer
 
-from retrieval.cli_app import app, guarded, print_json
+from retrieval.cli_app import app, guarded
+from retrieval.commands.show import show_cases, show_result
+from retrieval.query import options
 
 search_app = typer.Typer(help="Search an index by text, slide, patch or case.", no_args_is_help=True)
 app.add_typer(search_app, name="search")
 
-K_OPTION = typer.Option(10, "-k", "--k", help="Number of slides to return.")
-WHERE_OPTION = typer.Option(None, "--where", help="SQL filter over slide columns, e.g. \"organ = 'lung'\".")
-JSON_OPTION = typer.Option(False, "--json", help="Print results as JSON.")
-THUMBS_OPTION = typer.Option(None, "--thumbnails", help="Write one PNG per hit, best patches outlined, here.")
-GEOJSON_OPTION = typer.Option(None, "--geojson", help="Write <slide_id>.geojson per hit here: its matched patches as "
-                              "QuPath annotations (level-0 px; File > Import objects in QuPath).")
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda (for embedding the query).")
-HAS_OPTION = typer.Option(None, "--has", help="Keep slides whose report states an attribute: X (affirmed), "
-                          "'not X' (negated, never affirmed) or 'maybe X' (uncertain); repeat for AND, "
-                          "e.g. --has necrosis --has 'not mucin'.")
+K_OPTION = options.K.cli()
+WHERE_OPTION = options.WHERE.cli()
+JSON_OPTION = options.JSON.cli()
+THUMBS_OPTION = options.THUMBNAILS.cli()
+GEOJSON_OPTION = options.GEOJSON.cli()
+DEVICE_OPTION = options.DEVICE.cli()
+HAS_OPTION = options.HAS.cli()
+SPACE_OPTION = options.SPACE.cli()
+TARGET_STAIN_OPTION = options.TARGET_STAIN.cli()
+EXCLUDE_SAME_OPTION = options.EXCLUDE_SAME.cli()
 
 
 @search_app.command("text")
@@ -31,9 +33,8 @@ def search_text(
     query: str = typer.Argument(..., help="Free-text description, e.g. 'adenocarcinoma with necrosis'."),
     k: int = K_OPTION,
     where: Optional[str] = WHERE_OPTION,
-    no_expand: bool = typer.Option(False, "--no-expand", help="Do not expand disease names with their attributes."),
-    source: Optional[str] = typer.Option(None, "--source", help="image, report or both (default: both when the "
-                                         "index has reports); report and image rankings are fused by RRF."),
+    no_expand: bool = options.NO_EXPAND.cli(),
+    source: Optional[str] = options.SOURCE.cli(),
     has: Optional[List[str]] = HAS_OPTION,
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
@@ -45,7 +46,7 @@ def search_text(
 
     result = SlideSearcher(index, device=device).search_text(query, k=k, where=where, expand=not no_expand,
                                                              source=source, has=tuple(has or ()))
-    _show(result, as_json, thumbnails, geojson)
+    show_result(result, as_json, thumbnails, geojson)
 
 
 @search_app.command("report")
@@ -62,7 +63,7 @@ def search_report_command(
 ) -> None:
     """Report → slide: slides whose images show the attributes a report affirms (negated ones left out)."""
     from indexer.errors import UserError
-    from retrieval.report_to_slide import search_report
+    from retrieval.query.report_to_slide import search_report
     from retrieval.search import SlideSearcher
 
     if text.startswith("@"):
@@ -71,7 +72,7 @@ def search_report_command(
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"report file {text[1:]}: cannot be read ({exc.__class__.__name__})") from None
     result = search_report(SlideSearcher(index, device=device), text, k=k, where=where, has=tuple(has or ()))
-    _show(result, as_json, None)
+    show_result(result, as_json, None)
 
 
 @search_app.command("slide")
@@ -81,27 +82,25 @@ def search_slide(
     slide: str = typer.Argument(..., help="An indexed slide_id, or a slide file (embedded on the fly, not added)."),
     k: int = K_OPTION,
     where: Optional[str] = WHERE_OPTION,
-    exclude_same: Optional[str] = typer.Option(None, "--exclude-same", help="Drop slides sharing this column's value (e.g. patient_id)."),
-    mode: str = typer.Option("proto", "--mode", help="proto (prototype slide vectors) or mean (mean-pool baseline)."),
-    space: Optional[str] = typer.Option(None, "--space", help="Slide space instead of --mode: proto, mean, or an imported slide encoder."),
-    target_stain: Optional[str] = typer.Option(None, "--target-stain", help="Only slides of this stain (e.g. H&E) as results."),
-    group: Optional[str] = typer.Option(None, "--group", help="'case': return cases (best slide each, slides by stain); the query's case is left out."),
+    exclude_same: Optional[str] = EXCLUDE_SAME_OPTION,
+    mode: str = options.MODE.cli(),
+    space: Optional[str] = SPACE_OPTION,
+    target_stain: Optional[str] = TARGET_STAIN_OPTION,
+    group: Optional[str] = options.GROUP.cli(),
     as_json: bool = JSON_OPTION,
     thumbnails: Optional[Path] = THUMBS_OPTION,
     geojson: Optional[Path] = GEOJSON_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Slide → slide: cases that look like this slide."""
-    from retrieval.cases import slide_query
+    from retrieval.query.cases import slide_query
     from retrieval.search import SlideSearcher
 
     result = slide_query(SlideSearcher(index, device=device), slide, k=k, where=where, exclude_same=exclude_same,
                          mode=mode, space=space, target_stain=target_stain, group=group)
     if group is not None:
-        from retrieval.commands.search_cases import show_cases
-
         return show_cases(result, as_json)
-    _show(result, as_json, thumbnails, geojson)
+    show_result(result, as_json, thumbnails, geojson)
 
 
 @search_app.command("patch")
@@ -120,63 +119,4 @@ def search_patch(
     from retrieval.search import SlideSearcher
 
     result = SlideSearcher(index, device=device).search_patch(image, k=k, where=where)
-    _show(result, as_json, thumbnails, geojson)
-
-
-def _show(result, as_json: bool, thumbnails: Path | None, geojson: Path | None = None) -> None:
-    written = []
-    if thumbnails is not None:
-        from retrieval.thumbnails import write_hit_thumbnails
-
-        written = write_hit_thumbnails(result, thumbnails)
-    annotations = []
-    if geojson is not None:
-        from retrieval.geojson import write_hit_geojson
-
-        annotations = write_hit_geojson(result, geojson)
-    if as_json:
-        from retrieval.results import result_json
-
-        print_json({**result_json(result, written), **({"geojson": [str(p) for p in annotations]} if geojson else {})})
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if result.details.get("expanded_with"):
-        console.print(f"query expanded with the attributes of [bold]{result.details['expanded_with']}[/]")
-    if result.details.get("not_expanded"):
-        console.print(f"not expanded: {result.details['not_expanded']}", markup=False)
-    if result.kind == "report":
-        console.print(f"attributes searched: {', '.join(result.details['attributes'])}", markup=False)
-        if result.details["left_out"]:
-            console.print(f"left out: {'; '.join(result.details['left_out'])}", markup=False)
-    shown = [c for c in ("patient_id", "label", "organ", "stain") if any(c in h.metadata for h in result.hits)]
-    table = Table("rank", "slide_id", "score", *shown, "prototypes (mass, sim)", "best patch (x, y)", title=f"{result.kind} query: {result.query}")
-    for hit in result.hits:
-        protos = "; ".join(f"{p.name} ({p.mass:.2f}, {p.similarity:.2f})" for p in hit.prototypes)
-        patch = f"{hit.patches[0].x}, {hit.patches[0].y} ({hit.patches[0].score:.2f})" if hit.patches else ""
-        table.add_row(str(hit.rank), hit.slide_id, f"{hit.score:.3f}", *(str(hit.metadata.get(c, "")) for c in shown), protos, patch)
-    console.print(table)
-    for hit in result.hits:
-        if hit.report and hit.report.get("sentence"):
-            console.print(f"{hit.rank}. {hit.slide_id} report: ", end="", markup=False)
-            console.print(highlighted(hit.report["sentence"], hit.report["highlights"]))
-        elif hit.report and hit.report.get("contradicts"):
-            console.print(f"{hit.rank}. {hit.slide_id} report contradicts the query (demoted)", markup=False)
-    if not result.hits:
-        typer.echo("no slides matched", err=True)
-    for path in written:
-        console.print(f"thumbnail: {path}")
-    for path in annotations:
-        console.print(f"QuPath GeoJSON: {path}", markup=False)
-
-
-def highlighted(sentence: str, spans: list) -> "object":
-    """A rich Text of ``sentence`` with the characters of ``spans`` ([start, end) pairs) in bold yellow."""
-    from rich.text import Text
-
-    text = Text(sentence)
-    for start, end in spans:
-        text.stylize("bold yellow", start, end)
-    return text
+    show_result(result, as_json, thumbnails, geojson)

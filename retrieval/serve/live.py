@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.search import EXPLAIN, SlideSearcher
+from retrieval.query.explain import EXPLAIN
+from retrieval.search import SlideSearcher
 
 CHECK_EVERY_S = 1.0
 
@@ -28,7 +29,7 @@ def warm(searcher: SlideSearcher) -> SlideSearcher:
         if ids:
             vi.reconstruct(index, np.asarray(ids))  # IVF indexes build their direct map here, not in a request
     arrays.representative_patches(EXPLAIN)
-    searcher._composition  # noqa: B018
+    searcher.composition  # noqa: B018
     searcher.bank  # noqa: B018
     return searcher
 

@@ -3,7 +3,7 @@
 Every route is ``async`` and waits for nothing on the event loop: expensive work (searches, encoding, decoded
 uploads, slide reads, heatmaps) runs in a worker thread under the server's budget (``Budget.run``); health
 answers from memory and info from a cache filled by a thread of its own, so neither queues behind searches.
-Search answers are ``retrieval.results.result_json`` (the shape of ``slidesearch search … --json``), or CSV.
+Search answers are ``retrieval.query.results.result_json`` (the shape of ``slidesearch search … --json``), or CSV.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from retrieval.results import SearchResult, dumps_bytes, result_csv, result_json
+from retrieval.query.results import SearchResult, dumps_bytes, result_csv, result_json
 from retrieval.serve.service import Service
 
 router = APIRouter()

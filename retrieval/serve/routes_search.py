@@ -11,26 +11,26 @@ from fastapi import APIRouter, Body, File, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StringConstraints
 
+from retrieval.query import options
 from retrieval.serve.routes import FORMAT, Format, answer, budgeted, search_job, service_of
 from retrieval.serve.uploads import with_upload
 
 router = APIRouter()
 
-Mode = Literal["proto", "mean"]
-Fusion = Literal["mean", "concat", "max"]
+Mode = Literal[options.MODES]
+Fusion = Literal[options.FUSIONS]
 Short = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-K = Query(10, ge=1, le=100, description="Number of slides (or cases) to return.")
-WHERE = Query(None, max_length=2000, description="SQL filter over slide columns, e.g. `organ = 'lung'` (as `--where`).")
-EXCLUDE = Query(None, max_length=200, description="Drop the query slide and slides sharing this column's value "
-                                                  "(slide and case queries, and region patch queries).")
-MODE = Query("proto", description="Slide queries: proto (prototype slide vectors) or mean (mean-pool); others: proto.")
-EXPAND = Query(True, description="Text queries: expand disease names with their knowledge-bank attributes.")
-SOURCE = Query(None, pattern="^(image|report|both)$", description="Text queries: image, report or both (default: "
-               "both when the index has reports; as `--source`).")
-HAS = Query([], max_length=10, description="Keep slides whose report states an attribute: X, 'not X' or 'maybe X' "
-            "(repeat for AND; as `--has`).")
-SPACE = Query(None, max_length=100, description="Slide space: proto, mean or an imported slide encoder (as `--space`).")
-TARGET_STAIN = Query(None, max_length=100, description="Only slides of this stain as results (as `--target-stain`).")
+K = options.K.http()
+WHERE = options.WHERE.http()
+EXCLUDE = options.EXCLUDE_SAME.http("Drop the query slide and slides sharing this column's value (slide and case "
+                                    "queries, and region patch queries; as `--exclude-same`).")
+MODE = options.MODE.http("Slide queries: proto (prototype slide vectors) or mean (mean-pool); others: proto.")
+EXPAND = options.NO_EXPAND.http("Text queries: expand disease names with their knowledge-bank attributes (false: "
+                                "as `--no-expand`).")
+SOURCE = options.SOURCE.http()
+HAS = options.HAS.http()
+SPACE = options.SPACE.http()
+TARGET_STAIN = options.TARGET_STAIN.http()
 SLIDE_ID = Query(..., max_length=200, description="An indexed slide id.")
 
 
@@ -47,7 +47,7 @@ async def search_text(request: Request, q: str = Query(..., min_length=1, max_le
 async def search_slide(request: Request, slide_id: str = SLIDE_ID, k: int = K, where: Optional[str] = WHERE,
                        exclude_same: Optional[str] = EXCLUDE, mode: Mode = MODE, space: Optional[str] = SPACE,
                        target_stain: Optional[str] = TARGET_STAIN,
-                       group: Optional[Literal["case"]] = Query(None, description="case: return cases (as `--group case`)."),
+                       group: Optional[Literal[options.GROUPS]] = options.GROUP.http(),
                        format: Format = FORMAT) -> Response:
     search = service_of(request).search_slide
     return await budgeted(request, format,
@@ -77,7 +77,7 @@ async def search_case(request: Request,
                       q: str = Query(..., min_length=1, max_length=200, description="A case_id, or an indexed slide_id."),
                       k: int = K, where: Optional[str] = WHERE, exclude_same: Optional[str] = EXCLUDE,
                       target_stain: Optional[str] = TARGET_STAIN,
-                      fusion: Fusion = Query("mean", description="Case vector: mean, concat (per stain) or max (best slide)."),
+                      fusion: Fusion = options.FUSION.http(),
                       space: Optional[str] = SPACE, format: Format = FORMAT) -> Response:
     search = service_of(request).search_case
     return await budgeted(request, format, lambda: search(q, k, where, exclude_same, target_stain, fusion, space))

@@ -43,7 +43,7 @@ async def matches_geojson(request: Request, slide_id: str, kind: Kind = Query(..
                           rank: int = Query(1, ge=1, le=100000, description="The hit's rank in the page's result."),
                           mode: Mode = MODE, expand: bool = EXPAND) -> Response:
     from indexer.slide_ids import safe_file_name
-    from retrieval.geojson import MEDIA_TYPE, SUFFIX, geojson_bytes, hit_feature_collection
+    from retrieval.query.geojson import MEDIA_TYPE, SUFFIX, geojson_bytes, hit_feature_collection
     from retrieval.serve.service import NotFoundError
 
     service = service_of(request)

@@ -19,14 +19,14 @@ import numpy as np
 
 from indexer.errors import ModelError, QueryError, UserError
 from indexer.slide_ids import check_slide_id
-from retrieval.results import SearchResult, hit_json
+from retrieval.query.options import MODES
+from retrieval.query.results import SearchResult, hit_json
 from retrieval.serve.batching import TextBatcher
 from retrieval.serve.budget import Budget, BudgetConfig
 from retrieval.serve.images import SlideImages
 from retrieval.serve.live import LiveIndex
 
 KINDS = ("text", "slide", "patch")
-MODES = ("proto", "mean")
 TEXT_CACHE = 512  # embedded text queries kept (a search and then its heatmaps embed once)
 HEATMAP_BYTES = 16 << 20  # a heatmap's image and its PNG, besides the slide's patch features
 UPLOAD_SIDE = 2  # an upload is decoded (JPEG) or reduced (others) to at least this many times the model's input side
@@ -47,8 +47,8 @@ class Service:
     """
 
     def __init__(self, index: str | Path, encoder: Any = None, device: str = "auto", budget: BudgetConfig = BudgetConfig()):
-        from retrieval.catalog import Catalog
-        from retrieval.search_support import load_index_encoder
+        from retrieval.query.catalog import Catalog
+        from retrieval.query.arrays import load_index_encoder
 
         self.encoder_error: str | None = None
         if encoder is None:
@@ -80,7 +80,7 @@ class Service:
                      mode: str = "proto", space: str | None = None, target_stain: str | None = None,
                      group: str | None = None):
         """`search slide` of an indexed slide: a SearchResult, or a CaseResult with ``group='case'``."""
-        from retrieval.cases import slide_query
+        from retrieval.query.cases import slide_query
 
         searcher = self.live.current()
         self._check_mode("slide", mode)
@@ -105,14 +105,14 @@ class Service:
 
     def search_report(self, text: str, k: int = 10, where: str | None = None, has: Sequence[str] = ()) -> SearchResult:
         """`search report`: slides whose images show the attributes a free report text affirms."""
-        from retrieval.report_to_slide import search_report
+        from retrieval.query.report_to_slide import search_report
 
         self._need_encoder()
         return search_report(self.live.current(), text, k=k, where=where, has=tuple(has))
 
     def cases(self):
         """The CaseSearcher of the current version (its case table is built once per version)."""
-        from retrieval.cases import CaseSearcher
+        from retrieval.query.cases import CaseSearcher
 
         searcher = self.live.current()
         with self._lock:
@@ -158,7 +158,7 @@ class Service:
         return value
 
     def _region(self, searcher, query: str | None) -> str:
-        from retrieval.queries import parse_region
+        from retrieval.query.parse import parse_region
 
         region = parse_region(query or "")
         if region is None:
@@ -224,8 +224,8 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """``slidesearch info`` of the served version (computed once a version), plus what the server serves."""
-        from retrieval.catalog import index_info
-        from retrieval.results import technical_columns
+        from retrieval.query.catalog import index_info
+        from retrieval.query.results import technical_columns
 
         searcher = self.live.current()
         version = searcher.catalog.snapshot.version.number

@@ -22,7 +22,7 @@ async def with_upload(budget: Budget, upload: Any, work: Callable[[Any], T], min
     bytes (plus ``cost``)."""
     import anyio
 
-    from retrieval.queries import decode_bytes, decode_query_image, open_query_image
+    from retrieval.query.parse import decode_bytes, decode_query_image, open_query_image
 
     name = (upload.filename or "uploaded image")[:100]
     opened = await anyio.to_thread.run_sync(open_query_image, upload.file, name, min_side)

@@ -43,7 +43,7 @@ def search_space(searcher, slide: str, k: int = 10, where: str | None = None, ex
         QueryError: unknown space, or a slide that is not indexed (a slide encoder cannot embed a new file here).
     """
     from indexer import vector_index as vi
-    from retrieval.results import SearchResult
+    from retrieval.query.results import SearchResult
 
     if space in BUILTIN:
         return searcher.search_slide(slide, k=k, where=where, exclude_same=exclude_same, mode=space)

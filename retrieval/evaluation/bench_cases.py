@@ -3,7 +3,7 @@
 Protocol.
 - **Case level, leave one patient out.** Every case with a label is a query (all its slides, every stain);
   it searches the other cases, minus every case with a slide sharing a query slide's ``exclude_same`` value.
-  The ranked cases' labels give mMV@k, mAP@k and Acc@k (:mod:`retrieval.metrics`, convention stated), for each
+  The ranked cases' labels give mMV@k, mAP@k and Acc@k (:mod:`retrieval.evaluation.metrics`, convention stated), for each
   slide space × fusion (``concat``, ``mean``, ``max``), beside two baselines: **H&E only** (query and
   candidates are the cases' H&E slides alone, ``mean`` fusion) and **random** (seeded random case rankings).
 - **Cross-stain Recall@k.** Every IHC slide of a case that also has an H&E slide is a query over all H&E
@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from indexer.errors import QueryError
-from retrieval.bench_retrieval import convention_line, write_report
-from retrieval.cases import FUSIONS, CaseSearcher
-from retrieval.metrics import DEFAULT_CONVENTION, check_convention, recall_at_k, retrieval_report
+from retrieval.evaluation.bench_retrieval import convention_line, write_report
+from retrieval.query.cases import FUSIONS, CaseSearcher
+from retrieval.evaluation.metrics import DEFAULT_CONVENTION, check_convention, recall_at_k, retrieval_report
 from retrieval.search import SlideSearcher
 
 RANDOM_REPEATS = 100
@@ -38,7 +38,7 @@ def run_case_benchmark(index: str | Path, label: str, ks: Sequence[int] = (1, 5,
         A JSON-able dict: settings, counts, ``results`` (``"<space>/<fusion>"`` → metrics, per_class, seconds),
         ``baselines`` (``he_only``, ``random``), ``cross_stain`` (space → Recall@k, and ``random``).
     """
-    from retrieval.spaces import space_names
+    from retrieval.query.spaces import space_names
 
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:

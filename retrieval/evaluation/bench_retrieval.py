@@ -3,7 +3,7 @@
 Protocol. Every indexed slide with a value in the ``label`` column is a query; slides without one are
 skipped and never retrieved. A query searches the other labelled slides, minus every slide sharing its
 ``exclude_same`` value (e.g. ``patient_id``: leave one patient out), and the labels of the ranked hits
-are scored with :mod:`retrieval.metrics` (mMV@k macro over classes; mAP@k and Acc@k over queries).
+are scored with :mod:`retrieval.evaluation.metrics` (mMV@k macro over classes; mAP@k and Acc@k over queries).
 
 Modes:
 
@@ -24,7 +24,9 @@ rankings per query) is reported too.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,7 +35,7 @@ import numpy as np
 
 from indexer import vector_index as vi
 from indexer.errors import QueryError
-from retrieval.metrics import DEFAULT_CONVENTION, check_convention, retrieval_report
+from retrieval.evaluation.metrics import DEFAULT_CONVENTION, check_convention, retrieval_report
 from retrieval.search import SlideSearcher
 
 MODES = ("proto", "mean", "patch-vote")
@@ -62,7 +64,7 @@ def run_retrieval_benchmark(index: str | Path, label: str, ks: Sequence[int] = (
         patch_neighbours: patch-vote: nearest patches fetched per query patch.
         seed: seed of the random-ranking baseline.
         on_query: called with the query's slide_id after it ran in every mode (progress).
-        convention: metric convention, ``slidesearch`` or ``sish`` (see :mod:`retrieval.metrics`).
+        convention: metric convention, ``slidesearch`` or ``sish`` (see :mod:`retrieval.evaluation.metrics`).
 
     Returns:
         A JSON-able dict: settings, counts (queries, skipped, classes), ``chance``, ``random`` baseline
@@ -235,7 +237,8 @@ def write_retrieval_report(result: dict[str, Any], out: str | Path, command: str
 
 def write_report(result: dict[str, Any], out: str | Path, stem: str, markdown: Callable[[dict], str],
                  plot: Callable[[dict, Path], Path], command: str = "") -> dict[str, Path]:
-    """Write ``<stem>.json`` (the result and the command), ``.md`` (``markdown(result)``) and ``.png`` (``plot``)."""
+    """Write ``<stem>.json`` (the result and the command), ``.md`` (``markdown(result)``) and, where matplotlib is
+    installed, ``.png`` (``plot``)."""
     from indexer.store import atomic_write_bytes
 
     out = Path(out)
@@ -245,7 +248,11 @@ def write_report(result: dict[str, Any], out: str | Path, stem: str, markdown: C
     atomic_write_bytes(paths["json"], (json.dumps(body, indent=2, default=str) + "\n").encode())
     text = markdown(result) + (f"\nCommand: `{command}`\n" if command else "")
     atomic_write_bytes(paths["md"], text.encode())
-    plot(result, paths["png"])
+    if importlib.util.find_spec("matplotlib") is None:  # the `bench` extra: the figure is optional
+        print("note: no figure: matplotlib is not installed (pip install 'slidesearch[bench]')", file=sys.stderr)
+        del paths["png"]
+    else:
+        plot(result, paths["png"])
     return paths
 
 

@@ -1,28 +1,22 @@
-"""Report evidence for text queries: the report source (``report_source.py``) fused with the image evidence,
-and attribute filters (``--has``). Report → slide search is in ``retrieval/report_to_slide.py``.
-
-``source="report"``: slides in the order of their reports' fused score (``report_source.py``); slides with
-no report follow, and slides whose report contradicts the query come last. ``source="both"``: reciprocal
-rank fusion ``Σ_lists 1 / (RRF_K + rank)`` of the image ranking and the report ranking; a slide whose report
-contradicts the query loses one top-rank share (``−1 / (RRF_K + 1)``).
+"""The reports of an index as a source of the query pipeline: the report tables and attribute filters
+(``--has``, ``ReportIndex``) and a text query's report evidence as slide rows (``ReportEvidence``, over
+``report_source.py``). ``retrieval/query/text.py`` fuses it with the image evidence (``fuse.rrf``); report →
+slide search is in ``retrieval/query/report_to_slide.py``.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from itertools import islice
 from typing import Any, Iterable
 
 import numpy as np
 
 from indexer.errors import QueryError
+from indexer.reports.lexical import top_k
 from indexer.reports.negation import AFFIRMED, NEGATED
-from retrieval.results import SearchHit, SearchResult
 
-RRF_K = 60
-SOURCES = ("image", "report", "both")
 REPORT_DEPTH = 200  # report-ranked slides fused with the image ranking (source both)
-IMAGE_DEPTH = 30  # image hits fetched per requested hit, at least
+DENSE_RELATED = 0.3  # a report sharing no query word joins the dense list (source both) from this cosine up
 
 
 class ReportIndex:
@@ -50,7 +44,7 @@ class ReportIndex:
     @cached_property
     def source(self):
         """The report source (``report_source.py``) over these tables."""
-        from retrieval.report_source import ReportSource
+        from retrieval.query.report_source import ReportSource
 
         if not self.files.current:
             raise QueryError("this index's reports were indexed by an older slidesearch; re-index them "
@@ -148,80 +142,6 @@ class ReportIndex:
         return source.report_slide[np.lexsort((np.arange(len(scores)), -scores))].tolist()
 
 
-def wants_reports(catalog, source: str | None, has: Iterable[str]) -> bool:
-    """Whether a text search takes report evidence (default: yes when the index has reports)."""
-    if source is not None and source not in SOURCES:
-        raise QueryError(f"unknown --source {source!r}: use image, report or both")
-    has_reports = catalog.snapshot.version.reports is not None
-    if source in ("report", "both") and not has_reports:
-        raise QueryError(f"--source {source}: this index has no reports (index them with --reports FOLDER|COLUMN)")
-    return bool(list(has)) or (source != "image" and has_reports)
-
-
-def fused_text_search(searcher, query: str, k: int, where: str | None, expand: bool, source: str | None,
-                      has: Iterable[str] = ()) -> SearchResult:
-    """Text → slide with report evidence: ``source`` image, report or both (None: both)."""
-    has, source = list(has), source or "both"
-    if k < 1:
-        raise QueryError(f"k must be at least 1 (got {k})")
-    if not (query or "").strip():
-        raise QueryError("empty text query")
-    reports = searcher.report_index
-    live = searcher.arrays.ids
-    allowed = searcher.catalog.allowed_slide_rows(where)
-    if has:
-        rows = reports.slide_rows_with(has, searcher.bank, live)
-        allowed = rows if allowed is None else np.intersect1d(allowed, rows)
-    details: dict[str, Any] = {"source": source, "has": has}
-    image_hits: dict[int, SearchHit] = {}
-    if source in ("image", "both"):
-        q, qd = searcher.text_vector(query, where, expand)
-        depth = min(len(live), max(k * 3, IMAGE_DEPTH))
-        image = searcher.search_text_vector(q, depth, where, query=query, details=qd, allowed=allowed)
-        image_hits = {h.slide_row: h for h in image.hits}
-        details.update(image.details)
-    evidence = ReportEvidence(reports, query, live, allowed) if source in ("report", "both") and reports.available \
-        else None
-    if evidence is not None:
-        details["query_attributes"] = reports.query_attributes(query, searcher.bank)
-    if source == "report":
-        score = evidence.slide_scores(max(k, REPORT_DEPTH)) if evidence else {}
-        details["fusion"] = {"method": "report", "lists": ["lexical", "dense"]}
-    else:
-        lists = {"image": list(image_hits)}
-        if evidence is not None:
-            lists["report"] = list(evidence.slide_scores(REPORT_DEPTH))
-        score = rrf(lists, evidence.contradicted if evidence else set())
-        details["fusion"] = {**details.get("fusion", {}), "method": "rrf", "rrf_k": RRF_K, "lists": list(lists)}
-    if len(score) < k:  # fewer slides with evidence than asked: the rest score 0, above contradicted ones
-        pool = sorted(live.values()) if allowed is None else allowed.tolist()
-        score.update((int(r), 0.0) for r in islice((r for r in pool if int(r) not in score), k))
-    order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
-    hits = []
-    for rank, row in enumerate(order, 1):
-        base = image_hits.get(row)
-        meta = searcher.arrays.metadata[row]
-        report = evidence.explain(row, image_hits) if evidence is not None else None
-        hits.append(SearchHit(rank, meta["slide_id"], row, float(score[row]), meta,
-                              base.prototypes if base else (), base.patches if base else (), report))
-    return SearchResult("text", query, tuple(hits), details)
-
-
-def rrf(lists: dict[str, list[int]], contradicted: set[int]) -> dict[int, float]:
-    """Reciprocal rank fusion of ranked slide rows; a contradicted slide loses one top-rank share.
-
-    >>> rrf({"a": [1, 2], "b": [2]}, {1})
-    {1: 0.0, 2: 0.03252247488101534}
-    """
-    score: dict[int, float] = {}
-    for ranked in lists.values():
-        for rank, row in enumerate(ranked, 1):
-            score[row] = score.get(row, 0.0) + 1.0 / (RRF_K + rank)
-    for row in contradicted:
-        score[row] = score.get(row, 0.0) - 1.0 / (RRF_K + 1)
-    return score
-
-
 class ReportEvidence:
     """The report source's answer to one query, as slide rows: scores, contradictions and explanations."""
 
@@ -240,6 +160,19 @@ class ReportEvidence:
         """slide_row → fused report score of the ``depth`` best allowed reports, best first."""
         rows = self.source.top(self.scores, depth)
         return {int(self.slide_of[r]): float(self.scores.fused[r]) for r in rows}
+
+    def view_scores(self, view: str, depth: int) -> dict[int, float]:
+        """slide_row → one view's score of the ``depth`` best allowed reports that bear on the query, best first:
+        ``lexical`` those with BM25 evidence, ``dense`` those too and any at cosine ≥ ``DENSE_RELATED``."""
+        related = self.scores.lexical > 0
+        if view == "dense":
+            related |= self.scores.dense >= DENSE_RELATED
+        values = np.where(self.mask & related, getattr(self.scores, view), -np.inf)
+        rows = top_k(values, depth)
+        out: dict[int, float] = {}
+        for r in rows[np.isfinite(values[rows])]:
+            out.setdefault(int(self.slide_of[r]), float(values[r]))
+        return out
 
     def _allowed(self, name: str) -> np.ndarray:
         """One view's scores of the allowed reports (computed once per query)."""

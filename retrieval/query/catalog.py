@@ -40,7 +40,7 @@ class Catalog:
         import pyarrow as pa
 
         from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA
-        from retrieval.case_columns import derived_select
+        from retrieval.query.case_columns import derived_select
 
         con = duckdb.connect()
         con.execute(f"SET temp_directory = {_quote(tempfile.gettempdir())}")  # never spill into the user's folder
@@ -78,8 +78,8 @@ class Catalog:
 
     @cached_property
     def filters(self):
-        """The slides table in a sandboxed DuckDB that evaluates parsed ``--where`` filters (retrieval/filters.py)."""
-        from retrieval.filters import FilterEngine
+        """The slides table in a sandboxed DuckDB that evaluates parsed ``--where`` filters (retrieval/query/filters.py)."""
+        from retrieval.query.filters import FilterEngine
 
         return FilterEngine(self.slides)
 
@@ -155,7 +155,7 @@ def _first_line(exc: Exception) -> str:
 def index_info(path: str | Path | Catalog) -> dict[str, Any]:
     """Identity, version, counts, FAISS indexes, segments, imported slide-encoder spaces, report tables and failed
     slides of an index (or an open catalog)."""
-    from retrieval.spaces import imported_spaces
+    from retrieval.query.spaces import imported_spaces
 
     catalog = path if isinstance(path, Catalog) else Catalog(path)
     m = catalog.manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from retrieval.results import SearchResult
+from retrieval.query.results import SearchResult
 
 HIT_RGB = (230, 30, 30)
 

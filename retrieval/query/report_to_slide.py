@@ -8,7 +8,9 @@ import numpy as np
 
 from indexer.errors import QueryError
 from indexer.reports.negation import AFFIRMED
-from retrieval.results import SearchHit, SearchResult
+from retrieval.query import image as image_source
+from retrieval.query.fuse import mean_of_lists, ranked
+from retrieval.query.results import SearchHit, SearchResult
 
 
 def search_report(searcher, text: str, k: int = 10, where: str | None = None, has: Iterable[str] = ()) -> SearchResult:
@@ -21,7 +23,7 @@ def search_report(searcher, text: str, k: int = 10, where: str | None = None, ha
     """
     from indexer.reports.attributes import AttributeMatcher, bank_terms
     from indexer.reports.sentences import split_sentences
-    from retrieval.queries import embed_text_query
+    from retrieval.query.parse import embed_text_query
 
     if not (text or "").strip():
         raise QueryError("empty report text")
@@ -46,18 +48,13 @@ def search_report(searcher, text: str, k: int = 10, where: str | None = None, ha
                          + (f" (left out: {'; '.join(left_out)})" if left_out else ""))
     n = len(searcher.arrays.ids)
     depth = min(n, max(k * 5, 50))
-    totals: dict[int, list[float]] = {}
-    per: dict[int, dict[str, float]] = {}
-    for i, attribute in enumerate(affirmed):
+    lists: dict[str, dict[int, float]] = {}
+    for attribute in affirmed:
         q, _ = embed_text_query(searcher.encoder, attribute, bank, expand=False)
-        result = searcher.search_text_vector(q, depth, where, query=attribute, allowed=allowed)
-        floor = min((h.score for h in result.hits), default=0.0)
-        seen = {h.slide_row: h.score for h in result.hits}
-        for row in set(totals) | set(seen):
-            totals.setdefault(row, [floor] * i).append(seen.get(row, floor))
-            per.setdefault(row, {})[attribute] = round(seen.get(row, floor), 4)
-    score = {row: float(np.mean(v)) for row, v in totals.items()}
-    order = sorted(score, key=lambda r: (-round(score[r], 9), r))[:k]
+        result = image_source.search_text_vector(searcher, q, depth, where, query=attribute, allowed=allowed)
+        lists[attribute] = {h.slide_row: h.score for h in result.hits}
+    score, per = mean_of_lists(lists)
+    order = ranked(score, k)
     meta = searcher.arrays.metadata
     hits = tuple(SearchHit(rank, meta[row]["slide_id"], row, score[row], meta[row], report={"attributes": per[row]})
                  for rank, row in enumerate(order, 1))

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import QueryError
-from retrieval.results import SearchHit, hit_json
+from retrieval.query.options import FUSIONS
+from retrieval.query.results import SearchHit, hit_json
 
-FUSIONS = ("concat", "mean", "max")
 DEFAULT_FUSION = "mean"
 UNKNOWN_STAIN = "unknown"
 
@@ -104,7 +104,7 @@ class CaseSearcher:
         """(ok slides, dim) vectors of the space, in ``table`` order (loaded once per space)."""
         cache = self.__dict__.setdefault("_vectors", {})
         if space not in cache:
-            from retrieval.spaces import space_vectors
+            from retrieval.query.spaces import space_vectors
 
             cache[space] = space_vectors(self.searcher, space, self.table["rows"])
         return cache[space]
@@ -277,7 +277,7 @@ def search_slide_options(searcher, slide: str, k: int = 10, where: str | None = 
                          space: str = "proto", target_stain: str | None = None, group: str | None = None):
     """`search slide` with ``--space``, ``--target-stain`` or ``--group case``: a SearchResult of slides, or a
     CaseResult (``group='case'``: each case scored by its best slide, the ``max`` fusion)."""
-    from retrieval.spaces import search_space
+    from retrieval.query.spaces import search_space
 
     if group is not None:
         if group != "case":

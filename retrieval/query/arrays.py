@@ -9,6 +9,8 @@ import numpy as np
 
 from indexer.errors import IndexError_
 
+MIN_MASS = 0.01  # a prototype is present in a slide when its mass π_k is at least this
+
 
 def group_top_m(groups: np.ndarray, sims: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of each group's ``m`` best similarities; a group with fewer than ``m`` is padded with the
@@ -127,7 +129,7 @@ class IndexArrays:
 
     @classmethod
     def load(cls, catalog) -> "IndexArrays":
-        """Read the arrays from a :class:`retrieval.catalog.Catalog`."""
+        """Read the arrays from a :class:`retrieval.query.catalog.Catalog`."""
         db = catalog.db
         protos = db.sql("SELECT name, embedding FROM prototypes ORDER BY proto_id").fetchall()
         prototypes = np.asarray([p[1] for p in protos], np.float32)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from retrieval.results import SearchResult, dumps_bytes, hit_json
+from retrieval.query.results import SearchResult, dumps_bytes, hit_json
 
 SUFFIX = ".geojson"
 MEDIA_TYPE = "application/geo+json"
