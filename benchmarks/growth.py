@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
 from indexer.store.compact import auto_merge, compact, vacuum  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402

@@ -27,7 +27,6 @@ import argparse
 import http.client
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -38,8 +37,9 @@ from pathlib import Path
 
 # before numpy: its OpenBLAS, like FAISS's OpenMP, sizes its thread pool when it loads (one_thread_per_request), so
 # the in-process figures run single-threaded as the server does (numpy first gave this process 2 BLAS threads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from indexer import settings  # noqa: E402
+
+settings.apply_server_defaults()
 
 import numpy as np  # noqa: E402
 

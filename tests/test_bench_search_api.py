@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import search as search_benchmark
 from indexer import vectors as vi
+from indexer.vectors import exact, knn, recall
 from retrieval.search import SlideSearcher
 
 ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "faiss_calls", "consistent",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import faiss
@@ -14,6 +13,7 @@ import pytest
 
 from benchmarks import scale as scale_benchmark
 from indexer import vectors as vi
+from indexer.vectors import build
 from indexer.vectors.exact import tied_recall
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot
