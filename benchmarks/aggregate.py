@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import gpu_encoder_rate, header, provenance, write_outputs
-from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize
+from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide, l2_normalize
 
 DIM = 512
 TARGET_FRACTION = 0.01

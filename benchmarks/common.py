@@ -64,7 +64,7 @@ def machine_description() -> str:
 
 def machine() -> str:
     """:func:`machine_description`, the memory, and the NVIDIA driver's GPUs."""
-    from indexer.devices import system_gpus
+    from indexer.models.devices import system_gpus
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpus = system_gpus()

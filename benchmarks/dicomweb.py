@@ -1,6 +1,6 @@
 """Patch reads over DICOMweb from a local Orthanc against the same DICOM-WSI slide from disk (issue 24).
 
-A synthetic 40x DICOM-WSI slide (JPEG frames, ``indexer/synthetic_dicom.py``) is written to a temporary folder and
+A synthetic 40x DICOM-WSI slide (JPEG frames, ``retrieval/demo/dicom.py``) is written to a temporary folder and
 uploaded to an Orthanc started for the run (Debian's ``orthanc`` + ``orthanc-dicomweb``, on a loopback port). Each
 pass opens the slide afresh (empty frame caches) and reads every tissue patch of the index's grid in grid order,
 as ``slidesearch index`` reads them; the figure is patches/s, the median of the passes, disk and DICOMweb
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.slides import open_slide
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout
-from indexer.synthetic_dicom import write_dicom_slide
-from indexer.tiling import TilingConfig, read_patch, tile_slide
+from retrieval.demo.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout
+from retrieval.demo.dicom import write_dicom_slide
+from indexer.tiles.tiling import TilingConfig, read_patch, tile_slide
 from benchmarks.common import header, provenance, write_outputs
 from benchmarks.fixtures.orthanc import running_orthanc
 

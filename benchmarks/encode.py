@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import gpu_encoder_rate, header, provenance, write_outputs
-from indexer.embedding import iter_slide_embeddings
-from indexer.encoders import load_encoder
+from indexer.ingestion.embedding import iter_slide_embeddings
+from indexer.models.encoders import load_encoder
 from indexer.slides import open_slide
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-from indexer.tiling import TileGrid, TilingConfig, tile_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer.tiles.tiling import TileGrid, TilingConfig, tile_slide
 
 # (patches per run, batch size) per model: a few seconds to half a minute of work per run on 2 CPU cores.
 SETTINGS = {"tiny": (1024, 64), "openclip:ViT-B-16": (32, 16)}
@@ -49,7 +49,7 @@ def preprocessed(encoder, grid: TileGrid, slide: Path):
     """The grid's patches, read and preprocessed once (the encoder-only input)."""
     import torch
 
-    from indexer.tiling import read_patch
+    from indexer.tiles.tiling import read_patch
 
     with open_slide(slide) as s:
         return torch.stack([encoder.preprocess(read_patch(s, grid, i)) for i in range(len(grid))])

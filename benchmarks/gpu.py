@@ -9,7 +9,7 @@ Usage: python -m benchmarks.gpu [--out out/gpu] [--quick] [--batch-sizes 64,128,
    patch, 4× ViT-B/16's), open_clip with random weights, through the project's ``Encoder.encode_images`` in each
    precision (autocast) and batch size: patches/s (CUDA-synchronised) and peak GPU memory.
 2. FAISS: Flat and IVF-PQ (the project's default parameters) trained, filled and searched on the GPU through
-   ``indexer.vector_index``, and the same on the CPU: build s, QPS of 1,000 batched queries, recall@10 against
+   ``indexer.vectors``, and the same on the CPU: build s, QPS of 1,000 batched queries, recall@10 against
    exact search; GPU recall must match the CPU's within ``PARITY``.
 3. ``index`` end to end: a synthetic cohort indexed by ``run_index`` with ViT-B/16 (random weights, bf16, CUDA):
    its patches/s against step 1's encoder-only rate at the same batch size, and the devices the run reports.
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cuda_problem(probe=None, faiss_gpus: int | None = None) -> str | None:
     """Why this machine cannot run the check (None when torch and FAISS both see a GPU)."""
-    from indexer.devices import probe_torch
+    from indexer.models.devices import probe_torch
 
     probe = probe or probe_torch()
     if not probe.available:
@@ -98,7 +98,7 @@ def encode_step(models: dict, precisions: list[str], batch_sizes: list[int], pat
     """patches/s and peak GPU memory of ``encode_images`` per model × precision × batch size, with evidence."""
     import torch
 
-    from indexer.encoder_openclip import build_open_clip
+    from indexer.models.openclip import build_open_clip
 
     rows = []
     for name, (arch, size) in models.items():
@@ -134,8 +134,8 @@ def faiss_step(sizes: list[int], dim: int, n_queries: int) -> list[dict]:
     """Flat and IVF-PQ per size, on the GPU and on the CPU: build s, QPS, recall@10, and whether it was a GPU index."""
     import faiss
 
-    from indexer import vector_index as vi
-    from indexer.faiss_device import is_gpu
+    from indexer import vectors as vi
+    from indexer.vectors.device import is_gpu
     from benchmarks.search_faiss import synthetic_embeddings
 
     rows = []
@@ -164,8 +164,9 @@ def faiss_step(sizes: list[int], dim: int, n_queries: int) -> list[dict]:
 def index_step(model: str, checkpoint: str | None, device: str, slides: int, slide_px: int, workers: int,
                batch_size: int, work: Path) -> dict:
     """``run_index`` over a synthetic cohort: patches/s of the run (model load excluded) and its devices."""
-    from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic import write_cohort
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
+    from retrieval.demo.synthetic import write_cohort
 
     cohort = work / "cohort"
     write_cohort(cohort, n_patients=max(1, slides // 2), slides_per_patient=min(2, slides), size=(slide_px, slide_px),

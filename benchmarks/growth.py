@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
 from indexer.store.compact import auto_merge, compact, vacuum  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402
@@ -69,8 +68,8 @@ def paired_p50(live: SlideSearcher, compacted: SlideSearcher, queries: dict, top
 def patch_recall(searcher: SlideSearcher, queries: np.ndarray, k: int = 10) -> float:
     """Recall@k of the searcher's patch index (what `search patch` searches) against exact search over every live
     patch, for ``queries`` that are not indexed vectors (ties at rank k count as hits)."""
-    from indexer import vector_index as vi
-    from indexer.exact import exact_topk, tied_recall
+    from indexer import vectors as vi
+    from indexer.vectors.exact import exact_topk, tied_recall
     from indexer.store.segments import SegmentFiles
 
     snapshot = searcher.catalog.snapshot

@@ -55,11 +55,12 @@ def record(slide_id: str, n: int) -> dict:
 
 def build_base(root: Path, n_slides: int, patches: int) -> float:
     """A base index of synthetic slides written through the store's writer; returns seconds."""
-    from indexer.aggregate import aggregate_slide
-    from indexer.bank import load_bank
-    from indexer.encoders import load_encoder
-    from indexer.pipeline import IndexConfig, prototype_table, settings_for
-    from indexer.prototypes import embed_prototypes
+    from indexer.aggregation.aggregate import aggregate_slide
+    from indexer.aggregation.bank import load_bank
+    from indexer.models.encoders import load_encoder
+    from indexer.ingestion.commit import prototype_table
+    from indexer.ingestion.config import IndexConfig, settings_for
+    from indexer.aggregation.prototypes import embed_prototypes
     from indexer.store.segments import SlideRows
     from indexer.store.writer import IndexWriter
 
@@ -88,7 +89,7 @@ def build_base(root: Path, n_slides: int, patches: int) -> float:
 
 def new_slides(folder: Path, count: int) -> list[Path]:
     """``count`` synthetic 3,136² slides at 0.25 µm/px (49 tissue patches at 20x each)."""
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     folder.mkdir(parents=True, exist_ok=True)
     return [write_slide(folder / f"NEW{i:03d}.tif", SyntheticSlideSpec(
@@ -97,7 +98,8 @@ def new_slides(folder: Path, count: int) -> list[Path]:
 
 def add_slides(root: Path, slides: list[Path]) -> list[dict]:
     """Add each slide with its own ``run_index`` call; per add: seconds (model load excluded), stages, merged."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from indexer.store.layout import IndexPaths
     from indexer.store.versions import read_current
 
@@ -122,7 +124,7 @@ def child(args: list[str]) -> tuple[dict, float]:
 
     This process stays small (NumPy only), so the child's peak, which Linux carries over from the parent at
     fork, is the child's own."""
-    env = subprocess_env(OMP_WAIT_POLICY="PASSIVE")
+    env = subprocess_env()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.incremental", "--child", *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=err, env=env, text=True)

@@ -77,7 +77,7 @@ def run_index_benchmark(config: IndexBenchConfig, workdir: str | Path,
     Raises:
         UserError: an index run failed (its log file is named).
     """
-    from indexer.synthetic import write_cohort
+    from retrieval.demo.synthetic import write_cohort
 
     step = on_step or (lambda _: None)
     workdir = Path(workdir)
@@ -141,7 +141,7 @@ def _child(spec: dict[str, Any]) -> None:
 
     import torch
 
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.run import IndexConfig, run_index
 
     config = IndexConfig(model=spec["model"], checkpoint=spec["checkpoint"], num_workers=spec["workers"],
                          max_patches=spec["max_patches"])

@@ -49,8 +49,8 @@ COHORTS = {  # name → (side px, µm/px, distinct slides written)
 
 # -- slides ------------------------------------------------------------------------------------
 def write_jpeg_slide(path: Path, side: int, mpp: float, seed: int) -> Path:
-    """A JPEG-tiled, Aperio-described pyramidal TIFF of a synthetic cohort layout (``indexer.synthetic``)."""
-    from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
+    """A JPEG-tiled, Aperio-described pyramidal TIFF of a synthetic cohort layout (``retrieval.demo.synthetic``)."""
+    from retrieval.demo.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
 
     rng = np.random.default_rng(seed)
     diagnosis = list(DIAGNOSES.values())[seed % len(DIAGNOSES)]
@@ -82,8 +82,8 @@ def make_cohort(work: Path, name: str, count: int) -> Path:
 # -- the limit ---------------------------------------------------------------------------------
 def grids_of(paths: list[Path]) -> list[tuple[Path, object]]:
     """Each slide's grid as the pipeline makes it (tissue mask, then tiling at 20x / 224 px)."""
-    from indexer.pipeline import IndexConfig
-    from indexer.prepare import prepare_slide
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.prepare import prepare_slide
 
     config = IndexConfig(model="tiny")
     return [(p, prepare_slide(p, {"slide_id": p.stem}, config, hash_file=False).grid) for p in paths]
@@ -95,11 +95,11 @@ def measure_limit(grids, cores: int) -> dict:
     import torch
     from PIL import Image
 
-    from indexer.encoders import load_encoder
-    from indexer.preprocess import BatchPreprocess
-    from indexer.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
+    from indexer.models.encoders import load_encoder
+    from indexer.models.preprocess import BatchPreprocess
+    from indexer.ingestion.readers import resolve_workers  # noqa: F401 - the pipeline's default is one reader per core
     from indexer.slides import open_slide
-    from indexer.tiling import read_patch_array
+    from indexer.tiles.tiling import read_patch_array
 
     n = sum(len(g) for _, g in grids)
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def measure_limit(grids, cores: int) -> dict:
             encoder.encode_images(torch.stack([encoder.preprocess(Image.fromarray(p)) for p in patches[i:i + 64]]))
         encode_s = time.perf_counter() - t0
         fast = BatchPreprocess(encoder.preprocess, grids[0][1].patch_px, "cpu")
-        from indexer.preprocess import resize_like_pil
+        from indexer.models.preprocess import resize_like_pil
 
         t0 = time.perf_counter()
         for i in range(0, n, 64):
@@ -208,7 +208,8 @@ def run_index_child(folder: Path, out: Path, code: Path | None, workers: int | N
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 spec = json.loads(sys.argv[1])
 kwargs = {} if spec["workers"] is None else {"num_workers": spec["workers"]}
 start = time.perf_counter()

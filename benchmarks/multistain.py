@@ -41,9 +41,9 @@ def write_standin_slide_features(cohort: Path, out: Path, tiling, max_patches: i
 
     import h5py
 
-    from indexer.encode import encode_slide
-    from indexer.encoders import load_encoder
-    from indexer.pipeline import IndexConfig
+    from indexer.ingestion.encode import encode_slide
+    from indexer.models.encoders import load_encoder
+    from indexer.ingestion.config import IndexConfig
 
     start = time.perf_counter()
     encoder = load_encoder("tiny", device="cpu")
@@ -72,9 +72,9 @@ def main() -> None:
     parser.add_argument("--concentration", type=float, default=None, help="per-case mixture jitter (see the cohort script)")
     parser.add_argument("--ihc-section", choices=("same", "serial"), default="same")
     args = parser.parse_args()
-    from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic_multistain import write_multistain_cohort
-    from indexer.tiling import TilingConfig
+    from indexer.ingestion.run import IndexConfig, run_index
+    from retrieval.demo.multistain import write_multistain_cohort
+    from indexer.tiles.tiling import TilingConfig
     from benchmarks.common import machine_description
     from retrieval.evaluation.bench_cases import markdown_case_report, run_case_benchmark, write_case_report
     from retrieval.query.catalog import Catalog

@@ -49,7 +49,8 @@ PLAN_ASSUMED = {
 
 def index_once(slides: Path, out: Path, mode: dict) -> dict:
     """One `run_index` of the cohort into a fresh ``out``: wall, load, steady seconds and time by stage."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
 
     import torch
 
@@ -131,7 +132,7 @@ def cluster_plan(measured: dict, commit: dict, n_slides: int = 100_000, gpus: in
 def run(args, work: Path) -> dict:
     import ray
 
-    from indexer.synthetic import write_cohort
+    from retrieval.demo.synthetic import write_cohort
 
     write_cohort(work / "slides", n_patients=(args.slides + 1) // 2, slides_per_patient=2,
                  size=(args.slide_px, args.slide_px), mpp=args.mpp)

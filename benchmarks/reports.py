@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BANK_WORDING = {"tumour": "tumour", "stroma": "stroma", "lymphocytes": "lymphocytes", "necrosis": "necrosis",
                 "adipose": "adipose", "mucin": "mucin"}
-# Written apart from the banks (indexer/banks/*.yaml, the planted bank) and from the NegEx trigger lists
+# Written apart from the banks (indexer/aggregation/banks/*.yaml, the planted bank) and from the NegEx trigger lists
 # (indexer/reports/negation.py): tests/test_bench_reports.py fails if a paraphrase holds a bank term or shares a
 # content-word pair with any bank text, or if a negation/uncertainty phrasing is a trigger list's entry.
 HELD_OUT = {  # in reports only: never a bank text, a class name or a query
@@ -54,7 +54,7 @@ SIDE = 1024
 def cohort(out: Path, n: int, seed: int) -> tuple[list[dict], Path]:
     """Write ``n`` slides, their metadata CSV and report folder; returns the slide facts and the CSV."""
     from benchmarks.fixtures.planted import CLASSES
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     rng = np.random.default_rng(seed)
     (out / "slides").mkdir(parents=True, exist_ok=True)
@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     facts = provenance("benchmarks/reports.py", argv)
     from benchmarks.fixtures import planted
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.run import IndexConfig, run_index
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
-    from indexer.tiling import TilingConfig
+    from indexer.tiles.tiling import TilingConfig
     from benchmarks.common import machine_description
     from retrieval.search import SlideSearcher
 

@@ -81,7 +81,7 @@ def build(rows: list[dict], folder: Path) -> tuple[object, float, float]:
     """Index ``rows`` as report tables in ``folder``; (ReportIndex, seconds, seconds of which model load)."""
     import pyarrow as pa
 
-    from indexer.bank import load_bank
+    from indexer.aggregation.bank import load_bank
     from indexer.reports.store import ReportConfig, build_reports
     from retrieval.query.report_search import ReportIndex
 
@@ -333,9 +333,10 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t2 - t0:.3f}")
 
 def first_query(rows: list[dict], out: Path, runs: int = 3) -> dict:
     """A fresh process opens a 24-slide index (``--model tiny``) with real reports and runs its first report query."""
-    from indexer.pipeline import IndexConfig, run_index
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-    from indexer.tiling import TilingConfig
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
+    from indexer.tiles.tiling import TilingConfig
 
     folder = out / "first"
     shutil.rmtree(folder, ignore_errors=True)

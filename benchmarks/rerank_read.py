@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import indexer
 
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from retrieval.search import SlideSearcher
     from retrieval.serve.live import warm
 

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS loads
 
 from benchmarks.common import subprocess_env  # noqa: E402
-from indexer.aggregate import l2_normalize  # noqa: E402
+from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
 
 TOP = 10
 LATENCY_QUERIES = 200  # single queries timed per API kind
@@ -139,7 +138,7 @@ def _rss_gb() -> float:
 
 def exact_patch_truth(snapshot, queries: np.ndarray, k: int = TOP) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, patch rows) over every live segment's float16 features (streamed)."""
-    from indexer.exact import exact_topk
+    from indexer.vectors.exact import exact_topk
     from indexer.store.segments import SegmentFiles
 
     scores, rows = [], []
@@ -168,8 +167,8 @@ def timed_each(fn, items) -> list[float]:
 
 def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, n_queries: int, progress=print) -> dict:
     """Build (or resume) the index of ``n_patches`` and measure it (run inside the child process)."""
-    from indexer import vector_index as vi
-    from indexer.exact import tied_recall
+    from indexer import vectors as vi
+    from indexer.vectors.exact import tied_recall
     from indexer.store.rerank import RerankedIndex
     from retrieval.search import SlideSearcher
     from benchmarks.search import VectorEncoder, make_queries
@@ -215,8 +214,8 @@ def measure_size(root: Path, n_patches: int, gen: ScaleGenerator, segment: int, 
 def measure_slides(work: Path, n: int, k: int, dim: int, n_queries: int, progress=print) -> dict:
     """The slide-vector plan on ``n`` slide vectors of K·d: IVF-PQ trained on a sample, exact re-rank from the
     float32 vectors (memory-mapped, as the store keeps them in ``slides.npy``); held-out = fresh slides."""
-    from indexer import vector_index as vi
-    from indexer.exact import exact_topk, row_gather, tied_recall
+    from indexer import vectors as vi
+    from indexer.vectors.exact import exact_topk, row_gather, tied_recall
     from indexer.store.quantizer import plan_choice
     from indexer.store.rerank import RerankedIndex
 
@@ -377,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     import faiss
 
-    from indexer.vector_index import DEVICE_ENV
+    from indexer.vectors import DEVICE_ENV
     from benchmarks.common import machine_description
 
     if args.device == "cuda" and faiss.get_num_gpus() == 0:

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
-from indexer import vector_index as vi  # noqa: E402
-from indexer.aggregate import l2_normalize  # noqa: E402
+from indexer import vectors as vi
+from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
 from benchmarks.common import header, kept, machine_description, provenance, save_result  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402
 from benchmarks.synthetic_store import (  # noqa: E402,F401 (the collection's model, used by scale.py and serve.py too)
@@ -196,7 +195,7 @@ def encoding_costs(name: str, threads: int = 0, repeats: int = 20) -> dict:
     import torch
     from PIL import Image
 
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
     from retrieval.query.parse import embed_text_query
 
     if threads:

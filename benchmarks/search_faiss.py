@@ -18,7 +18,7 @@ import numpy as np
 import typer
 
 from benchmarks.common import machine_description, read_lines
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import QueryError
 from retrieval.cli_app import guarded, print_json
 from retrieval.commands.bench import parse_ints, split_items

@@ -27,7 +27,6 @@ import argparse
 import http.client
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -38,8 +37,9 @@ from pathlib import Path
 
 # before numpy: its OpenBLAS, like FAISS's OpenMP, sizes its thread pool when it loads (one_thread_per_request), so
 # the in-process figures run single-threaded as the server does (numpy first gave this process 2 BLAS threads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from indexer import settings  # noqa: E402
+
+settings.apply_server_defaults()
 
 import numpy as np  # noqa: E402
 
@@ -62,7 +62,7 @@ def serve(index: str, port: int, dim: int) -> None:
     one_thread_per_request()  # as `slidesearch serve` does
     import uvicorn
 
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
     from retrieval.serve.app import create_app
 
     name, checkpoint = ENCODERS[dim]
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
         from retrieval.search import SlideSearcher
         from retrieval.serve.live import warm
 
-        from indexer.encoders import load_encoder
+        from indexer.models.encoders import load_encoder
 
         name, checkpoint = ENCODERS[args.dim]
         searcher = warm(SlideSearcher(index, encoder=load_encoder(name, checkpoint=checkpoint, device="cpu")))

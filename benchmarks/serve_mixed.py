@@ -39,7 +39,8 @@ TILE = 254
 
 def demo_index(work: Path, patients: int, size: int) -> Path:
     """The demo cohort (``patients`` × 2 slides of ``size``² px) indexed with ``tiny`` and its reports, reused."""
-    from indexer.pipeline import IndexConfig, run_index
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
     from retrieval.demo import DemoConfig, prepare_cohort
 
     csv, _ = prepare_cohort(work, DemoConfig(patients=patients, size=size))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from indexer.aggregate import l2_normalize
+from indexer.aggregation.aggregate import l2_normalize
 from indexer.store.identity import IndexSettings
 from indexer.store.reader import Snapshot
 from indexer.store.segments import SlideRows

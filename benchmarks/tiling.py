@@ -15,9 +15,9 @@ import numpy as np
 
 from benchmarks.common import header, provenance, write_outputs
 from indexer.slides import open_slide
-from indexer.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
-from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide
-from indexer.tissue import detect_tissue
+from retrieval.demo.synthetic import DIAGNOSES, SyntheticSlideSpec, cohort_layout, write_slide
+from indexer.tiles.tiling import TileGrid, TilingConfig, read_patch, tile_slide
+from indexer.tiles.tissue import detect_tissue
 
 
 def _read_all(slide, grid: TileGrid, limit: int) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 
 from retrieval.cli_app import app
 
@@ -14,10 +13,7 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    # Idle OpenMP threads must not spin: beside patch-reading workers on few cores, spinning torch
-    # threads made encoding several times slower (benchmarks/RESULTS.md, encoder section).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Console-script entry point (``import indexer`` has applied the thread defaults: indexer/settings.py)."""
     app()
 
 

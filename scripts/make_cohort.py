@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from indexer.synthetic import DIAGNOSES, write_cohort
+from retrieval.demo.synthetic import DIAGNOSES, write_cohort
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from indexer.synthetic_multistain import write_multistain_cohort
+from retrieval.demo.multistain import write_multistain_cohort
 
 
 def main() -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
 
-from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` itself sets it, before torch loads
 
 SHARED_SLIDES = Path(__file__).resolve().parents[1].parent / "shared/data/slides"
 
@@ -75,8 +73,8 @@ def run_cli() -> Callable[..., "object"]:
 def planted_index(tmp_path_factory):
     """The planted 8-slide cohort (benchmarks/fixtures/planted.py) indexed once: (index dir, cohort dir, IndexConfig)."""
     from benchmarks.fixtures import planted
-    from indexer.pipeline import IndexConfig, run_index
-    from indexer.tiling import TilingConfig
+    from indexer.ingestion.run import IndexConfig, run_index
+    from indexer.tiles.tiling import TilingConfig
 
     root = tmp_path_factory.mktemp("planted")
     csv = planted.write_planted_cohort(root / "cohort")

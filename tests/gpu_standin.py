@@ -1,4 +1,4 @@
-"""A FAISS GPU backend that runs on the CPU, for tests of the GPU code paths (`indexer.faiss_device`).
+"""A FAISS GPU backend that runs on the CPU, for tests of the GPU code paths (`indexer.vectors.device`).
 
 Its "GPU" indexes are real FAISS indexes (CPU clones), so everything searched, trained or added through them gives
 real results that tests compare with the CPU path. It keeps FAISS's GPU cloner rules, so code that would fail on
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import faiss
 
-from indexer.faiss_device import GPU_PQ_BYTES
-from indexer.faiss_device import base_index as _base
+from indexer.vectors.device import GPU_PQ_BYTES
+from indexer.vectors.device import base_index as _base
 
 
 class StandInGpu:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.aggregate import AggregationConfig, aggregate_slide, l2_normalize
+from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide, l2_normalize
 
 D = 64
 MASS_TOLERANCE = 0.01  # |π_k − planted proportion| for 3,000 patches, noise σ = 1 around unit prototypes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.bank import ORGANS, BankError, list_banks, load_bank
+from indexer.aggregation.bank import ORGANS, BankError, list_banks, load_bank
 from indexer.errors import UserError
 
 ORGAN_BANKS = ("lung", "breast", "colorectal", "kidney", "prostate", "skin")

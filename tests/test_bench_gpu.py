@@ -13,10 +13,10 @@ import torch
 
 from benchmarks import gpu as gpu_benchmark
 from gpu_standin import StandInGpu
-from indexer import devices
-from indexer import faiss_device as fd
-from indexer.devices import TorchProbe
-from indexer.encoder_openclip import TINY_CONFIG
+from indexer.models import devices
+from indexer.vectors import device as fd
+from indexer.models.devices import TorchProbe
+from indexer.models.openclip import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,7 +45,7 @@ def bank_strings() -> list[str]:
             for value in node:
                 walk(value)
 
-    for path in sorted((ROOT / "indexer" / "banks").glob("*.yaml")):
+    for path in sorted((ROOT / "indexer" / "aggregation" / "banks").glob("*.yaml")):
         walk(yaml.safe_load(path.read_text()))
     protos = "\n".join(f"  - name: {c}\n    organs: [any]\n    descriptions: [{c}, {c} tissue, a region of {c}]"
                        for c in planted.CLASSES)

@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from benchmarks.fixtures import planted
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.run import IndexConfig, run_index
 from retrieval.evaluation.bench_retrieval import MODES, run_retrieval_benchmark
 from retrieval.cli import app
 from assertions import one_error_line

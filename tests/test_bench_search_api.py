@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks import search as search_benchmark
-from indexer import vector_index as vi
+from indexer import vectors as vi
+from indexer.vectors import exact, knn, recall
 from indexer.store import rerank
 from retrieval.search import SlideSearcher
 
@@ -88,7 +89,7 @@ def test_slide_query_returns_the_faiss_ids_the_benchmark_times(bench, run):
 
 def _pq_index(n=4000, d=32, seed=0):
     """An IVF-PQ index with its exact re-rank (what the store opens for compressed segments), and its vectors."""
-    from indexer.exact import row_gather
+    from indexer.vectors.exact import row_gather
     from indexer.store.rerank import RerankedIndex
 
     rng = np.random.default_rng(seed)
@@ -119,9 +120,11 @@ def test_bare_faiss_calls_run_no_project_code(bench, run, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("project code ran inside a bare FAISS call")
 
-    for name in ("search", "reconstruct", "exact_topk", "row_gather"):
-        monkeypatch.setattr(vi, name, forbidden)
-    monkeypatch.setattr(rerank, "search_index", forbidden)  # the re-rank's own import of vector_index.search
+    for module in (vi, knn, recall, exact):
+        for name in ("search", "reconstruct", "exact_topk", "row_gather"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, forbidden)
+    monkeypatch.setattr(rerank, "search_index", forbidden)  # the re-rank's own import of vectors.search
     monkeypatch.setattr(type(reranked), "search", forbidden)
     reranked.gather = reranked.score = forbidden
     for call in closures:

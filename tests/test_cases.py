@@ -1,6 +1,6 @@
 """Multi-stain cases (issue #16): stain detection, case ids, case and cross-stain search, slide-encoder spaces.
 
-The cohort (indexer/synthetic_multistain.py): six cases (three per diagnosis), each an H&E slide and a DAB-IHC
+The cohort (retrieval/demo/multistain.py): six cases (three per diagnosis), each an H&E slide and a DAB-IHC
 rendering of the same morphology, indexed once with the ``tiny`` encoder. Its CSV has no case_id column (so
 case_id falls back to patient_id), P002-IHC1 has no patient_id (its case is itself), and only P000-HE1 has a
 ``stain`` (so every other stain is detected). The test also writes slide-encoder files in TRIDENT's layout:
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from assertions import one_error_line
-from indexer.pipeline import IndexConfig, run_index
-from indexer.stain import detect_slide_stain, detect_stain
-from indexer.synthetic import DIAGNOSES
-from indexer.synthetic_multistain import write_multistain_cohort
-from indexer.tiling import TilingConfig
+from indexer.ingestion.run import IndexConfig, run_index
+from indexer.tiles.stain import detect_slide_stain, detect_stain
+from retrieval.demo.synthetic import DIAGNOSES
+from retrieval.demo.multistain import write_multistain_cohort
+from indexer.tiles.tiling import TilingConfig
 from retrieval.query.cases import CaseSearcher, fused_scores
 from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
@@ -84,7 +84,7 @@ def slides_of(index: Path) -> dict[str, dict]:
 # -- stains and case ids ----------------------------------------------------------------------------
 def test_real_slides_are_called_he_and_ihc(shared_slides):
     from indexer.slides import open_slide
-    from indexer.tissue import detect_tissue
+    from indexer.tiles.tissue import detect_tissue
 
     for name, stain in (("tcga-cr-7395-01a-01-ts1.svs", "H&E"), ("kidney-48-5.tif", "IHC")):
         with open_slide(shared_slides / name, require_mpp=False) as slide:

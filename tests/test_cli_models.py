@@ -22,7 +22,7 @@ def test_models_json_lists_every_encoder():
 
 
 def test_missing_extra_shows_install_hint(monkeypatch):
-    import indexer.encoder_backends as backends
+    import indexer.models.backends as backends
 
     monkeypatch.setattr(backends, "module_available", lambda name: False)
     rows = {row["name"]: row for row in json.loads(runner.invoke(app, ["models", "--json"]).stdout)}

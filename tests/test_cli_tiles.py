@@ -7,8 +7,8 @@ import json
 from PIL import Image
 
 from indexer.slides import open_slide
-from indexer.synthetic import Region
-from indexer.tiling import TilingConfig, tile_slide
+from retrieval.demo.synthetic import Region
+from indexer.tiles.tiling import TilingConfig, tile_slide
 from assertions import one_error_line
 
 

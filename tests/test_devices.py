@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from indexer import devices
-from indexer import faiss_device as fd
-from indexer.devices import TorchProbe, resolve_device
-from indexer.encoders import load_encoder
+from indexer.models import devices
+from indexer.vectors import device as fd
+from indexer.models.devices import TorchProbe, resolve_device
+from indexer.models.encoders import load_encoder
 from indexer.errors import DeviceError
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
 FAST = ["--mag", "10", "--patch", "64", "--workers", "0", "--quiet"]
 BROKEN_DRIVER = TorchProbe(False, error="CUDA initialization: The NVIDIA driver on your system is too old "
@@ -136,7 +136,7 @@ def test_index_and_info_report_the_devices_used(run_cli, folder, tmp_path):
 
 
 def test_a_model_that_fails_to_load_on_the_gpu_is_one_line(monkeypatch):
-    from indexer import encoders
+    from indexer.models import encoders
 
     def factory(spec, *, checkpoint, device, batch_size):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details")

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from indexer.errors import SlideError
-from indexer.pipeline import collect_slides
+from indexer.ingestion.discovery import collect_slides
 from indexer.slides import open_slide, slide_id
-from indexer.synthetic import SyntheticSlideSpec, render_tile, write_slide
-from indexer.synthetic_dicom import write_dicom_slide
-from indexer.tiling import TilingConfig, tile_slide
+from retrieval.demo.synthetic import SyntheticSlideSpec, render_tile, write_slide
+from retrieval.demo.dicom import write_dicom_slide
+from indexer.tiles.tiling import TilingConfig, tile_slide
 from conftest import GRID_ALIGNED_REGIONS
 from assertions import one_error_line
 

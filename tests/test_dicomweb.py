@@ -14,8 +14,8 @@ from pydicom.uid import generate_uid
 
 from assertions import one_error_line
 from conftest import GRID_ALIGNED_REGIONS
-from indexer.synthetic import SyntheticSlideSpec
-from indexer.synthetic_dicom import write_dicom_slide
+from retrieval.demo.synthetic import SyntheticSlideSpec
+from retrieval.demo.dicom import write_dicom_slide
 from benchmarks.fixtures.orthanc import dicomweb_plugin, orthanc_binary, running_orthanc, running_proxy
 from benchmarks.fixtures.clients import free_port
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.embedding import embed_slide, iter_slide_embeddings
-from indexer.encoders import load_encoder
+from indexer.ingestion.embedding import embed_slide, iter_slide_embeddings
+from indexer.models.encoders import load_encoder
 from indexer.errors import SlideError
 from indexer.slides import open_slide
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-from indexer.tiling import TileGrid, TilingConfig, read_patch, tile_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer.tiles.tiling import TileGrid, TilingConfig, read_patch, tile_slide
 
 # Encoding a patch alone or inside a differently composed batch (fp32, CPU) agrees to rounding.
 BATCH_ATOL = 1e-5

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.encoders import (
+from indexer.models.encoders import (
     EncoderInfo,
     list_encoders,
     load_encoder,
@@ -103,7 +103,7 @@ def test_empty_inputs(tiny):
 def _other_tiny_state_dict():
     import open_clip
 
-    from indexer.encoder_openclip import TINY_CONFIG
+    from indexer.models.openclip import TINY_CONFIG
 
     torch.manual_seed(123)
     return open_clip.CLIP(**TINY_CONFIG).state_dict()
@@ -158,7 +158,7 @@ def test_open_clip_local_dir_uses_its_config(tmp_path):
     """A downloaded hub folder (open_clip_config.json + weights) is built from its own config."""
     import open_clip
 
-    from indexer.encoder_openclip import TINY_CONFIG
+    from indexer.models.openclip import TINY_CONFIG
 
     cfg = copy.deepcopy(TINY_CONFIG)
     cfg["embed_dim"] = 48
@@ -251,7 +251,7 @@ def test_list_encoders_and_register():
     with pytest.raises(AttributeError):
         infos["tiny"].dim = 3  # frozen
 
-    from indexer import encoders
+    from indexer.models import encoders
 
     calls = []
 
@@ -291,7 +291,7 @@ def _save_conch(path, cfg) -> None:
 
 
 def test_conch_checkpoint_loads(tmp_path, monkeypatch):
-    import indexer.encoder_backends as backends
+    import indexer.models.backends as backends
 
     path = tmp_path / "pytorch_model.bin"
     _save_conch(path, SMALL_CONCH)
@@ -315,7 +315,7 @@ def test_conch_wrong_checkpoint_names_conch(tmp_path):
 @pytest.mark.skipif(os.environ.get("SLIDESEARCH_SLOW_TESTS") != "1", reason="full-size CONCH (1.6 GB, ~1 min): "
                     "set SLIDESEARCH_SLOW_TESTS=1")
 def test_conch_full_size(tmp_path):
-    from indexer.encoder_backends import CONCH_CONFIG
+    from indexer.models.backends import CONCH_CONFIG
 
     pytest.importorskip("conch.open_clip_custom", reason="conch-fork not installed")
     from conch.open_clip_custom.factory import CFG_DIR

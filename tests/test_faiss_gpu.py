@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks import scale as scale_benchmark
 from gpu_standin import StandInGpu
-from indexer import devices
-from indexer import faiss_device as fd
-from indexer import vector_index as vi
+from indexer.models import devices
+from indexer.vectors import device as fd
+from indexer import vectors as vi
 from indexer.errors import DeviceError
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot

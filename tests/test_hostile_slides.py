@@ -16,8 +16,8 @@ import hostile
 from indexer.errors import QueryError, SlideError
 from indexer.slides import open_slide
 from indexer.slides.limits import pil_pixel_limit
-from indexer.synthetic import SyntheticSlideSpec, write_slide
-from indexer.synthetic_dicom import write_dicom_slide
+from retrieval.demo.synthetic import SyntheticSlideSpec, write_slide
+from retrieval.demo.dicom import write_dicom_slide
 from conftest import GRID_ALIGNED_REGIONS, SHARED_SLIDES
 
 ADDRESS_SPACE = 2 << 30  # bytes: the hostile files are opened under this RLIMIT_AS
@@ -71,7 +71,7 @@ def test_every_hostile_file_is_one_slide_error_under_2gb(corpus):
         "import sys\n"
         "from indexer.errors import SlideError\n"
         "from indexer.slides import open_slide\n"
-        "from indexer.tiling import tile_slide\n"
+        "from indexer.tiles.tiling import tile_slide\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"
         "        with open_slide(path, mpp=0.5) as slide:\n"

@@ -15,10 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.fixtures import planted  # noqa: F401  (registers the planted encoder used below)
-from indexer.pipeline import IndexConfig, run_index
-from indexer.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
-from indexer.tiling import TilingConfig
-from indexer.vector_index import reconstruct
+from indexer.ingestion.run import IndexConfig, run_index
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_cohort, write_slide
+from indexer.tiles.tiling import TilingConfig
+from indexer.vectors import reconstruct
 from retrieval.query.catalog import Catalog, index_info
 from retrieval.cli import app
 from assertions import one_error_line
@@ -125,12 +125,12 @@ def test_rerun_skips_append_adds_change_reindexes_remove_deletes(tmp_path, monke
     assert sorted(first.indexed) == ["A0", "A1", "A2"] and first.patches_encoded > 0
     before = slide_vectors(out)
 
-    import indexer.embedding
+    import indexer.ingestion.embedding
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("an unchanged slide was encoded again")
 
-    monkeypatch.setattr(indexer.embedding, "iter_slide_embeddings", no_encoding)
+    monkeypatch.setattr(indexer.ingestion.embedding, "iter_slide_embeddings", no_encoding)
     again = run_index([folder], out, config, show_progress=False)
     assert again.indexed == [] and again.patches_encoded == 0 and sorted(again.skipped) == ["A0", "A1", "A2"]
     monkeypatch.undo()
@@ -195,10 +195,10 @@ def test_bad_index_input_is_one_line(tmp_path, args, message):
 def test_trident_h5_import_gives_the_same_slide_vectors(tmp_path):
     import h5py
 
-    from indexer.embedding import embed_slide
-    from indexer.encoders import load_encoder
+    from indexer.ingestion.embedding import embed_slide
+    from indexer.models.encoders import load_encoder
     from indexer.slides import open_slide
-    from indexer.tiling import tile_slide
+    from indexer.tiles.tiling import tile_slide
 
     folder = tmp_path / "slides"
     folder.mkdir()

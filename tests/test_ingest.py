@@ -19,16 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.embedding import embed_slide
-from indexer.encoders import load_encoder
-from indexer.pipeline import IndexConfig, run_index
-from indexer.prepare import PrepareOptions, prepare_slide
-from indexer.readers import PrepareTask, ReaderPool, resolve_workers
+from indexer.ingestion.embedding import embed_slide
+from indexer.models.encoders import load_encoder
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
+from indexer.ingestion.prepare import PrepareOptions, prepare_slide
+from indexer.ingestion.readers import PrepareTask, ReaderPool, resolve_workers
 from indexer.slides import open_slide
 from indexer.store.segments import SegmentFiles
-from indexer.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
-from indexer.synthetic_dicom import write_dicom_slide
-from indexer.tiling import TileGrid, TilingConfig
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
+from retrieval.demo.dicom import write_dicom_slide
+from indexer.tiles.tiling import TileGrid, TilingConfig
 from retrieval.query.catalog import Catalog
 
 BATCH_ATOL = 1e-5  # a patch encoded alone or in another batch (fp32, CPU) agrees to rounding
@@ -202,10 +203,10 @@ def test_readers_do_not_run_the_callers_script_again(slides, tmp_path):
     path = slides["JPEG SVS, 20x from level 1"][0]
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""
-        from indexer.embedding import embed_slide
-        from indexer.encoders import load_encoder
-        from indexer.prepare import PrepareOptions, prepare_slide
-        from indexer.tiling import TilingConfig
+        from indexer.ingestion.embedding import embed_slide
+        from indexer.models.encoders import load_encoder
+        from indexer.ingestion.prepare import PrepareOptions, prepare_slide
+        from indexer.tiles.tiling import TilingConfig
         grid = prepare_slide({str(path)!r}, {{"slide_id": "x"}}, PrepareOptions(TilingConfig()), hash_file=False).grid
         print("rows", embed_slide({str(path)!r}, grid, load_encoder("tiny", device="cpu"), num_workers=2).shape[0])
     """))

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from indexer.encoder_backends import HFImagePreprocess
-from indexer.encoders import load_encoder
-from indexer.preprocess import BatchPreprocess, pillow_resize, plan_transform, resize_like_pil
+from indexer.models.backends import HFImagePreprocess
+from indexer.models.encoders import load_encoder
+from indexer.models.preprocess import BatchPreprocess, pillow_resize, plan_transform, resize_like_pil
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from indexer.aggregate import l2_normalize
-from indexer.bank import Bank, Prototype, load_bank
-from indexer.prototypes import embed_prototypes, refine_prototypes
+from indexer.aggregation.aggregate import l2_normalize
+from indexer.aggregation.bank import Bank, Prototype, load_bank
+from indexer.aggregation.prototypes import embed_prototypes, refine_prototypes
 
 D = 32
 

@@ -20,11 +20,12 @@ import hostile
 from indexer.engines import ray_engine
 from indexer.engines.ray_engine import SlideEncoder
 from indexer.errors import UserError
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from indexer.store.segments import SegmentFiles
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-from indexer.tiling import TilingConfig
-from indexer.vector_index import reconstruct
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer.tiles.tiling import TilingConfig
+from indexer.vectors import reconstruct
 from retrieval.query.catalog import Catalog
 
 ray = pytest.importorskip("ray")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.bank import load_bank
+from indexer.aggregation.bank import load_bank
 from indexer.reports.attributes import AttributeMatcher, Term, parse_attribute_query
 from indexer.reports.negation import AFFIRMED, NEGATED, UNCERTAIN, affirmed_text, polarity_at
 from indexer.reports.sentences import split_sentences

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from indexer.errors import UserError
-from indexer.metadata import read_metadata_csv
+from indexer.ingestion.metadata import read_metadata_csv
 
 SAMPLE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "tcga_reports_sample.csv.gz"
 
@@ -53,7 +53,7 @@ def test_a_malformed_csv_is_refused_in_one_line(tmp_path, body):
 @pytest.fixture(scope="module")
 def real_reports(real_rows, tmp_path_factory):
     """Report tables of 72 real reports (4 of each type) built by the index's own code."""
-    from indexer.bank import load_bank
+    from indexer.aggregation.bank import load_bank
     from indexer.reports.store import ReportConfig, build_reports
     from retrieval.query.report_search import ReportIndex
 

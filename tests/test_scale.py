@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import faiss
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 
 from benchmarks import scale as scale_benchmark
-from indexer import vector_index as vi
-from indexer.exact import tied_recall
+from indexer import vectors as vi
+from indexer.vectors.exact import tied_recall
 from indexer.store import quantizer
 from indexer.store.reader import Snapshot
 from indexer.store.rerank import RerankedIndex, open_index
@@ -176,7 +175,7 @@ def test_benchmark_device_cuda_refuses_without_a_gpu_in_one_line(bench, capsys, 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_row_file_reads_rows_in_place_and_refuses_a_truncated_file(tmp_path, dtype):
-    from indexer.exact import RowFile
+    from indexer.vectors.exact import RowFile
 
     data = np.random.default_rng(0).standard_normal((50, 24)).astype(dtype)
     np.save(tmp_path / "v.npy", data)
@@ -241,7 +240,7 @@ def test_a_provisional_quantizer_gives_way_to_the_full_one_and_every_segment_fol
 
 
 def test_scores_across_row_files_fill_one_buffer_in_any_chunk(tmp_path):
-    from indexer.exact import RowFile, dot_rows
+    from indexer.vectors.exact import RowFile, dot_rows
 
     rng = np.random.default_rng(2)
     parts = [rng.standard_normal((n, 16)).astype(np.float16) for n in (7, 1, 12)]

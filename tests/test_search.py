@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from benchmarks.fixtures import planted
-from indexer import vector_index as vi
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer import vectors as vi
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from retrieval.cli import app
 from retrieval.query.parse import embed_text_query
 from retrieval.query import image as image_source

@@ -10,8 +10,8 @@ import time
 import httpx
 
 from benchmarks.fixtures import planted
-from indexer.pipeline import run_index
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer.ingestion.run import run_index
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 from serving import running
 
 

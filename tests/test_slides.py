@@ -153,7 +153,7 @@ def test_real_broken_svs_is_rejected(shared_slides):
 def test_cohort_is_labelled_balanced_and_deterministic(tmp_path):
     import csv
 
-    from indexer.synthetic import DIAGNOSES, write_cohort
+    from retrieval.demo.synthetic import DIAGNOSES, write_cohort
 
     csv_a = write_cohort(tmp_path / "a", n_patients=4, slides_per_patient=2, size=(768, 768), seed=5)
     csv_b = write_cohort(tmp_path / "b", n_patients=4, slides_per_patient=2, size=(768, 768), seed=5)
@@ -170,7 +170,7 @@ def test_cohort_is_labelled_balanced_and_deterministic(tmp_path):
 
 
 def test_cohort_layout_follows_the_diagnosis_mixture():
-    from indexer.synthetic import DIAGNOSES, cohort_layout
+    from retrieval.demo.synthetic import DIAGNOSES, cohort_layout
 
     mixture = DIAGNOSES["adenocarcinoma"].mixture
     regions = cohort_layout(4000, 4000, mixture, np.random.default_rng(1))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 import store_scenario as scenario
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import IndexError_
 from indexer.store.compact import compact, merge_candidates
 from indexer.store.segments import SlideRows
@@ -137,7 +137,7 @@ def test_indexing_memory_does_not_grow_with_the_segment(tmp_path):
     """Python-side peak memory of writing a segment of 100 vs 400 slides of 1,000 patches: features, vectors and
     tables stream through memory maps and Parquet batches, so only 8-byte ids grow with the segment (FAISS's
     own C++ buffers and whole-process RSS are measured in benchmarks/incremental.py)."""
-    from indexer.aggregate import aggregate_slide
+    from indexer.aggregation.aggregate import aggregate_slide
 
     dim, n_patches, peaks = 64, 1000, []
     rng = np.random.default_rng(0)

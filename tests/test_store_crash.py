@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import store_scenario as scenario
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import IndexError_
 from retrieval.query.catalog import Catalog
 

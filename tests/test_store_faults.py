@@ -78,7 +78,7 @@ def test_a_writer_killed_while_its_reader_workers_live_leaves_no_lock(tmp_path):
     import sys
     import time
 
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     run = "import sys; sys.argv = ['slidesearch', *sys.argv[1:]]; from retrieval.cli import main; main()"
     small, big, out = tmp_path / "small", tmp_path / "big", tmp_path / "idx"
@@ -151,7 +151,7 @@ def test_a_disk_that_fills_up_part_way_ends_each_write_in_one_line_at_the_last_v
 
     import pytest
 
-    from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+    from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()

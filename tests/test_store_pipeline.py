@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.pipeline import IndexConfig, run_index
+from indexer.ingestion.config import IndexConfig
+from indexer.ingestion.run import run_index
 from indexer.store.segments import SegmentFiles
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
-from indexer.tiling import TilingConfig
-from indexer.vector_index import reconstruct
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
+from indexer.tiles.tiling import TilingConfig
+from indexer.vectors import reconstruct
 from retrieval.query.catalog import Catalog
 from retrieval.search import SlideSearcher
 
@@ -73,9 +74,9 @@ def test_metadata_command_encodes_nothing_and_index_metadata_merges(tmp_path, ru
     first = tmp_path / "first.csv"
     first.write_text("filename,patient_id,label\nA.tif,001,x\nB.tif,002,y\nC.tif,003,z\n")
     assert run_cli("index", folder, "--out", out, "--metadata", first, *FAST).exit_code == 0
-    import indexer.encoders
+    import indexer.models.encoders
 
-    monkeypatch.setattr(indexer.encoders, "load_encoder", lambda *a, **k: pytest.fail("metadata encoded something"))
+    monkeypatch.setattr(indexer.models.encoders, "load_encoder", lambda *a, **k: pytest.fail("metadata encoded something"))
     second = tmp_path / "second.csv"
     second.write_text("slide_id,label,site\nB,yy,s2\nQ,q,s9\nQ,q2,s9\n")
     result = run_cli("metadata", out, second)
@@ -148,9 +149,9 @@ def test_a_version_1_index_migrates_without_encoding_to_the_same_answers(tmp_pat
     write_v1(v2, v1)
     refused = run_cli("search", "slide", v1, "A")
     assert refused.exit_code == 2 and "slidesearch migrate" in refused.stderr
-    import indexer.encoders
+    import indexer.models.encoders
 
-    monkeypatch.setattr(indexer.encoders, "load_encoder", lambda *a, **k: pytest.fail("migration encoded something"))
+    monkeypatch.setattr(indexer.models.encoders, "load_encoder", lambda *a, **k: pytest.fail("migration encoded something"))
     result = run_cli("migrate", v1)
     assert result.exit_code == 0, result.output
     assert not (v1 / "manifest.json").exists() and not (v1 / "features").exists()

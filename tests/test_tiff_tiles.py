@@ -15,7 +15,7 @@ from PIL import Image
 
 from indexer.slides import open_slide
 from indexer.slides.tiff_tiles import TiffTiles
-from indexer.synthetic import Region, SyntheticSlideSpec, write_slide
+from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_slide
 
 LAYOUT = (Region(0, 0, 1400, 2200, "tumour"), Region(1400, 300, 2600, 2200, "stroma"))
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import GRID_ALIGNED_REGIONS
 from indexer.errors import SlideError
 from indexer.slides import open_slide
-from indexer.synthetic import Region
-from indexer.tiling import TilingConfig, patch_geometry, read_patch, tile_slide
+from retrieval.demo.synthetic import Region
+from indexer.tiles.tiling import TilingConfig, patch_geometry, read_patch, tile_slide
 
 
 def _truth(regions, width: int, height: int) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from indexer.slides import open_slide
-from indexer.synthetic import ARTEFACTS, TISSUE_CLASSES, Region, SyntheticSlideSpec, render_tile
-from indexer.tissue import TissueConfig, TissueMask, binary_dilation, binary_erosion, detect_tissue
+from retrieval.demo.synthetic import ARTEFACTS, TISSUE_CLASSES, Region, SyntheticSlideSpec, render_tile
+from indexer.tiles.tissue import TissueConfig, TissueMask, binary_dilation, binary_erosion, detect_tissue
 
 
 def _region_fraction(mask: TissueMask, region: Region, inset: int = 32) -> float:

@@ -1,4 +1,4 @@
-"""Tests for indexer.vector_index: choice rule, explicit ids, exact and filtered search, persistence, removal."""
+"""Tests for indexer.vectors: choice rule, explicit ids, exact and filtered search, persistence, removal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
+from indexer.vectors import knn
 from indexer.errors import IndexError_, QueryError
 
 N, D = 6000, 32
@@ -125,7 +126,7 @@ def test_flat_equals_brute_force(data, indexes):
 @pytest.mark.parametrize("n_allowed", [5, 700, 5000])
 @pytest.mark.parametrize("exact_floats", [vi.EXACT_FILTER_FLOATS, 0])  # small-set exact path, FAISS's id selector
 def test_filtered_flat_equals_restricted_brute_force(data, indexes, n_allowed, exact_floats, monkeypatch):
-    monkeypatch.setattr(vi, "EXACT_FILTER_FLOATS", exact_floats)
+    monkeypatch.setattr(knn, "EXACT_FILTER_FLOATS", exact_floats)
     x, ids = data
     allowed = np.random.default_rng(1).choice(ids, n_allowed, replace=False)
     scores, found = vi.search(indexes["flat"], x[:50], 10, allowed_ids=allowed)
@@ -136,14 +137,14 @@ def test_filtered_flat_equals_restricted_brute_force(data, indexes, n_allowed, e
 
 @pytest.mark.parametrize("kind", ["flat", "ivf_flat"])
 def test_filtered_search_over_dense_row_ids_uses_a_bitmap_and_stays_exact(data, kind, monkeypatch):
-    monkeypatch.setattr(vi, "EXACT_FILTER_FLOATS", 0)
+    monkeypatch.setattr(knn, "EXACT_FILTER_FLOATS", 0)
     x, _ = data
     rows = np.arange(len(x), dtype=np.int64)  # index rows, as slidesearch stores them
     index = vi.build_index(x, rows, vi.choice_for_kind(kind, len(x), x.shape[1]), use_gpu=False)
     allowed = np.random.default_rng(2).choice(rows, len(x) // 2, replace=False)
     import faiss
 
-    assert isinstance(vi._selector(np.sort(allowed)), faiss.IDSelectorBitmap)
+    assert isinstance(vi.id_selector(np.sort(allowed)), faiss.IDSelectorBitmap)
     _, found = vi.search(index, x[:30], 10, allowed_ids=np.concatenate([allowed[::-1], allowed[:5]]))
     assert np.isin(found, allowed).all()  # order and duplicates of the allowed ids do not matter
     if kind == "flat":
@@ -163,7 +164,7 @@ def test_filtered_approximate_search_stays_inside_the_allowed_set(kind, n_allowe
 
 def test_overfetch_fallback_equals_restricted_brute_force(data, indexes, monkeypatch):
     x, ids = data
-    monkeypatch.setattr(vi, "filter_params", lambda index, allowed: None)
+    monkeypatch.setattr(knn, "filter_params", lambda index, allowed: None)
     allowed = np.random.default_rng(3).choice(ids, 40, replace=False)
     scores, found = vi.search(indexes["flat"], x[:20], 10, allowed_ids=allowed)
     ref_scores, ref_ids = _brute(x, ids, x[:20], 10, allowed)

@@ -1,6 +1,6 @@
 """Engines that encode a run's slides: ``local`` (default, this process) and ``ray`` (actors on a Ray cluster).
 
-An engine loads the encoder where it runs, then takes the jobs that the run's rules (``indexer.pipeline``)
+An engine loads the encoder where it runs, then takes the jobs that the run's rules (``indexer.ingestion.commit``)
 hand out and gives back one outcome per job; the run stages nothing itself and commits on the driver.
 """
 

@@ -7,8 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.encode import encode_slide
-from indexer.encoders import file_sha256
+from indexer.ingestion.encode import encode_slide
+from indexer.models.encoders import file_sha256
 from indexer.errors import failure_reason
 from indexer.progress import StageProgress
 from indexer.store.staging import Staging

@@ -1,5 +1,5 @@
 """The local engine (the default): this process encodes the run's slides in input order, reader processes
-preparing and reading ahead of it (``indexer.ingest``)."""
+preparing and reading ahead of it (``indexer.ingestion.stream``)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ class LocalEngine:
     def load(self, bank):
         """Start the reader processes (their imports warm up meanwhile), then load the encoder; returns it and
         the bank's text prototypes T."""
-        from indexer.encoders import load_encoder, resolve_device
-        from indexer.prototypes import embed_prototypes
-        from indexer.readers import ReaderPool, resolve_workers
+        from indexer.models.encoders import load_encoder, resolve_device
+        from indexer.aggregation.prototypes import embed_prototypes
+        from indexer.ingestion.readers import ReaderPool, resolve_workers
 
         c = self.config
         if c.features_dir is None:  # imported features: nothing to read
@@ -42,7 +42,7 @@ class LocalEngine:
 
     def index(self, run, slides) -> None:
         """Encode each slide the run's rules hand out and give its outcome back, in input order."""
-        from indexer.ingest import SlideStream, run_stream
+        from indexer.ingestion.stream import SlideStream, run_stream
 
         if self.pool is None:
             for job in run.jobs(slides):

@@ -2,13 +2,12 @@
 
 Each actor (one per GPU, else CPU actors) encodes the slides sent to it and stages each one in the index's
 ``staging/`` folder on the shared file system; the driver holds the writer lock, feeds the actors through
-the run's rules (``indexer.pipeline``) and commits versions as they fill. A slide whose actor dies is sent
+the run's rules (``indexer.ingestion.commit``) and commits versions as they fill. A slide whose actor dies is sent
 again (up to MAX_ATTEMPTS times, then it fails as itself); Ray restarts the actor.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -36,7 +35,7 @@ def import_ray():
 
 class SlideEncoder:
     """An encoder actor: loads the model once (again after a restart) and encodes and stages slides, with a
-    reader pool of its own that lives as long as the actor (the local engine's readers: ``indexer.ingest``).
+    reader pool of its own that lives as long as the actor (the local engine's readers: ``indexer.ingestion.stream``).
 
     Calls run concurrently (``max_concurrency=IN_FLIGHT``): the slide queued behind the current one is prepared
     by the readers while the current one encodes.
@@ -48,7 +47,6 @@ class SlideEncoder:
     """
 
     def __init__(self, config, staging_dir: str, readers: int = 0):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads, as `slidesearch` itself does
         self.config, self.staging, self.readers = config, Staging(Path(staging_dir)), readers
         self._encoder = self._service = None
         self._lock = threading.Lock()
@@ -57,7 +55,7 @@ class SlideEncoder:
     def encoder(self):
         with self._lock:
             if self._encoder is None:
-                from indexer.encoders import load_encoder
+                from indexer.models.encoders import load_encoder
 
                 c = self.config
                 self._encoder = load_encoder(c.model, checkpoint=c.checkpoint, device=c.device, batch_size=c.batch_size)
@@ -68,8 +66,8 @@ class SlideEncoder:
         encoder = self.encoder
         with self._lock:
             if self._service is None:
-                from indexer.ingest import SlideStream, StreamService
-                from indexer.readers import ReaderPool
+                from indexer.ingestion.stream import SlideStream, StreamService
+                from indexer.ingestion.readers import ReaderPool
 
                 pool = ReaderPool(self.readers)
                 self._service = StreamService(SlideStream(self.config, encoder, self.staging, pool))
@@ -77,7 +75,7 @@ class SlideEncoder:
 
     def start(self, bank=None):
         """Load the model; returns its description and, when given ``bank``, the text prototypes T."""
-        from indexer.prototypes import embed_prototypes
+        from indexer.aggregation.prototypes import embed_prototypes
 
         encoder = self.encoder
         return encoder.describe(), (embed_prototypes(bank, encoder) if bank is not None else None)
@@ -111,7 +109,7 @@ def actor_plan(resources: dict, largest_node_cpus: float, config) -> tuple[int, 
     feeder and its patch readers; ``num_workers`` None: the cluster's CPUs per GPU); else CPU actors of
     1 + ``num_workers`` CPUs (None: 1 reader), as many as the CPUs hold. An actor starts ``num_cpus - 1`` readers.
 
-    >>> from indexer.pipeline import IndexConfig
+    >>> from indexer.ingestion.config import IndexConfig
     >>> actor_plan({"CPU": 16, "GPU": 8}, 8, IndexConfig())
     (8, {'num_cpus': 2, 'num_gpus': 1})
     >>> actor_plan({"CPU": 2}, 2, IndexConfig(num_workers=0))

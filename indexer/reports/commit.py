@@ -67,7 +67,7 @@ def report_hook(writer, config: ReportConfig | None,
     def build(merged: pa.Table | None, number: int) -> str | None:
         if old is not None and _same(old, config, merged):
             return live
-        from indexer.bank import load_bank
+        from indexer.aggregation.bank import load_bank
 
         spec = writer.settings.bank
         try:

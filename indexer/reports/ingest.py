@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from indexer.errors import UserError
-from indexer.slide_ids import check_slide_id
+from indexer.slides.ids import check_slide_id
 
 REPORT_COLUMN = "report"
 MAX_REPORT_BYTES = 1 << 20

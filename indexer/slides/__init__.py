@@ -44,7 +44,7 @@ def open_slide(path: str | Path, mpp: float | None = None, require_mpp: bool = T
 
 def slide_id(path: str | Path) -> str:
     """The slide id of a slide input: a folder's name (DICOM-WSI), else the file name without its slide suffix."""
-    from indexer.slide_ids import slide_id_from_name
+    from indexer.slides.ids import slide_id_from_name
 
     path = Path(path)
     return path.name if path.is_dir() else slide_id_from_name(path.name)
@@ -89,6 +89,14 @@ class Slide:
         self.level_dimensions = backend.level_dimensions
         self.level_downsamples = backend.level_downsamples
         self.objective_power = _to_float(backend.objective_power)
+
+    @property
+    def reads_concurrently(self) -> bool:
+        """Whether threads may read this slide at once (OpenSlide); plain images and wsidicom read one at a time."""
+        from indexer.slides.openslide_backend import OpenSlideBackend
+
+        self._ensure_open()
+        return isinstance(self._backend, OpenSlideBackend)
 
     def _ensure_open(self) -> None:
         if self._backend is None:

@@ -9,7 +9,6 @@ Frames are read through wsidicom's ``WsiDicomWebClient``; nothing is copied to d
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from indexer.errors import SlideError, UserError
+from indexer.settings import DICOMWEB_TOKEN_FILE, read, write
 from indexer.slides.dicom import WsiDicomSlide, one_line
 
 SCHEMES = ("dicomweb+http", "dicomweb+https")
-TOKEN_ENV = "SLIDESEARCH_DICOMWEB_TOKEN_FILE"
+TOKEN_ENV = DICOMWEB_TOKEN_FILE
 TIMEOUT = (10.0, 120.0)  # seconds to connect, and to wait for each answer
 RETRIES = 3  # on a refused connection, 502, 503 and 504 (with backoff)
 FRAME_CACHE = (32 << 20, 16 << 20)  # bytes of encoded and decoded frames each open slide keeps (wsidicom's: 100 MB each)
@@ -93,12 +93,12 @@ def use_token_file(path: str | Path | None) -> None:
         return
     path = Path(path).expanduser().resolve()
     read_token(path)
-    os.environ[TOKEN_ENV] = str(path)
+    write(TOKEN_ENV, str(path))
 
 
 def read_token(path: str | Path | None = None) -> str | None:
     """The bearer token of ``path`` (default: the file ``SLIDESEARCH_DICOMWEB_TOKEN_FILE`` names), or None."""
-    path = path if path is not None else os.environ.get(TOKEN_ENV) or None
+    path = path if path is not None else read(TOKEN_ENV) or None
     if path is None:
         return None
     try:

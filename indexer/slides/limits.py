@@ -7,12 +7,12 @@ the environment variable named in ``ENV`` wins over the constant.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 from indexer.errors import UserError
+from indexer.settings import LIMITS, read
 
 MAX_SLIDE_PIXELS = 2**36  # level-0 px of a pyramid (262,144² px; real slides are < 2**35)
 MAX_SLIDE_SIDE = 2**20  # px on either side of level 0
@@ -22,23 +22,18 @@ MAX_QUERY_BYTES = 64 << 20  # bytes of a query image file
 MAX_READ_PIXELS = 2**26  # px of one patch read at its pyramid level (8,192² px)
 THUMBNAIL_READ_PIXELS = 2**24  # a thumbnail level larger than this is read in chunks
 
-ENV = {
-    "MAX_SLIDE_PIXELS": "SLIDESEARCH_MAX_SLIDE_PIXELS",
-    "MAX_IMAGE_PIXELS": "SLIDESEARCH_MAX_IMAGE_PIXELS",
-    "MAX_QUERY_PIXELS": "SLIDESEARCH_MAX_QUERY_PIXELS",
-    "MAX_QUERY_BYTES": "SLIDESEARCH_MAX_QUERY_BYTES",
-}
+ENV = LIMITS  # constant name → its environment variable (indexer/settings.py)
 _PIL_LOCK = threading.Lock()
 
 
 def limit(name: str) -> int:
     """The limit ``name`` (a constant of this module): its environment variable when set, else the constant.
 
-    >>> limit("MAX_IMAGE_PIXELS") == MAX_IMAGE_PIXELS or "SLIDESEARCH_MAX_IMAGE_PIXELS" in os.environ
+    >>> limit("MAX_IMAGE_PIXELS") == MAX_IMAGE_PIXELS or read(ENV["MAX_IMAGE_PIXELS"]) is not None
     True
     """
     default = globals()[name]
-    text = os.environ.get(ENV.get(name, ""), "").strip()
+    text = (read(ENV[name]) or "").strip() if name in ENV else ""
     if not text:
         return int(default)
     try:

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.exact import row_gather
-from indexer.slide_features import RECORD_KEY, write_segment_spaces
+from indexer.vectors.exact import row_gather
+from indexer.aggregation.slide_features import RECORD_KEY, write_segment_spaces
 from indexer.store import crash
 from indexer.store.atomic import fsync_dir
 from indexer.store.layout import FAISS_NAMES
@@ -22,7 +22,7 @@ from indexer.store.npyfile import NpyWriter
 from indexer.store.quantizer import describe, kind_of, save_codes
 from indexer.store.rerank import RerankedIndex
 from indexer.store.segments import PATCH_SCHEMA, SLIDE_SCHEMA, SUB_SCHEMA, VECTOR_FILES, SegmentFiles, SlideRows
-from indexer.vector_index import (add_to_trained, build_index, choice_for_kind, choose_index, measure_recalls,
+from indexer.vectors import (add_to_trained, build_index, choice_for_kind, choose_index, measure_recalls,
                                   save_index)
 
 PATCH_BATCH = 65_536  # patch rows per Parquet row group (the batch a writer holds)
@@ -95,7 +95,7 @@ class SegmentBuilder:
     def finish(self, max_index_memory: int | None, faiss_kind: str | None = None, quantizers=None) -> dict[str, Any]:
         """Write the tables and FAISS indexes, fsync, and publish the folder; returns the segment's entry.
 
-        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vector_index.choose_index` decides, or the
+        ``faiss_kind`` forces one FAISS kind (None: :func:`indexer.vectors.choose_index` decides, or the
         trained-once quantizer of :class:`indexer.store.quantizer.Quantizers` ``quantizers`` once there is one)."""
         t0 = time.perf_counter()
         self._flush_patches()

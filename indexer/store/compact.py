@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.exact import release_pages
-from indexer.slide_features import RECORD_KEY, slide_spaces_of
+from indexer.vectors.exact import release_pages
+from indexer.aggregation.slide_features import RECORD_KEY, slide_spaces_of
 from indexer.store import crash
 from indexer.store.builder import SegmentBuilder
 from indexer.store.layout import IndexPaths, segment_name

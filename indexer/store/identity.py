@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from indexer.aggregate import AggregationConfig
+from indexer.aggregation.aggregate import AggregationConfig
 from indexer.errors import IndexError_
 from indexer.store.layout import SCHEMA_VERSION
-from indexer.tiling import TilingConfig
+from indexer.tiles.tiling import TilingConfig
 
 
 @dataclass(frozen=True)

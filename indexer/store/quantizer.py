@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.exact import release_pages
-from indexer.faiss_device import gpu_enabled
+from indexer.vectors.exact import release_pages
+from indexer.vectors.device import gpu_enabled
 from indexer.store.segments import SegmentFiles
-from indexer.vector_index import (FLAT_MAX_COUNT, MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind,
+from indexer.vectors import (FLAT_MAX_COUNT, MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind,
                                   choose_index, load_index, save_index, train_index, train_sample_size)
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class QuantizerPlan:
             with ~4× fewer distance computations than scanning 4,096 centroids); flat on GPU.
         niter: k-means iterations of the training (10: the centroids barely move after that; 25 costs 2.5×).
         exact_max: vectors of one kind kept exact (Flat) before the first quantizer (FLAT_MAX_COUNT: where
-            :func:`indexer.vector_index.choose_index` stops choosing exact search for a compacted collection).
+            :func:`indexer.vectors.choose_index` stops choosing exact search for a compacted collection).
     """
 
     nlist: int = 4096
@@ -98,9 +98,9 @@ def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain
     vectors themselves, so it searches exactly within the probed lists, needs no re-rank, and is as fast as HNSW
     at these sizes). Otherwise IVF-PQ with ``plan.base_nlist(dim)`` lists (a retrain: ≈ 4√n, a power of two up to
     MAX_NLIST with ≥ 39 points per list), PQ with the default sub-quantizers of
-    :func:`indexer.vector_index.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain takes the
+    :func:`indexer.vectors.choice_for_kind` (dim/8 up to 128: 64 bytes per 512-d vector); a retrain takes the
     largest of those whose codes for ``count`` vectors fit ``budget`` (None: 4 GiB), as
-    :func:`indexer.vector_index.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
+    :func:`indexer.vectors.choose_index` does (PQ32 at 10⁸: the exact re-rank makes up for coarser codes).
 
     >>> plan_choice(10**6, 512).describe(), plan_choice(10**8, 512, retrain=True).describe()
     ('IVF4096_HNSW32,PQ64x8', 'IVF16384_HNSW32,PQ32x8')

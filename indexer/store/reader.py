@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import IndexError_
-from indexer.exact import dot_rows
+from indexer.vectors.exact import dot_rows
 from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths
 from indexer.store.segments import SegmentFiles

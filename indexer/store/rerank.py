@@ -8,10 +8,10 @@ from typing import Callable
 
 import numpy as np
 
-from indexer.faiss_device import gpu_enabled, to_gpu
+from indexer.vectors.device import gpu_enabled, to_gpu
 from indexer.store.quantizer import attach
-from indexer.vector_index import CompositeIndex, combine, load_index
-from indexer.vector_index import search as search_index
+from indexer.vectors import CompositeIndex, combine, load_index, pad_results
+from indexer.vectors import search as search_index
 
 RERANK_POOL = 512  # candidates a compressed index returns per query for the exact re-rank (RESULTS.md, issue 13)
 QUERY_BLOCK = 64  # queries re-ranked together (bounds the candidate × query score matrix)
@@ -49,10 +49,7 @@ class RerankedIndex(CompositeIndex):
             s = np.take_along_axis(exact, pos, 1)
             scores[lo:lo + QUERY_BLOCK] = np.where(block >= 0, s, -np.inf)
         top = np.lexsort((cand, -scores), axis=1)[:, :k] if cand.size else np.zeros((len(q), 0), np.int64)
-        best, found = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        best[:, :top.shape[1]] = np.take_along_axis(scores, top, 1)  # a missing hit (-1) scores -inf already
-        found[:, :top.shape[1]] = np.take_along_axis(cand, top, 1)
-        return best, found
+        return pad_results(np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1), k)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (not the lossy codes) of ``ids``."""
@@ -64,7 +61,7 @@ def open_index(snapshot, name: str):
 
     Segment indexes saved as codes get their quantizer's centroids; runs of adjacent segments under the same
     quantizer are merged into one index in memory (their inverted lists concatenated: one coarse search per
-    query, not one per segment); everything moves to the GPU when :func:`indexer.faiss_device.gpu_enabled`;
+    query, not one per segment); everything moves to the GPU when :func:`indexer.vectors.device.gpu_enabled`;
     and when any segment is compressed (PQ) the result re-ranks its hits exactly from the stored vectors.
     """
     files, starts = snapshot.faiss_parts(name)

@@ -71,8 +71,8 @@ class SegmentFiles:
         return np.load(self.folder / VECTOR_FILES[name], mmap_mode="r")
 
     def row_file(self, name: str):
-        """The vectors of FAISS index ``name`` as a :class:`indexer.exact.RowFile` (read once per folder)."""
-        from indexer.exact import RowFile
+        """The vectors of FAISS index ``name`` as a :class:`indexer.vectors.exact.RowFile` (read once per folder)."""
+        from indexer.vectors.exact import RowFile
 
         files = self.__dict__.setdefault("_row_files", {})
         if name not in files:

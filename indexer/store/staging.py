@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from indexer.slide_ids import safe_file_name
+from indexer.slides.ids import safe_file_name
 from indexer.store import crash
 from indexer.store.atomic import atomic_path
 

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.aggregate import AggregationConfig, aggregate_slide
+from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide
 from indexer.errors import IndexError_, UserError
-from indexer.faiss_device import faiss_label
+from indexer.vectors.device import faiss_label
 from indexer.store import crash
 from indexer.store.atomic import atomic_path, atomic_write_bytes, remove_temporaries
 from indexer.store.backfill import backfill

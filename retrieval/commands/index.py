@@ -80,9 +80,10 @@ def index_command(
 
     from indexer.slides.dicomweb import use_token_file
 
-    from indexer.aggregate import AggregationConfig
-    from indexer.pipeline import IndexConfig, run_index
-    from indexer.tiling import TilingConfig
+    from indexer.aggregation.aggregate import AggregationConfig
+    from indexer.ingestion.config import IndexConfig
+    from indexer.ingestion.run import run_index
+    from indexer.tiles.tiling import TilingConfig
 
     use_token_file(dicomweb_token_file)
     if features is not None and not features.is_dir():
@@ -90,7 +91,7 @@ def index_command(
     if (slide_features is None) != (slide_encoder is None):
         raise UserError("--slide-features and --slide-encoder go together (a folder of .h5 files and its space name)")
     if slide_features is not None:
-        from indexer.slide_features import check_space_name
+        from indexer.aggregation.slide_features import check_space_name
 
         if not slide_features.is_dir():
             raise UserError(f"--slide-features {slide_features}: no such directory")
@@ -226,7 +227,7 @@ def metadata_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Merge metadata into an index without encoding: columns are added, values updated, other slides keep theirs."""
-    from indexer.metadata import read_metadata_csv, unmatched_summary
+    from indexer.ingestion.metadata import read_metadata_csv, unmatched_summary
     from indexer.reports.commit import commit_metadata, report_source
     from indexer.store.writer import IndexWriter
 

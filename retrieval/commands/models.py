@@ -18,7 +18,7 @@ def models(
 
     Use a name with `slidesearch index --model NAME [--checkpoint PATH]`.
     """
-    from indexer.encoders import list_encoders
+    from indexer.models.encoders import list_encoders
 
     infos = list_encoders()
     if json_out:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from indexer.settings import SERVER_TOKEN, read
 from retrieval.cli_app import DICOMWEB_TOKEN_OPTION, app, fail, guarded
 from retrieval.serve import (BODY_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT, HEADER_TIMEOUT_S, one_thread_per_request,
                              return_freed_memory, url)
@@ -50,7 +50,7 @@ def serve_command(
         fail(f"--port {port}: expected 1-65535")
     if not (header_timeout > 0 and body_timeout > 0):
         fail("--header-timeout and --body-timeout: expected seconds > 0")
-    token = read_token(token_file, os.environ.get("SLIDESEARCH_TOKEN"))
+    token = read_token(token_file, read(SERVER_TOKEN))
     refuse_exposed_without_token(host, token)
     budget = BudgetConfig(slots=workers, memory_mb=memory_mb, queue=queue, wait_s=queue_wait)
     hosts = [*(allowed_host or ()), *([host] if host not in ("0.0.0.0", "::") else [])]

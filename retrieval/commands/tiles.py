@@ -31,8 +31,8 @@ def tiles(
     """Open SLIDE, detect tissue and count the patches kept at the given magnification."""
     from indexer.errors import SlideError
     from indexer.slides import open_slide
-    from indexer.tiling import TilingConfig, tile_slide
-    from indexer.tissue import detect_tissue
+    from indexer.tiles.tiling import TilingConfig, tile_slide
+    from indexer.tiles.tissue import detect_tissue
 
     config = TilingConfig(magnification=mag, patch_px=patch, min_tissue=min_tissue)
     with open_slide(slide, mpp=mpp) as opened:
@@ -40,7 +40,7 @@ def tiles(
             mask = detect_tissue(opened)
             grid = tile_slide(opened, config, mask=mask)
             if thumbnail is not None:
-                from indexer.thumbnail import render_tiling_thumbnail
+                from indexer.tiles.overlay import render_tiling_thumbnail
 
                 render_tiling_thumbnail(opened, grid, mask, thumbnail)
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:

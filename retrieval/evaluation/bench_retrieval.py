@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import QueryError
 from retrieval.evaluation.metrics import DEFAULT_CONVENTION, check_convention, retrieval_report
 from retrieval.search import SlideSearcher

@@ -191,14 +191,14 @@ class IndexArrays:
 
     def slide_vectors(self, catalog, rows: np.ndarray, name: str) -> np.ndarray:
         """Stored vectors (len(rows), dim) of slides ``rows`` in FAISS index ``name``."""
-        from indexer.vector_index import reconstruct
+        from indexer.vectors import reconstruct
 
         return reconstruct(catalog.faiss(name), rows)
 
 
 def load_index_encoder(manifest: dict[str, Any], device: str = "auto"):
     """Load the encoder an index was built with and check its weights fingerprint."""
-    from indexer.encoders import load_encoder
+    from indexer.models.encoders import load_encoder
 
     spec = manifest["encoder"]
     encoder = load_encoder(spec["name"], checkpoint=spec.get("checkpoint"), device=device)

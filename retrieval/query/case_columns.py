@@ -1,7 +1,7 @@
 """The ``case_id``, ``stain`` and ``stain_source`` columns every slide gets in the catalog's ``slides`` view.
 
 - ``case_id``: the metadata's ``case_id``; else its ``patient_id``; else the slide's own id (a case of one).
-- ``stain``: the metadata's ``stain``; else the stain detected at index time (``indexer/stain.py``).
+- ``stain``: the metadata's ``stain``; else the stain detected at index time (``indexer/tiles/stain.py``).
 - ``stain_source``: ``metadata`` or ``detected`` (NULL when neither is known, e.g. a failed slide).
 
 Derived when the catalog opens rather than stored, so a metadata CSV that names cases or stains later

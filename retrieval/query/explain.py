@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from retrieval.query.arrays import MIN_MASS, first_m_per_group
 from retrieval.query.results import PatchMatch, PrototypeMatch, SearchHit
 

@@ -40,7 +40,7 @@ def hit_feature_collection(hit: dict[str, Any], kind: str, query: str) -> dict[s
 
 def write_hit_geojson(result: SearchResult, out_dir: str | Path) -> list[Path]:
     """Write ``<slide_id>.geojson`` (a safe file name) for every hit of ``result``; returns the files in rank order."""
-    from indexer.slide_ids import safe_file_name
+    from indexer.slides.ids import safe_file_name
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import vector_index as vi
+from indexer import vectors as vi
 from indexer.errors import QueryError
 from retrieval.query.arrays import MIN_MASS, first_m_per_group, group_top_m
 from retrieval.query.explain import EXPLAIN, build_hits, explain_pairs, explain_text
@@ -119,10 +119,10 @@ def search_slide(index, slide: str, k: int = 10, where: str | None = None, exclu
 
 def embed_new_slide(index, path: Path):
     """A slide file that is not in the index, encoded and aggregated as the index would (not added to it)."""
-    from indexer.aggregate import AggregationConfig, aggregate_slide
-    from indexer.encode import encode_slide
-    from indexer.pipeline import IndexConfig
-    from indexer.tiling import TilingConfig
+    from indexer.aggregation.aggregate import AggregationConfig, aggregate_slide
+    from indexer.ingestion.encode import encode_slide
+    from indexer.ingestion.run import IndexConfig
+    from indexer.tiles.tiling import TilingConfig
 
     m = index.catalog.manifest
     tiling = {k: v for k, v in m["tiling"].items() if k != "max_patches"}

@@ -48,7 +48,7 @@ class OpenIndex:
     @cached_property
     def bank(self):
         """The knowledge bank the index was built with (None when it is gone or changed: no expansion then)."""
-        from indexer.bank import load_bank
+        from indexer.aggregation.bank import load_bank
         from indexer.errors import UserError
 
         spec = self.catalog.manifest["bank"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.aggregate import l2_normalize as normalize
+from indexer.aggregation.aggregate import l2_normalize as normalize
 from indexer.errors import LimitError, QueryError
 
 # Prompt ensembling: the query is embedded in several phrasings and the unit vectors averaged.

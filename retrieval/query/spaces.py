@@ -1,5 +1,5 @@
 """Slide spaces a slide or case query can search: ``proto`` (ProAlign slide vectors), ``mean`` (mean-pool
-baseline) and the slide-encoder spaces imported with ``index --slide-features`` (``indexer/slide_features.py``)."""
+baseline) and the slide-encoder spaces imported with ``index --slide-features`` (``indexer/aggregation/slide_features.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def space_names(catalog) -> list[str]:
 
 def imported_spaces(catalog) -> list[str]:
     """Names of the slide-encoder spaces any live segment holds."""
-    from indexer.slide_features import segment_spaces
+    from indexer.aggregation.slide_features import segment_spaces
 
     return sorted({name for folder in catalog.snapshot.segment_dirs() for name in segment_spaces(folder)})
 
@@ -26,7 +26,7 @@ def space_vectors(searcher, space: str, rows: np.ndarray) -> np.ndarray:
     """Unit vectors (len(rows), dim) of slides ``rows`` in ``space``; zeros for a slide the space lacks."""
     if space in BUILTIN:
         return searcher.arrays.slide_vectors(searcher.catalog, np.asarray(rows, np.int64), BUILTIN[space])
-    from indexer.slide_features import read_space
+    from indexer.aggregation.slide_features import read_space
 
     names = imported_spaces(searcher.catalog)
     if space not in names:
@@ -42,7 +42,7 @@ def search_space(searcher, slide: str, k: int = 10, where: str | None = None, ex
     Raises:
         QueryError: unknown space, or a slide that is not indexed (a slide encoder cannot embed a new file here).
     """
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
     from retrieval.query.results import SearchResult
 
     if space in BUILTIN:

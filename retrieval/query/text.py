@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from indexer.encoders import random_weights
+from indexer.models.encoders import random_weights
 from indexer.errors import QueryError
 from retrieval.query import image as image_source
 from retrieval.query.fuse import RRF_K, ranked, rrf

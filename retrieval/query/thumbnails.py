@@ -18,7 +18,7 @@ def write_hit_thumbnails(result: SearchResult, out_dir: str | Path, max_px: int 
     """
     from indexer.errors import UserError
     from indexer.slides import open_slide
-    from indexer.thumbnail import draw_squares
+    from indexer.tiles.overlay import draw_squares
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

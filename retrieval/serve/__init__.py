@@ -22,9 +22,9 @@ def one_thread_per_request() -> None:
     run before numpy, FAISS or torch is imported: OpenBLAS and the OpenMP runtime read the variable once, when
     they load (numpy loaded first keeps a BLAS thread per core, spinning after each re-rank's matrix product).
     """
-    import os
+    from indexer.settings import apply_server_defaults
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    apply_server_defaults()
 
 
 def return_freed_memory() -> None:

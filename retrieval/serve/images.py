@@ -27,15 +27,13 @@ class _DeepZoomSource:
     properties: dict[str, str] = {}
 
     def __init__(self, slide: Any):
-        from indexer.slides.openslide_backend import OpenSlideBackend
-
         self.slide = slide
         self.dimensions = slide.dimensions
         self.level_count = slide.level_count
         self.level_dimensions = slide.level_dimensions
         self.level_downsamples = slide.level_downsamples
         # OpenSlide reads concurrently; other backends (plain images, wsidicom) one read at a time
-        self._lock = None if isinstance(slide._backend, OpenSlideBackend) else threading.Lock()
+        self._lock = None if slide.reads_concurrently else threading.Lock()
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
         return self.slide.best_level_for_downsample(downsample)

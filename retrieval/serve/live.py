@@ -17,7 +17,7 @@ CHECK_EVERY_S = 1.0
 
 def warm(searcher: SlideSearcher) -> SlideSearcher:
     """Load every lazy part of a searcher now (arrays, FAISS indexes, filters, explanations), not in a request."""
-    from indexer import vector_index as vi
+    from indexer import vectors as vi
 
     catalog, arrays = searcher.catalog, searcher.arrays
     catalog.filters  # noqa: B018 - cached properties

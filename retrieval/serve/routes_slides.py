@@ -42,7 +42,7 @@ async def matches_geojson(request: Request, slide_id: str, kind: Kind = Query(..
                           q: str = Query(..., max_length=1000, description="Text, slide id or region of the query."),
                           rank: int = Query(1, ge=1, le=100000, description="The hit's rank in the page's result."),
                           mode: Mode = MODE, expand: bool = EXPAND) -> Response:
-    from indexer.slide_ids import safe_file_name
+    from indexer.slides.ids import safe_file_name
     from retrieval.query.geojson import MEDIA_TYPE, SUFFIX, geojson_bytes, hit_feature_collection
     from retrieval.serve.service import NotFoundError
 

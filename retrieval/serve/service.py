@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from indexer.errors import ModelError, QueryError, UserError
-from indexer.slide_ids import check_slide_id
+from indexer.slides.ids import check_slide_id
 from retrieval.query.options import MODES
 from retrieval.query.results import SearchResult, hit_json
 from retrieval.serve.batching import TextBatcher
