@@ -82,8 +82,8 @@ step reports "Reports as a second view (issue #17)" \
   "python -m benchmarks.reports --slides 30 --work {out}/work --out {out}" \
   "python -m benchmarks.reports --slides 60 --work {out}/work --out {out}"
 step serve_mixed "Serving a lab: never stalls, memory bounded (issue #22)" \
-  "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --keep {out}/work --out {out}" \
-  "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --keep {out}/work --out {out}"
+  "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --out {out}" \
+  "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --out {out}"
 step dicomweb "Slides from the hospital archive: patch reads over DICOMweb vs disk (issue #24)" \
   "python -m benchmarks.dicomweb --size 4096 --repeats 3 --out {out}" \
   "python -m benchmarks.dicomweb --size 8192 --repeats 5 --out {out}" orthanc
