@@ -1,7 +1,7 @@
 """Live vs compacted search while an index grows by many small commits under the real merge policy.
 
-Usage: python -m benchmarks.growth [--slides 30000] [--commit 500] [--every 1] [--queries 40] [--warmup 10]
-       [--dim 128] [--k 8] [--patches 10] [--threads 1] [--work DIR] [--out out/bench_growth]
+Usage: python -m benchmarks.growth [--slides 30000] [--commit 500] [--plan SIZES] [--every 1] [--queries 40]
+       [--warmup 10] [--dim 128] [--k 8] [--patches 10] [--threads 1] [--work DIR] [--out out/bench_growth]
        python -m benchmarks.growth --pairs LIVE:COMPACTED[,…] [--queries 40] [--warmup 10] [--out DIR]
 
 The synthetic collection of benchmarks/search.py is committed ``--commit`` slides at a time through the store's
@@ -11,8 +11,11 @@ same quantizers), and each query type (text, slide, patch), unfiltered and filte
 the search API: live and compacted calls alternate query by query (same queries, same order), so a change of
 load hits both. Reported per state: segments, FAISS layout, API p50 live and compacted and their ratio; and
 the worst ratio seen. ``--pairs`` times existing pairs of indexes the same way (a size too large to grow here:
-the live states benchmarks/search.py --segments writes against their compacted copies). Writes bench_growth.json
-and bench_growth.md into ``--out``.
+the live states benchmarks/search.py --segments writes against their compacted copies, or a ``--plan`` state).
+``--plan 210000,9x10000,9x1000`` commits those numbers of slides instead (a state the merge policy allows with
+many segments, built in minutes where growing commit by commit would take hours); ``--every 0`` measures nothing and
+leaves ``--work``/live and its compacted copy ``--work``/compacted to time later with ``--pairs`` (build under load,
+time alone). Writes bench_growth.json and bench_growth.md into ``--out``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
 from indexer.store.compact import auto_merge, compact, vacuum  # noqa: E402
 from indexer.store.writer import IndexWriter  # noqa: E402
@@ -111,8 +113,20 @@ def measure(root: Path, work: Path, n_queries: int, warmup: int, top: int, seed:
     return state
 
 
+def read_once(root: Path, block: int = 16 << 20) -> None:
+    """Read every file under ``root`` once, so that the page cache holds it as it holds an index just written
+    (a compacted copy is written last: unwarmed, the live index alone would pay for disk reads at 3·10⁵ slides)."""
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        with open(path, "rb", buffering=0) as fh:
+            while fh.read(block):
+                pass
+
+
 def compare(live_root: Path, compacted_root: Path, n_queries: int, warmup: int, top: int, seed: int) -> dict:
-    """Paired API timing (:func:`paired_p50`) and patch recall of two indexes of one collection, their layouts."""
+    """Paired API timing (:func:`paired_p50`) and patch recall of two indexes of one collection, their layouts;
+    both indexes' files are read once first (:func:`read_once`)."""
+    read_once(live_root)
+    read_once(compacted_root)
     live = SlideSearcher(live_root, encoder=VectorEncoder())
     compacted = SlideSearcher(compacted_root, encoder=VectorEncoder())
     try:
@@ -145,9 +159,23 @@ def pairs(specs: list[str], n_queries: int, warmup: int, top: int, threads: int,
             **_worst(states)}
 
 
+def plan_bounds(plan: str) -> list[int]:
+    """Slide bounds of the commits of a ``--plan`` (``N`` or ``COUNTxN`` items, comma-separated).
+
+    >>> plan_bounds("100,2x10,5")
+    [0, 100, 110, 120, 125]
+    """
+    sizes = []
+    for item in plan.split(","):
+        count, _, size = item.rpartition("x")
+        sizes += [int(float(size))] * int(count or 1)
+    return [0, *np.cumsum(sizes).tolist()]
+
+
 def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, k=8, patches=10, top=10,
-        threads=1, work=None, seed=0, show_progress=True) -> dict:
-    """Grow the collection commit by commit, measuring live vs compacted after every ``every``-th commit."""
+        threads=1, work=None, seed=0, show_progress=True, plan: str = "") -> dict:
+    """Grow the collection commit by commit (``commit`` slides each, or the sizes of ``plan``), measuring live vs
+    compacted after every ``every``-th commit (0: none; the index and a compacted copy stay in ``work``)."""
     import faiss
     from rich.progress import Progress
 
@@ -155,9 +183,10 @@ def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, 
     work = Path(work or tempfile.mkdtemp(prefix="bench_growth_"))
     root = work / "live"
     shutil.rmtree(root, ignore_errors=True)
+    bounds = plan_bounds(plan) if plan else list(range(0, n_slides, commit)) + [n_slides]
+    n_slides = bounds[-1]
     spec = SyntheticSpec(n_slides, dim, k, patches, seed)
     data = SyntheticCollection(spec, root)
-    bounds = list(range(0, n_slides, commit)) + [n_slides]
     states, commits, load = [], [], [os.getloadavg()[0]]
     build_threads = faiss.omp_get_max_threads()
     try:
@@ -176,7 +205,7 @@ def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, 
                 commits.append({"commit": i, "slides": hi, "append_s": round(appended, 2), "merges": merges,
                                 "total_s": round(time.perf_counter() - start, 2),
                                 "backfill_s": timings.get("backfill", 0.0)})
-                if i % every == 0 or hi == n_slides:
+                if every and (i % every == 0 or hi == n_slides):
                     progress.update(task, description=f"{hi:,} slides: live vs compacted")
                     if threads:
                         faiss.omp_set_num_threads(threads)
@@ -185,10 +214,15 @@ def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, 
                     faiss.omp_set_num_threads(build_threads)
                     load.append(os.getloadavg()[0])
                 progress.advance(task)
+        if not every:
+            copy = work / "compacted"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(root, copy)
+            compact(copy)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
-    config = {"slides": n_slides, "commit": commit, "every": every, "queries": n_queries, "warmup": warmup,
+    config = {"slides": n_slides, "commit": commit, "plan": plan, "every": every, "queries": n_queries, "warmup": warmup,
               "dim": dim, "k": k, "patches": patches, "top": top, "threads": threads, "where": WHERE, "seed": seed}
     return {"config": config, "machine": machine_description(), "load_avg_1min": load, "commits": commits,
             **_worst(states)}
@@ -196,6 +230,8 @@ def run(n_slides=30_000, commit=500, every=1, n_queries=40, warmup=10, dim=128, 
 
 def _worst(states: list[dict]) -> dict:
     """The states, the worst live/compacted ratio of any cell (and where), and the worst of each cell."""
+    if not states:
+        return {"states": [], "worst": None, "worst_by_cell": {}}
     worst = max(((s, c) for s in states for c in s["cells"]), key=lambda sc: sc[1]["ratio"])
     per_cell = {}
     for s in states:
@@ -216,9 +252,13 @@ def markdown(result: dict) -> str:
               f"{c['top']}; {c['threads'] or 'default'} FAISS thread(s).")
     if result["commits"]:
         spent = [x["total_s"] for x in result["commits"]]
+        sizes = f"in commits of {c['plan']} slides" if c.get("plan") else f"{c['commit']:,} at a time"
         lines += [f"{c['slides']:,} synthetic slides (d = {c['dim']}, K = {c['k']}, {c['patches']} patches each) "
-                  f"committed {c['commit']:,} at a time with auto-merge; {len(result['states'])} states measured, "
+                  f"committed {sizes} with auto-merge; {len(result['states'])} states measured, "
                   f"{timing} Commit (+ merge) seconds: median {np.median(spent):.1f}, max {max(spent):.1f}.", ""]
+        if w is None:
+            return "\n".join(lines + ["No state measured (--every 0): the index and its compacted copy are in "
+                                       "--work (live, compacted), to time with --pairs."]) + "\n"
         where = f"after commit {w['state']}, {w['slides']:,} slides"
     else:
         lines += [f"{len(result['states'])} pairs of existing indexes (live : compacted), {timing}", ""]
@@ -246,7 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=float, default=30_000, help="slides at the end")
     parser.add_argument("--commit", type=float, default=500, help="slides per commit")
-    parser.add_argument("--every", type=int, default=1, help="measure after every N-th commit (and the last)")
+    parser.add_argument("--plan", default="", help="commit sizes instead of --slides/--commit, e.g. 210000,9x10000")
+    parser.add_argument("--every", type=int, default=1, help="measure after every N-th commit (and the last); 0: "
+                                                             "none, keep --work/live and --work/compacted")
     parser.add_argument("--queries", type=int, default=40, help="timed queries per cell and index")
     parser.add_argument("--warmup", type=int, default=10, help="untimed queries per cell and index first")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension d")
@@ -263,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = pairs(args.pairs.split(","), args.queries, args.warmup, args.top, args.threads)
     else:
         result = run(int(args.slides), int(args.commit), args.every, args.queries, args.warmup, args.dim, args.k,
-                     args.patches, args.top, args.threads, args.work)
+                     args.patches, args.top, args.threads, args.work, plan=args.plan)
     result["command"] = "python -m benchmarks.growth " + " ".join(argv if argv is not None else sys.argv[1:])
     return save_result(result, Path(args.out), "bench_growth", markdown)
 

@@ -124,7 +124,7 @@ def child(args: list[str]) -> tuple[dict, float]:
 
     This process stays small (NumPy only), so the child's peak, which Linux carries over from the parent at
     fork, is the child's own."""
-    env = subprocess_env(OMP_WAIT_POLICY="PASSIVE")
+    env = subprocess_env()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.incremental", "--child", *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=err, env=env, text=True)

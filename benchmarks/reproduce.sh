@@ -12,7 +12,7 @@
 #
 # Adding a benchmark is one `step` line below:
 #   step NAME "Section title" "QUICK COMMAND" "FULL COMMAND" [gpu]
-# Each command runs from the repository root (in bash, with .venv/bin first on PATH and OMP_WAIT_POLICY=PASSIVE)
+# Each command runs from the repository root (in bash, with .venv/bin first on PATH; `import indexer` applies the thread defaults)
 # with {out} replaced by an empty folder of its own. Every bench*.md it writes under {out} becomes its section (in
 # path order), every *.txt directly in {out} a code block and every bench*.png a figure; a non-zero exit marks the
 # section FAILED and the run goes on (the script then exits 1). A fifth word NEED runs the step only where the
@@ -23,7 +23,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 [ -x "$ROOT/.venv/bin/python" ] && export PATH="$ROOT/.venv/bin:$PATH"
-export OMP_WAIT_POLICY=PASSIVE
 
 NAMES=() TITLES=() QUICKS=() FULLS=() NEEDS=()
 step() { NAMES+=("$1"); TITLES+=("$2"); QUICKS+=("$3"); FULLS+=("$4"); NEEDS+=("${5:-}"); }
@@ -86,8 +85,8 @@ step reports_real "Report search on real reports: quality against the baselines,
   "python -m benchmarks.reports_real --speed --first-query --out {out}/work --results {out}" \
   "python -m benchmarks.reports_real --tune --speed --first-query --out {out}/work --results {out}"
 step serve_mixed "Serving a lab: never stalls, memory bounded (issue #22)" \
-  "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --keep {out}/work --out {out}" \
-  "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --keep {out}/work --out {out}"
+  "python -m benchmarks.serve --mixed --seconds 10 --patients 6 --size 1024 --out {out}" \
+  "python -m benchmarks.serve --mixed --seconds 30 --patients 12 --size 2048 --out {out}"
 step dicomweb "Slides from the hospital archive: patch reads over DICOMweb vs disk (issue #24)" \
   "python -m benchmarks.dicomweb --size 4096 --repeats 3 --out {out}" \
   "python -m benchmarks.dicomweb --size 8192 --repeats 5 --out {out}" orthanc

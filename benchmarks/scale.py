@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS loads
 
 from benchmarks.common import subprocess_env  # noqa: E402
 from indexer.aggregation.aggregate import l2_normalize  # noqa: E402

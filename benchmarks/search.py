@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` sets it, before FAISS and torch load
 
-from indexer import vector_index as vi  # noqa: E402
+from indexer import vectors as vi
 from indexer.aggregation.aggregate import l2_normalize  # noqa: E402
 from benchmarks.common import header, kept, machine_description, provenance, save_result  # noqa: E402
 from retrieval.search import SlideSearcher  # noqa: E402

@@ -27,9 +27,10 @@ import argparse
 import http.client
 import io
 import json
-import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -38,8 +39,9 @@ from pathlib import Path
 
 # before numpy: its OpenBLAS, like FAISS's OpenMP, sizes its thread pool when it loads (one_thread_per_request), so
 # the in-process figures run single-threaded as the server does (numpy first gave this process 2 BLAS threads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from indexer import settings  # noqa: E402
+
+settings.apply_server_defaults()
 
 import numpy as np  # noqa: E402
 
@@ -384,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-requests", type=int, default=20_000)
-    parser.add_argument("--keep", type=Path, default=None, help="Folder for the synthetic index (reused).")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Folder for the index, reused when it holds one (default: a fresh temporary folder, removed after).")
     parser.add_argument("--out", type=Path, default=Path("out/bench-serve"))
     parser.add_argument("--mixed", action="store_true", help="Only the mixed level (benchmarks/serve_mixed.py): searches, "
                         "tiles, crops, heatmaps and 33.5-MP uploads at once, on the demo cohort (--seconds each server).")
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.common import machine_description
 
-    work = args.keep or Path(f"/tmp/slidesearch-bench-serve-{args.slides}")
+    work = args.keep or scratch(f"slidesearch-bench-serve-{args.slides}-")
     spec = SyntheticSpec(args.slides, dim=args.dim, k=args.k)
     index = work / (f"n{args.slides}" if (args.dim, args.k) == (128, 8) else f"n{args.slides}_d{args.dim}_k{args.k}")
     manifest = synthetic_index(index, spec)
@@ -437,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     result = {"machine": machine_description(), "slides": args.slides, "dim": args.dim, "k": args.k,
               "encoder": ENCODERS[args.dim][0], "patches": manifest["counts"]["patches"],
               "factories": ", ".join(f"{k} {v['factory']}" for k, v in manifest["indexes"].items()),
@@ -449,15 +454,22 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def scratch(prefix: str) -> Path:
+    """A new, empty folder for an index written by this run (without ``--keep`` nothing is reused)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def mixed(args) -> dict:
     """The mixed level alone (``--mixed``), written to ``--out``/bench_serve_mixed.{json,md}."""
     from benchmarks import serve_mixed
 
     from benchmarks.common import machine_description
 
-    work = args.keep or Path(f"/tmp/slidesearch-bench-serve-mixed-{args.patients}x{args.size}")
+    work = args.keep or scratch(f"slidesearch-bench-serve-mixed-{args.patients}x{args.size}-")
     result = {"machine": machine_description(), "seconds": args.seconds,
               **serve_mixed.run(work, args.seconds, args.patients, args.size, args.baseline_src)}
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_serve_mixed.json").write_text(json.dumps(result, indent=2) + "\n")
     text = f"Machine: {result['machine']}. Index: {result['index']}.\n\n" + serve_mixed.markdown(result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,7 +9,6 @@ import pytest
 
 from retrieval.demo.synthetic import Region, SyntheticSlideSpec, write_png_slide, write_slide
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `slidesearch` itself sets it, before torch loads
 
 SHARED_SLIDES = Path(__file__).resolve().parents[1].parent / "shared/data/slides"
 

@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import search as search_benchmark
 from indexer import vectors as vi
+from indexer.vectors import exact, knn, recall
+from indexer.store import rerank
 from retrieval.search import SlideSearcher
 
 ROW_FIELDS = {"n_slides", "n_patches", "variant", "type", "where", "queries", "faiss_calls", "consistent",
@@ -122,6 +124,7 @@ def test_bare_faiss_calls_run_no_project_code(bench, run, monkeypatch):
         for name in ("search", "reconstruct", "exact_topk", "row_gather"):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, forbidden)
+    monkeypatch.setattr(rerank, "search_index", forbidden)  # the re-rank's own import of vectors.search
     monkeypatch.setattr(type(reranked), "search", forbidden)
     reranked.gather = reranked.score = forbidden
     for call in closures:

@@ -52,3 +52,17 @@ def test_search_benchmark_compares_live_segments_with_one(tmp_path, monkeypatch)
     assert all(r["api_p50_ms"] > 0 for r in rows)
     live = result["indexes"]["300/auto/3 segments"]
     assert live["patches"].startswith("IVF") and "+" not in live["patches"]  # back-filled, one inverted index
+
+
+def test_growth_builds_a_planned_state_and_its_compacted_copy_for_timing_later(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantizer, "PLAN", PLAN)
+    work = tmp_path / "work"
+    built = growth.main(["--plan", "120,2x30,3x5", "--every", "0", "--work", str(work), "--out", str(tmp_path / "b")])
+    assert [c["slides"] for c in built["commits"]] == [120, 150, 180, 185, 190, 195]
+    assert built["states"] == [] and built["worst"] is None
+    assert "No state measured" in (tmp_path / "b" / "bench_growth.md").read_text()
+    paired = growth.main(["--pairs", f"{work / 'live'}:{work / 'compacted'}", "--queries", "3", "--warmup", "1",
+                          "--out", str(tmp_path / "p")])
+    state = paired["states"][0]
+    assert state["live"]["segments"] == 6 and state["compacted"]["segments"] == 1  # no merge: 3 tiers
+    assert len(state["cells"]) == 6 and paired["worst"]["ratio"] > 0

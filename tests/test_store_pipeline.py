@@ -233,6 +233,14 @@ def test_disk_full_stops_the_run_with_one_line_and_keeps_the_last_version(tmp_pa
     assert live(out) == before and not list(out.rglob("*.tmp"))
 
 
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (state T in /proc/<pid>/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+    except OSError:
+        return False
+
+
 def test_an_interrupt_stops_the_run_with_one_line_at_the_last_version(tmp_path):
     import signal
     import time
@@ -243,12 +251,16 @@ def test_an_interrupt_stops_the_run_with_one_line_at_the_last_version(tmp_path):
     assert first.returncode == 0
     before = live(out)
     folder = slides(tmp_path / "s", ("A", "B", "C", "D", "E", "F"), ("tumour", "mucin") * 3)
+    env = {**os.environ, "SLIDESEARCH_CRASH_AT": "staging.done:STOP"}  # stops itself once its first slide is staged
     proc = subprocess.Popen([sys.executable, "-c", RUN, "index", str(folder), "--out", str(out), *FAST],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240
-    while not list((out / "staging").glob("*.npz")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    while not stopped(proc.pid) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert stopped(proc.pid), "the run never reached its first staged slide"
+    assert list((out / "staging").glob("*.npz"))  # interrupted mid-run: a slide staged, not committed
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)  # the SIGINT is handled as it resumes
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and err.count("\n") == 1 and "interrupted" in err, err
     assert live(out) == before  # nothing of the interrupted run is visible, nothing indexed is lost

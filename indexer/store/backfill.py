@@ -14,7 +14,8 @@ from typing import Any
 
 from indexer.store import crash
 from indexer.store.layout import IndexPaths
-from indexer.store.segments import SegmentFiles, write_faiss
+from indexer.store.builder import write_faiss
+from indexer.store.segments import SegmentFiles
 
 
 def codes_path(paths: IndexPaths, number: int, segment_id: str, name: str) -> str:
@@ -36,8 +37,6 @@ def backfill(paths: IndexPaths, number: int, segments: tuple[dict[str, Any], ...
     Args:
         quantizers: the commit's :class:`indexer.store.quantizer.Quantizers` (``table``: name → quantizer).
     """
-    from indexer import vectors as vi
-
     out = [dict(s) for s in segments]
     for name in quantizers.table:
         shared = quantizers.shared(name)
@@ -49,7 +48,7 @@ def backfill(paths: IndexPaths, number: int, segments: tuple[dict[str, Any], ...
             relative = codes_path(paths, number, segment["id"], name)
             paths.codes.mkdir(parents=True, exist_ok=True)
             crash.point("backfill.codes")
-            new = write_faiss(vi, files.array(name), files.faiss_ids(name), paths.root / relative, None,
+            new = write_faiss(files.array(name), files.faiss_ids(name), paths.root / relative, None,
                               quantizers=quantizers, shared=shared)
             segment["faiss"] = {**segment["faiss"], name: {**new, "file": relative}}
     return tuple(out)

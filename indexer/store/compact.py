@@ -15,9 +15,10 @@ import numpy as np
 from indexer.vectors.exact import release_pages
 from indexer.aggregation.slide_features import RECORD_KEY, slide_spaces_of
 from indexer.store import crash
+from indexer.store.builder import SegmentBuilder
 from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.quantizer import Quantizers
-from indexer.store.segments import SegmentBuilder, SegmentFiles, SlideRows
+from indexer.store.segments import SegmentFiles, SlideRows
 from indexer.store.versions import Version
 from indexer.store.writer import IndexWriter, read_prototypes
 

@@ -1,4 +1,5 @@
-"""Named crash points for the kill tests: ``SLIDESEARCH_CRASH_AT=name[#n]`` SIGKILLs the writer at the n-th hit."""
+"""Named crash points for the kill tests: ``SLIDESEARCH_CRASH_AT=name[#n][:STOP]`` SIGKILLs the writer at the n-th
+hit of point ``name`` (``:STOP``: stops it with SIGSTOP instead, for a test to signal it at that exact moment)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ _hits: dict[str, int] = {}
 
 
 def point(name: str) -> None:
-    """Kill this process with SIGKILL when ``$SLIDESEARCH_CRASH_AT`` names this point (a no-op otherwise)."""
+    """Kill (or stop) this process when ``$SLIDESEARCH_CRASH_AT`` names this point (a no-op otherwise)."""
     target = os.environ.get(ENV)
     if not target:
         return
+    target, _, action = target.partition(":")
     wanted, _, nth = target.partition("#")
     if wanted != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGSTOP if action == "STOP" else signal.SIGKILL)

@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.vectors.exact import release_pages
-from indexer.vectors import FLAT_MAX_COUNT
+from indexer.vectors.device import gpu_enabled
+from indexer.store.segments import SegmentFiles
+from indexer.vectors import (FLAT_MAX_COUNT, MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind,
+                                  choose_index, load_index, save_index, train_index, train_sample_size)
 
 if TYPE_CHECKING:
     import faiss
@@ -64,8 +67,6 @@ class QuantizerPlan:
 
     def threshold(self, dim: int) -> int:
         """Vectors a collection needs before training: 39 per list (FAISS k-means warns below that)."""
-        from indexer.vectors import MIN_POINTS_PER_CENTROID
-
         return MIN_POINTS_PER_CENTROID * self.base_nlist(dim)
 
     def start(self, dim: int) -> int:
@@ -83,8 +84,6 @@ class QuantizerPlan:
         >>> QuantizerPlan().provisional_nlist(50_001, 512), QuantizerPlan().provisional_nlist(159_000, 512)
         (1024, 2048)
         """
-        from indexer.vectors import MIN_POINTS_PER_CENTROID
-
         return max(1, min(self.base_nlist(dim) // 2, 2 ** int(math.log2(max(1, count // MIN_POINTS_PER_CENTROID)))))
 
 
@@ -108,9 +107,6 @@ def plan_choice(count: int, dim: int, plan: QuantizerPlan | None = None, retrain
     >>> plan_choice(10**5, 12_288).describe(), plan_choice(60_000, 512).describe()
     ('IVF512_HNSW32,PQ128x8', 'IVF1024_HNSW32,Flat')
     """
-    from indexer.vectors import (MAX_NLIST, MIN_POINTS_PER_CENTROID, IndexChoice, choice_for_kind, choose_index,
-                                      gpu_enabled)
-
     plan = plan or PLAN
     nlist = base = plan.base_nlist(dim)
     provisional = count < plan.threshold(dim)
@@ -159,8 +155,6 @@ class Quantizers:
         ``plan.threshold``; the segment that reaches the threshold under a provisional one trains the full one.
         Each is saved as ``quantizers/<segment_id>-<name>.faiss`` and listed in ``trained``.
         """
-        from indexer import vectors as vi
-
         if name not in self.plan.names:
             return None
         dim = vectors.shape[1]
@@ -172,11 +166,11 @@ class Quantizers:
             return None
         sources = [] if self.retrain else self._live_arrays(name)
         choice = plan_choice(count, dim, self.plan, self.retrain, self.budget)
-        sample = _sample(sources + [vectors], vi.train_sample_size(count, choice.nlist, dim), seed=0)
-        trained = vi.train_index(sample, choice, self.use_gpu)
+        sample = _sample(sources + [vectors], train_sample_size(count, choice.nlist, dim), seed=0)
+        trained = train_index(sample, choice, self.use_gpu)
         relative = f"{self.paths.quantizers.name}/{segment_id}-{name}.faiss"
         self.paths.quantizers.mkdir(parents=True, exist_ok=True)
-        vi.save_index(trained, self.paths.root / relative)
+        save_index(trained, self.paths.root / relative)
         self.table[name], self._loaded[name] = relative, trained
         self.trained.append(name)
         return trained, relative
@@ -192,17 +186,13 @@ class Quantizers:
     def load(self, name: str):
         """The trained empty index of ``name`` (read once)."""
         if name not in self._loaded:
-            from indexer import vectors as vi
-
-            self._loaded[name] = vi.load_index(self.paths.root / self.table[name])
+            self._loaded[name] = load_index(self.paths.root / self.table[name])
         return self._loaded[name]
 
     def _live_count(self, name: str) -> int:
         return sum(int(s["faiss"].get(name, {}).get("count", 0)) for s in self.version.segments)
 
     def _live_arrays(self, name: str) -> list[np.ndarray]:
-        from indexer.store.segments import SegmentFiles
-
         return [SegmentFiles(self.paths.segment(s["id"])).array(name) for s in self.version.segments
                 if s["faiss"].get(name, {}).get("count", 0)]
 
@@ -225,8 +215,6 @@ def save_codes(index, path: Path) -> None:
     """Save an IVF index without its coarse centroids (they live once in the quantizer file): only the lists,
     codes, ids and PQ codebook go to ``path``. Other indexes are saved whole."""
     import faiss
-
-    from indexer.vectors import save_index
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:

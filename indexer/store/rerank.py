@@ -8,13 +8,16 @@ from typing import Callable
 
 import numpy as np
 
-from indexer import vectors as vi
+from indexer.vectors.device import gpu_enabled, to_gpu
+from indexer.store.quantizer import attach
+from indexer.vectors import CompositeIndex, combine, load_index, pad_results
+from indexer.vectors import search as search_index
 
 RERANK_POOL = 512  # candidates a compressed index returns per query for the exact re-rank (RESULTS.md, issue 13)
 QUERY_BLOCK = 64  # queries re-ranked together (bounds the candidate × query score matrix)
 
 
-class RerankedIndex(vi.CompositeIndex):
+class RerankedIndex(CompositeIndex):
     """A compressed index whose top ``pool`` candidates are re-scored exactly.
 
     Args:
@@ -34,7 +37,7 @@ class RerankedIndex(vi.CompositeIndex):
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` among the inner index's top ``max(k, pool)`` (``allowed``: sorted unique ids or None)."""
         fetch = max(1, min(max(k, self.pool), self.inner.ntotal))
-        _, cand = vi.search(self.inner, q, fetch, allowed)
+        _, cand = search_index(self.inner, q, fetch, allowed)
         scores = np.full(cand.shape, -np.inf, np.float32)
         for lo in range(0, len(q), QUERY_BLOCK):
             block = cand[lo:lo + QUERY_BLOCK]
@@ -46,7 +49,7 @@ class RerankedIndex(vi.CompositeIndex):
             s = np.take_along_axis(exact, pos, 1)
             scores[lo:lo + QUERY_BLOCK] = np.where(block >= 0, s, -np.inf)
         top = np.lexsort((cand, -scores), axis=1)[:, :k] if cand.size else np.zeros((len(q), 0), np.int64)
-        return vi.pad_results(np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1), k)
+        return pad_results(np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1), k)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The exact stored vectors (not the lossy codes) of ``ids``."""
@@ -58,27 +61,25 @@ def open_index(snapshot, name: str):
 
     Segment indexes saved as codes get their quantizer's centroids; runs of adjacent segments under the same
     quantizer are merged into one index in memory (their inverted lists concatenated: one coarse search per
-    query, not one per segment); everything moves to the GPU when :func:`indexer.vectors.gpu_enabled`;
+    query, not one per segment); everything moves to the GPU when :func:`indexer.vectors.device.gpu_enabled`;
     and when any segment is compressed (PQ) the result re-ranks its hits exactly from the stored vectors.
     """
-    from indexer.store.quantizer import attach
-
     files, starts = snapshot.faiss_parts(name)
     entries = [s["faiss"][name] for s in snapshot.version.segments]
     trained: dict[str, object] = {}
     parts = []
     for file, entry in zip(files, entries):
-        index = vi.load_index(file)
+        index = load_index(file)
         if entry.get("quantizer"):
             source = entry["quantizer"]
             if source not in trained:
-                trained[source] = vi.load_index(snapshot.paths.root / source)
+                trained[source] = load_index(snapshot.paths.root / source)
             index = attach(index, trained[source])
         parts.append(index)
     parts, starts = merge_shared(parts, starts, [e.get("quantizer") for e in entries])
-    if vi.gpu_enabled():
-        parts = [vi.to_gpu(p) or p for p in parts]
-    index = vi.combine(parts, starts)
+    if gpu_enabled():
+        parts = [to_gpu(p) or p for p in parts]
+    index = combine(parts, starts)
     if any(e["kind"] == "ivf_pq" for e in entries):
         index = RerankedIndex(index, lambda ids: snapshot.vectors(name, ids),
                               score=lambda ids, queries: snapshot.scores(name, ids, queries))

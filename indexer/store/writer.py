@@ -24,12 +24,13 @@ from indexer.vectors.device import faiss_label
 from indexer.store import crash
 from indexer.store.atomic import atomic_path, atomic_write_bytes, remove_temporaries
 from indexer.store.backfill import backfill
+from indexer.store.builder import SegmentBuilder
 from indexer.store.identity import IndexSettings
 from indexer.store.layout import IndexPaths, segment_name
 from indexer.store.lock import WriterLock
 from indexer.store.metadata import merge_metadata, read_metadata, write_metadata
 from indexer.store.quantizer import Quantizers
-from indexer.store.segments import SegmentBuilder, SegmentFiles, SlideRows
+from indexer.store.segments import SegmentFiles, SlideRows
 from indexer.store.staging import Staging
 from indexer.store.versions import Version, commit, read_current, read_tombstones, write_tombstones
 
