@@ -81,6 +81,12 @@ step multistain "Multi-stain cases, cross-stain search, slide-encoder space (iss
 step reports "Reports as a second view (issue #17)" \
   "python -m benchmarks.reports --slides 30 --work {out}/work --out {out}" \
   "python -m benchmarks.reports --slides 60 --work {out}/work --out {out}"
+step segments "The live store against the same collection compacted: 10 live segments vs 1 (issue #23)" \
+  "python -m benchmarks.search --sizes 30000 --segments 1,10 --flat-at '' --encoder none --queries 50 --warmup 10 --out {out}" \
+  "python -m benchmarks.search --sizes 30000 --segments 1,10 --flat-at '' --encoder none --queries 100 --out {out}"
+step growth "The live store growing by small commits under the merge policy, against compacted (issue #23)" \
+  "python -m benchmarks.growth --slides 8000 --commit 400 --every 4 --queries 20 --warmup 5 --out {out}" \
+  "python -m benchmarks.growth --slides 30000 --commit 500 --every 3 --out {out}"
 step reports_real "Report search on real reports: quality against the baselines, speed, first query (issue #27)" \
   "python -m benchmarks.reports_real --speed --first-query --out {out}/work --results {out}" \
   "python -m benchmarks.reports_real --tune --speed --first-query --out {out}/work --results {out}"
