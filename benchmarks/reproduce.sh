@@ -8,7 +8,8 @@
 #              report, DIR/<step>/ each step's own files and log, DIR/figures/ the figures
 #   --only     run these steps only (the report then holds only them)
 #   --list     print the steps and their commands, run nothing
-#   --publish  after a run without failures, copy DIR/RESULTS.md and DIR/figures/ into benchmarks/
+#   --publish  after a run without failures, copy DIR/RESULTS.md and DIR/figures/ into benchmarks/ (with
+#              benchmarks/full-runs.md, this round's full-size hand runs, appended)
 #
 # Adding a benchmark is one `step` line below:
 #   step NAME "Section title" "QUICK COMMAND" "FULL COMMAND" [gpu]
@@ -217,6 +218,8 @@ echo "wrote $OUT/RESULTS.md (${TOTAL} s$([ ${#FAILED[@]} -gt 0 ] && echo "; FAIL
 if [ $PUBLISH = 1 ]; then
   if [ ${#FAILED[@]} -gt 0 ]; then echo "error: not publishing a run with failed steps" >&2; exit 1; fi
   cp "$OUT/RESULTS.md" benchmarks/RESULTS.md
+  # hand runs at full sizes (named commits) follow as an appendix until a full run replaces them
+  [ -f benchmarks/full-runs.md ] && { echo; cat benchmarks/full-runs.md; } >> benchmarks/RESULTS.md
   mkdir -p benchmarks/figures
   rm -f benchmarks/figures/*.png  # the current figures only (HISTORY.md's live in benchmarks/figures/history/)
   cp "$OUT"/figures/*.png benchmarks/figures/ 2>/dev/null || true
