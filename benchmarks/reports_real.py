@@ -363,23 +363,6 @@ def first_query(rows: list[dict], out: Path, runs: int = 3) -> dict:
             "runs": runs}
 
 
-def provenance(machine: str) -> dict:
-    """The command, the commit (``-dirty`` with uncommitted changes) and the machine of this run."""
-    from indexer.reports.model import native_bf16
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    memory = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:")), 0) if Path("/proc/meminfo").is_file() else 0
-    return {"command": " ".join(["python", str(Path(sys.argv[0]).resolve().relative_to(ROOT)
-                                              if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0]),
-                                 *sys.argv[1:]]),
-            "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain") else ""),
-            "machine": f"{machine}, {memory / 2**20:.0f} GiB, native bfloat16: {'yes' if native_bf16() else 'no'}"}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, default=DATA)
@@ -394,11 +377,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None,
                         help="folder for bench_reports_real.json and .md (the RESULTS.md section)")
     args = parser.parse_args()
-    from benchmarks.common import machine_description
+    from benchmarks.common import provenance
+    from indexer.reports.model import native_bf16
 
     rows = load(args.csv)
     tune_rows, held_rows = split(rows, args.seed)
-    result: dict = {**provenance(machine_description()), "data": str(args.csv.relative_to(ROOT) if args.csv.is_relative_to(ROOT) else args.csv),
+    data = args.csv.relative_to(ROOT) if args.csv.is_relative_to(ROOT) else args.csv
+    result: dict = {**provenance("benchmarks/reports_real.py"), "native_bf16": native_bf16(), "data": str(data),
                     "reports": {"tune": len(tune_rows), "held-out": len(held_rows)},
                     "types": len({r["cancer_type"] for r in rows})}
     if args.tune:
@@ -434,7 +419,8 @@ def main() -> None:
 def markdown(result: dict) -> str:
     """The RESULTS.md section: held-out quality against the baselines, speed by collection size, first query,
     indexing cost."""
-    lines = [f"Command: `{result['command']}`  ", f"Commit `{result['commit']}`; machine: {result['machine']}.", "",
+    lines = [f"Command: `{result['command']}`  ", f"Commit `{result['commit']}`; machine: {result['machine']}; native bfloat16: "
+             f"{'yes' if result['native_bf16'] else 'no'}.", "",
              f"Data: `{result['data']}`: {sum(result['reports'].values())} real TCGA pathology reports over "
              f"{result['types']} tumour types, split by type into a tune half ({result['reports']['tune']}) and a "
              f"held-out half ({result['reports']['held-out']}); fusion constants {result['fusion']}.", ""]
